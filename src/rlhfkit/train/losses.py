@@ -1,0 +1,434 @@
+"""Every loss and RL formula of rlhfkit, as pure tensor functions (the one place for them).
+
+Shapes: B batch, A response tokens, V vocabulary. A response ``mask`` is (B, A), 1/True on the
+tokens the policy generated (up to and including EOS) and 0/False on the right padding after them.
+Masks are binary; every reduction selects with ``torch.where`` so garbage (even inf/NaN) in padded
+positions never leaks into a result.
+
+References cited below:
+  [lmhp]   OpenAI lm-human-preferences, lm_human_preferences/train_policy.py and utils/core.py (2019).
+  [N-det]  Huang et al. 2024, "The N Implementation Details of RLHF with PPO".
+  [PPO]    Schulman et al. 2017, "Proximal Policy Optimization Algorithms".
+  [GAE]    Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
+  [Zieg]   Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
+  [KLblog] Schulman 2020, "Approximating KL Divergence" (k1, k2, k3).
+
+Gradient accumulation — how a trainer must scale for it to be exact
+-------------------------------------------------------------------
+A token-level loss is a masked mean over ALL tokens of the minibatch: sum_i l_i / N. Split the
+minibatch into microbatches with n_k tokens each; the mean of each microbatch is sum_{i in k} l_i / n_k,
+so summing (or averaging) per-microbatch means weights tokens of short microbatches more — not the
+same gradient. Exact accumulation: pass ``normalizer=N`` (the token count of the whole minibatch,
+``mask.sum()`` before splitting, summed over ranks under data parallelism) to every microbatch's loss
+and call ``backward()`` on each; the accumulated gradient is then exactly the full-minibatch gradient.
+Equivalently: microbatch mean × (n_k / N). ``bradley_terry_loss`` works the same way with N = the
+total pair weight. Whitening of advantages must happen on the whole rollout batch before splitting
+(``masked_whiten``), never per microbatch. The returned statistics (clipfrac, approx_kl, …) are
+plain per-call means; average them over all minibatches when logging.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "bradley_terry_loss",
+    "preference_probability",
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "last_valid_index",
+    "kl_penalized_rewards",
+    "gae",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "entropy_from_logits",
+    "ppo_total_loss",
+    "logprobs_from_logits",
+    "explained_variance",
+    "AdaptiveKLController",
+    "FixedKLController",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward model: Bradley–Terry
+# ---------------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(
+    r_chosen: Tensor,
+    r_rejected: Tensor,
+    weight: Tensor | None = None,
+    margin: Tensor | float | None = None,
+    normalizer: Tensor | float | None = None,
+) -> Tensor:
+    """Pairwise reward-model loss, mean over pairs of −log σ(r_chosen − r_rejected − margin).
+
+    r_chosen, r_rejected: (B,) scalar rewards of the preferred and the other completion.
+    weight: (B,) optional per-pair weights; the loss is then sum(w·l) / sum(w).
+    margin: optional (B,) or scalar margin the chosen reward must clear.
+    normalizer: optional divisor replacing sum(w) (or B) — the global pair weight, for exact
+        gradient accumulation over microbatches (see module docstring).
+    Returns a 0-d tensor.
+    """
+    # [Zieg] eq. 1 (a softmax over the candidates' rewards) with two candidates, as Stiennon et al. 2020.
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        # Touvron et al. 2023 (Llama 2) §3.2.2: a margin for pairs the labeler marked as clearly better.
+        diff = diff - margin
+    # logsigmoid, not log(sigmoid(.)): the latter underflows to log(0) = −inf for diff ≲ −100.
+    per_pair = -F.logsigmoid(diff)  # (B,)
+    if weight is None:
+        total = per_pair.sum()
+        denom = per_pair.numel() if normalizer is None else normalizer
+    else:
+        total = (weight * per_pair).sum()
+        denom = weight.sum() if normalizer is None else normalizer
+    return total / denom
+
+
+def preference_probability(r_a: Tensor, r_b: Tensor) -> Tensor:
+    """P(a preferred over b) under Bradley–Terry: softmax over two logits = σ(r_a − r_b); shapes broadcast."""
+    # [Zieg] eq. 1: the rewards are the logits of a softmax over candidates; over two it is a sigmoid.
+    return torch.sigmoid(r_a - r_b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked reductions and whitening
+# ---------------------------------------------------------------------------------------------
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of x over valid positions. x, mask: same shape (e.g. (B, A)); dim=None sums everything."""
+    selected = torch.where(mask.bool(), x, torch.zeros_like(x))
+    return selected.sum() if dim is None else selected.sum(dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of x over valid positions: masked_sum / mask count.
+
+    x, mask: same shape (B, A). dim=None → 0-d tensor; dim=-1 → (B,) per-row means.
+    An all-invalid mask (along dim) gives NaN — deliberately loud, so a trainer's NaN alarm catches it.
+    """
+    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim=dim)
+    return masked_sum(x, mask, dim) / count
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of x over all valid positions (0-d); Bessel-corrected when unbiased. x, mask: (B, A)."""
+    count = int(mask.bool().sum())
+    if count < (2 if unbiased else 1):
+        raise ValueError(f"masked_var needs at least {2 if unbiased else 1} valid entries, got {count}")
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        var = var * (count / (count - 1))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """(x − mean) / std over valid entries; invalid positions are set to 0. x, mask: (B, A) → (B, A).
+
+    shift_mean=False adds the mean back (only the scale changes) — used for rewards.
+    """
+    # [lmhp] utils/core.py whiten(): rsqrt(var + 1e-8); [N-det] computes the moments over valid tokens only,
+    # so padding does not drag the mean towards 0.
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+# ---------------------------------------------------------------------------------------------
+# KL estimators and the KL-shaped reward
+# ---------------------------------------------------------------------------------------------
+# Per token, with the token sampled from the policy π and r = π_ref/π = exp(ref_logp − logp):
+#   k1 = −log r            unbiased for KL(π‖π_ref), high variance, can be negative per sample
+#   k2 = ½ (log r)²        biased, low variance, ≥ 0
+#   k3 = (r − 1) − log r   unbiased, low variance, ≥ 0
+# [KLblog]. The reward uses k1 ([Zieg], [lmhp]); report k3 as objective/kl so a "negative KL"
+# never confuses anyone.
+
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k1 = logp − ref_logp per token. logp, ref_logp: (B, A) → (B, A)."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k2 = ½ (logp − ref_logp)² per token. (B, A) → (B, A)."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 = exp(ref_logp − logp) − (ref_logp − logp) − 1 per token, ≥ 0. (B, A) → (B, A)."""
+    log_r = ref_logp - logp
+    # expm1 keeps precision when log_r ≈ 0 (the usual case early in training): e^x − 1 − x.
+    return torch.expm1(log_r) - log_r
+
+
+def last_valid_index(mask: Tensor) -> Tensor:
+    """Index of the last generated token of each row of a right-padded mask. (B, A) → (B,) long.
+
+    A row with no valid token gives −1.
+    """
+    return mask.long().sum(dim=-1) - 1
+
+
+def _check_right_padded(mask: Tensor) -> None:
+    m = mask.long()
+    if (m[:, 1:] > m[:, :-1]).any():
+        raise ValueError("response mask must be right-padded: valid tokens first, then padding only")
+
+
+@torch.no_grad()
+def kl_penalized_rewards(
+    score: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    beta: float,
+    last_index: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Per-token PPO rewards: −β·k1 at every valid token, plus the score at the last generated token.
+
+    score: (B,) reward-model score per completion (a trainer substitutes its fixed penalty here for
+        completions that never ended — OpenAI's summarisation setup).
+    logp, ref_logp: (B, A) log-probs of the sampled tokens under the policy and the reference.
+    mask: (B, A) response mask, right-padded.
+    beta: KL coefficient (the controller's .value).
+    last_index: (B,) position of each row's last generated token, i.e. last_valid_index(mask).
+    Returns (rewards (B, A), kl (B, A)) — kl is k1, zero at padding. Constants: no gradient.
+    """
+    # [Zieg] eq. 2 R = r − β·log(π/π_ref); [lmhp] compute_rewards: −β·k1, then rewards[:, -1] += score.
+    # [N-det]: with variable-length responses "-1" must be the last *generated* token, not padding.
+    valid = mask.bool()
+    _check_right_padded(valid)
+    if not torch.equal(last_index.long().cpu(), last_valid_index(valid).cpu()):
+        raise ValueError(
+            "last_index must be each row's last generated token (mask.sum(-1) − 1); the score "
+            "must not land on padding or mid-response"
+        )
+    if (last_index < 0).any():
+        raise ValueError("a response has no generated token: there is no position for its score")
+    kl = torch.where(valid, kl_k1(logp, ref_logp), torch.zeros_like(logp))  # (B, A)
+    rewards = -beta * kl  # (B, A)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_index.long()] += score.to(rewards.dtype)
+    return rewards, kl
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates over response tokens.
+
+    rewards, values, mask: (B, A); mask right-padded. Reverse scan
+        δ_t = r_t + γ V_{t+1} − V_t,  Â_t = δ_t + γλ Â_{t+1},
+    with V and Â taken as 0 after each row's last valid token (the episode ends there).
+    Returns (advantages, returns), each (B, A), 0 at padding; returns = advantages + values.
+    Constants: computed without gradient. Whiten the advantages afterwards with masked_whiten.
+    """
+    # [GAE] eq. 16; loop as in [lmhp] PPOTrainer.loss, with [N-det]'s masking of variable lengths.
+    valid = mask.bool()
+    _check_right_padded(valid)
+    zero = torch.zeros_like(values)
+    rewards = torch.where(valid, rewards, zero)
+    values = torch.where(valid, values, zero)  # so V_{t+1} = 0 past the end: the bootstrap is 0
+    n_tokens = rewards.shape[-1]
+    advantages = torch.zeros_like(values)
+    last_gae = torch.zeros_like(values[:, 0])  # (B,)
+    for t in reversed(range(n_tokens)):
+        next_values = values[:, t + 1] if t + 1 < n_tokens else torch.zeros_like(last_gae)
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last_gae = delta + gamma * lam * last_gae
+        advantages[:, t] = last_gae
+    # Padded positions have δ = 0 and Â = 0 already (right padding); the where only guards NaN inputs.
+    advantages = torch.where(valid, advantages, zero)
+    returns = torch.where(valid, advantages + values, zero)
+    return advantages, returns
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _reduce(per_token: Tensor, mask: Tensor, normalizer: Tensor | float | None) -> Tensor:
+    if normalizer is None:
+        return masked_mean(per_token, mask)
+    return masked_sum(per_token, mask) / normalizer
+
+
+def clipped_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    normalizer: Tensor | float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate, as a loss to minimise: −mean_t min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t).
+
+    logp: (B, A) log-probs under the current policy (with gradient).
+    old_logp: (B, A) log-probs recorded at rollout time; advantages: (B, A), whitened.
+    mask: (B, A). normalizer: see module docstring (exact gradient accumulation).
+    Returns (loss 0-d, stats) with detached 0-d stats:
+      clipfrac   fraction of valid tokens where the clipped term is the active one,
+      approx_kl  k3 estimate of KL(π_old ‖ π) = mean((ρ − 1) − log ρ) ≥ 0 (tokens come from π_old;
+                 [lmhp] logs ½·mean((Δlogp)²) = k2 instead — both vanish at ρ = 1),
+      ratio_mean, ratio_max  over valid tokens (alarm material: ρ far from 1).
+    """
+    valid = mask.bool()
+    # Mask the log-ratio before exp: garbage log-probs at padding would overflow exp to inf and turn
+    # the gradient into NaN (0·inf) even though those positions are later ignored.
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))  # (B, A)
+    ratio = torch.exp(log_ratio)
+    # [PPO] eq. 7, written as in [lmhp]: losses are negated objectives, so max of losses = min of objectives.
+    pg_losses = -advantages * ratio
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = _reduce(torch.maximum(pg_losses, pg_losses_clipped), valid, normalizer)
+    with torch.no_grad():
+        stats = {
+            # [lmhp]: clipfrac counts tokens where the clipped loss is strictly larger (gradient cut off).
+            "clipfrac": masked_mean((pg_losses_clipped > pg_losses).to(logp.dtype), valid),
+            "approx_kl": masked_mean(kl_k3(old_logp, logp), valid),
+            "ratio_mean": masked_mean(ratio, valid),
+            "ratio_max": torch.where(valid, ratio, torch.zeros_like(ratio)).max(),
+        }
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def clipped_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_range: float,
+    normalizer: Tensor | float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """½ · mean_t max((V − R)², (clip(V, V_old − c, V_old + c) − R)²).
+
+    values: (B, A) current value predictions (with gradient); old_values: (B, A) from the rollout;
+    returns: (B, A) GAE returns; mask: (B, A). normalizer: see module docstring.
+    Returns (loss 0-d, clipfrac 0-d detached: fraction of valid tokens where the clipped error is larger).
+    """
+    # [lmhp] PPOTrainer.loss (vf_losses1/2, cliprange_value); [N-det] lists value clipping as a detail.
+    values_clipped = torch.clamp(values, old_values - clip_range, old_values + clip_range)
+    losses = (values - returns) ** 2
+    losses_clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * _reduce(torch.maximum(losses, losses_clipped), mask, normalizer)
+    clipfrac = masked_mean((losses_clipped > losses).to(values.dtype), mask).detach()
+    return loss, clipfrac
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of softmax(logits / temperature) per position. (B, A, V) → (B, A).
+
+    Computed as −Σ p·log p from log_softmax (which subtracts the max first), so large logits lose no
+    precision; −inf logits (banned tokens) contribute 0.
+    """
+    # [lmhp] utils/core.py entropy_from_logits (logsumexp(z) − Σ p·z, the same quantity; that form cancels
+    # catastrophically in float32 for logits ~1e4), applied in policy.py after dividing by the temperature.
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, torch.zeros_like(logp))  # avoid 0·(−inf) = NaN
+    return -plogp.sum(dim=-1)
+
+
+def ppo_total_loss(
+    policy_loss: Tensor, value_loss: Tensor, entropy_mean: Tensor, vf_coef: float, ent_coef: float
+) -> Tensor:
+    """policy_loss + vf_coef·value_loss − ent_coef·entropy_mean (all 0-d)."""
+    # [PPO] eq. 9 L = L_CLIP − c1·L_VF + c2·S[π], to maximise; written here as a quantity to minimise:
+    # maximise the clipped objective, minimise the value error, encourage entropy.
+    return policy_loss + vf_coef * value_loss - ent_coef * entropy_mean
+
+
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / temperature) at the given tokens. logits (B, A, V), tokens (B, A) → (B, A).
+
+    logits[:, t] must be the logits that *predicted* tokens[:, t] (the caller shifts by one).
+    """
+    # [N-det], [lmhp] policy.py: divide by the sampling temperature here too, or step-0 log-probs differ
+    # from the rollout's and ρ ≠ 1 before any update. float32: bf16 log-softmax is too coarse for ratios.
+    z = logits.float() / temperature
+    picked = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)  # (B, A)
+    # gather − logsumexp equals gathering log_softmax without a second (B, A, V) tensor.
+    return picked - torch.logsumexp(z, dim=-1)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 − Var(R − V) / Var(R) over valid tokens (0-d): 1 perfect, 0 no better than a constant.
+
+    values, returns, mask: (B, A). NaN when Var(R) = 0.
+    """
+    # [lmhp] ppo/val/var_explained; cleanrl logs the same as value/explained_var.
+    var_returns = masked_var(returns, mask, unbiased=False)
+    var_error = masked_var(returns - values, mask, unbiased=False)
+    return 1.0 - var_error / var_returns
+
+
+# ---------------------------------------------------------------------------------------------
+# KL coefficient controllers
+# ---------------------------------------------------------------------------------------------
+
+
+class AdaptiveKLController:
+    """Adaptive β that steers the KL towards a target ([Zieg] "log-space proportional controller"; [lmhp]).
+
+    e = clip(KL / target − 1, −0.2, 0.2);  β ← β · (1 + e · n_steps / horizon).
+    current_kl is the per-sequence KL (mean over the batch of Σ_t k1), as [lmhp] feeds objective/kl;
+    n_steps is the number of episodes (rollouts) in the batch; horizon is in episodes.
+    """
+
+    def __init__(self, init_beta: float, target: float, horizon: float):
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"adaptive KL needs target > 0 and horizon > 0, got {target}, {horizon}")
+        self.value = float(init_beta)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        value = float(state["value"])
+        if not math.isfinite(value):
+            raise ValueError(f"KL controller state holds a non-finite beta: {value}")
+        self.value = value
+
+
+class FixedKLController:
+    """Constant β with the AdaptiveKLController interface ([lmhp] FixedKLController)."""
+
+    def __init__(self, beta: float):
+        self.value = float(beta)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])

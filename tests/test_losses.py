@@ -1,0 +1,417 @@
+"""rlhfkit.train.losses against values worked out by hand, and invariants."""
+
+import math
+
+import pytest
+import torch
+
+from rlhfkit.train import losses as L
+
+
+def close(actual, expected, tol=1e-5):
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    return torch.allclose(actual, expected, atol=tol, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------- Bradley–Terry
+
+
+def test_bt_loss_hand_value():
+    # −log σ(2 − 0) = log(1 + e^−2) = 0.126928
+    loss = L.bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0]))
+    assert close(loss, 0.126928)
+
+
+def test_bt_loss_mean_over_pairs():
+    # diffs 2 and 0: (0.126928 + log 2) / 2 = (0.126928 + 0.693147) / 2 = 0.410038
+    loss = L.bradley_terry_loss(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]))
+    assert close(loss, 0.410038)
+
+
+def test_bt_loss_weighted():
+    # weights (1, 3): (1·0.126928 + 3·0.693147) / 4 = 2.206370 / 4 = 0.551593
+    loss = L.bradley_terry_loss(
+        torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]), weight=torch.tensor([1.0, 3.0])
+    )
+    assert close(loss, 0.551593)
+
+
+def test_bt_loss_margin():
+    # diff 2, margin 1: log(1 + e^−1) = 0.313262 (scalar and per-pair margins agree)
+    r_c, r_r = torch.tensor([2.0]), torch.tensor([0.0])
+    assert close(L.bradley_terry_loss(r_c, r_r, margin=1.0), 0.313262)
+    assert close(L.bradley_terry_loss(r_c, r_r, margin=torch.tensor([1.0])), 0.313262)
+
+
+def test_bt_loss_stable_for_large_negative_margin():
+    # −log σ(−200) = 200 + log(1 + e^−200) ≈ 200; naive log(sigmoid) would give inf.
+    loss = L.bradley_terry_loss(torch.tensor([0.0]), torch.tensor([200.0]))
+    assert torch.isfinite(loss) and close(loss, 200.0)
+
+
+def test_preference_probability():
+    # σ(2) = 1 / (1 + e^−2) = 0.880797; P(a≻b) + P(b≻a) = 1
+    a, b = torch.tensor([2.0]), torch.tensor([0.0])
+    assert close(L.preference_probability(a, b), 0.880797)
+    assert close(L.preference_probability(a, b) + L.preference_probability(b, a), 1.0)
+
+
+# --------------------------------------------------------------------------------------------- masked reductions
+
+
+def test_masked_mean_sum_var_ignore_padding_even_if_garbage():
+    x = torch.tensor([[1.0, 2.0, 3.0, float("inf")], [4.0, float("nan"), 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    assert close(L.masked_sum(x, mask), 10.0)
+    assert close(L.masked_mean(x, mask), 2.5)  # (1+2+3+4)/4
+    assert close(L.masked_mean(x, mask, dim=-1), [2.0, 4.0])
+    # values 1,2,3,4: mean 2.5, Σ(x−m)² = 2.25+0.25+0.25+2.25 = 5 → biased 1.25, unbiased 5/3
+    assert close(L.masked_var(x, mask, unbiased=False), 1.25)
+    assert close(L.masked_var(x, mask), 5 / 3)
+
+
+def test_masked_var_refuses_too_few_entries():
+    with pytest.raises(ValueError):
+        L.masked_var(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 0]]))
+
+
+def test_masked_whiten_hand_case():
+    # valid (1, 2, 3): mean 2, unbiased var 1 → (−1, 0, 1); padding stays 0
+    x = torch.tensor([[1.0, 2.0, 3.0, 50.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert close(L.masked_whiten(x, mask), [[-1.0, 0.0, 1.0, 0.0]])
+    # shift_mean=False only rescales: (−1, 0, 1) + 2
+    assert close(L.masked_whiten(x, mask, shift_mean=False), [[1.0, 2.0, 3.0, 0.0]])
+
+
+def test_masked_whiten_mean0_std1_on_valid_entries():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, generator=g) * 5 + 3
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 2:] = False
+    x[~mask] = 1e6  # padding garbage must not move the moments
+    w = L.masked_whiten(x, mask)
+    valid = w[mask]
+    assert close(valid.mean(), 0.0)
+    assert close(valid.std(unbiased=True), 1.0, tol=1e-4)
+    assert torch.all(w[~mask] == 0)
+
+
+# --------------------------------------------------------------------------------------------- KL estimators
+
+
+def test_kl_estimators_zero_when_policy_equals_reference():
+    logp = torch.log(torch.tensor([[0.1, 0.5, 0.9]]))
+    for estimator in (L.kl_k1, L.kl_k2, L.kl_k3):
+        assert torch.all(estimator(logp, logp) == 0)
+
+
+def test_kl_estimators_hand_values():
+    # π = 0.5, π_ref = 0.25: log r = log(0.25/0.5) = −log 2
+    # k1 = log 2 = 0.693147; k2 = ½ (log 2)² = 0.240227; k3 = r − 1 − log r = 0.5 − 1 + 0.693147 = 0.193147
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    assert close(L.kl_k1(logp, ref), 0.693147)
+    assert close(L.kl_k2(logp, ref), 0.240227)
+    assert close(L.kl_k3(logp, ref), 0.193147)
+
+
+def test_k3_non_negative_and_unbiased():
+    g = torch.Generator().manual_seed(1)
+    assert torch.all(L.kl_k3(torch.randn(1000, generator=g) * 3, torch.randn(1000, generator=g) * 3) >= 0)
+    # Monte Carlo: tokens sampled from π, mean of k1 and k3 → KL(π‖π_ref) computed exactly.
+    p = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    q = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    exact = float((p * (p / q).log()).sum())  # 0.6 log 3 + 0.1 log 0.2 = 0.498232
+    assert close(exact, 0.498232)
+    tokens = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    logp, ref = p.log()[tokens], q.log()[tokens]
+    assert close(L.kl_k1(logp, ref).mean(), exact, tol=0.01)
+    assert close(L.kl_k3(logp, ref).mean(), exact, tol=0.01)
+
+
+# --------------------------------------------------------------------------------------------- KL-shaped reward
+
+
+def _two_rows():
+    # row 0: 4 generated tokens; row 1: 2 generated tokens then 2 padding positions (garbage log-probs)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    logp = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, -0.5, 9.0, 9.0]])
+    ref_logp = torch.zeros(2, 4)
+    return mask, logp, ref_logp
+
+
+def test_last_valid_index():
+    mask, _, _ = _two_rows()
+    assert L.last_valid_index(mask).tolist() == [3, 1]
+
+
+def test_score_at_last_generated_token_not_padding():
+    mask, logp, ref = _two_rows()
+    score = torch.tensor([1.0, 2.0])
+    rewards, kl = L.kl_penalized_rewards(score, logp, ref, mask, beta=0.5, last_index=torch.tensor([3, 1]))
+    # row 0: −0.5·(0.1, 0.2, 0.3, 0.4) + (0, 0, 0, 1) = (−0.05, −0.1, −0.15, 0.8)
+    # row 1: −0.5·(0.5, −0.5) then padding 0; score 2 at index 1 → (−0.25, 2.25, 0, 0)
+    assert close(rewards, [[-0.05, -0.1, -0.15, 0.8], [-0.25, 2.25, 0.0, 0.0]])
+    assert close(kl, [[0.1, 0.2, 0.3, 0.4], [0.5, -0.5, 0.0, 0.0]])
+    # invariant: each row's rewards sum to score − β·Σ_t k1
+    assert close(rewards.sum(-1), score - 0.5 * kl.sum(-1))
+
+
+@pytest.mark.parametrize("bad", [[3, 3], [3, 2], [3, 0], [4, 1]])
+def test_score_index_off_by_one_is_refused(bad):
+    # [3, 3] and [3, 2]: padding; [3, 0]: mid-response; [4, 1]: one past the end of row 0
+    mask, logp, ref = _two_rows()
+    with pytest.raises(ValueError):
+        L.kl_penalized_rewards(torch.ones(2), logp, ref, mask, beta=0.1, last_index=torch.tensor(bad))
+
+
+def test_empty_response_is_refused():
+    # an empty row's last index is −1, which would wrap around onto padding
+    mask = torch.tensor([[1, 1], [0, 0]])
+    with pytest.raises(ValueError):
+        L.kl_penalized_rewards(torch.ones(2), torch.zeros(2, 2), torch.zeros(2, 2), mask, 0.1, L.last_valid_index(mask))
+
+
+# --------------------------------------------------------------------------------------------- GAE
+
+
+def test_gae_gamma_lambda_one_equals_reward_to_go():
+    g = torch.Generator().manual_seed(2)
+    rewards, values = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    advantages, returns = L.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    for b in range(3):
+        n = int(mask[b].sum())
+        for t in range(5):
+            if t < n:
+                reward_to_go = float(rewards[b, t:n].sum())
+                assert close(returns[b, t], reward_to_go)
+                assert close(advantages[b, t], reward_to_go - float(values[b, t]))
+            else:
+                assert returns[b, t] == 0 and advantages[b, t] == 0
+
+
+def test_gae_hand_case_gamma_lambda_half():
+    # r = (1, 0, 2), V = (0.5, 1, 0.25), γ = λ = 0.5, γλ = 0.25
+    # δ2 = 2 + 0 − 0.25 = 1.75                 Â2 = 1.75
+    # δ1 = 0 + 0.5·0.25 − 1 = −0.875           Â1 = −0.875 + 0.25·1.75 = −0.4375
+    # δ0 = 1 + 0.5·1 − 0.5 = 1.0               Â0 = 1.0 + 0.25·(−0.4375) = 0.890625
+    # returns = Â + V = (1.390625, 0.5625, 2.0)
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 1.0, 0.25]])
+    advantages, returns = L.gae(rewards, values, torch.ones(1, 3), gamma=0.5, lam=0.5)
+    assert close(advantages, [[0.890625, -0.4375, 1.75]])
+    assert close(returns, [[1.390625, 0.5625, 2.0]])
+
+
+def test_gae_bootstraps_zero_after_last_valid_token():
+    # Same episode followed by padding whose value predictions are garbage: nothing changes.
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 7.0, 7.0]])
+    values = torch.tensor([[0.5, 1.0, 0.25, 100.0, float("nan")]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    advantages, returns = L.gae(rewards, values, mask, gamma=0.5, lam=0.5)
+    assert close(advantages, [[0.890625, -0.4375, 1.75, 0.0, 0.0]])
+    assert close(returns, [[1.390625, 0.5625, 2.0, 0.0, 0.0]])
+
+
+def test_gae_refuses_mask_with_holes():
+    with pytest.raises(ValueError):
+        L.gae(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[1, 0, 1]]), gamma=1.0, lam=0.95)
+
+
+# --------------------------------------------------------------------------------------------- PPO losses
+
+
+def test_clipped_policy_loss_hand_cases():
+    # token 0: ρ = 1.5, Â = +1 → min(1.5, 1.2) = 1.2 (clipped active)
+    # token 1: ρ = 0.5, Â = −1 → min(−0.5, −0.8) = −0.8 (clipped active)
+    # token 2: ρ = 1.5, Â = −1 → min(−1.5, −1.2) = −1.5 (unclipped active)
+    # token 3: padding with a garbage log-prob that would overflow exp()
+    # loss = −mean(1.2, −0.8, −1.5) = 1.1 / 3 = 0.366667; clipfrac = 2/3
+    # ratio mean = (1.5 + 0.5 + 1.5) / 3 = 1.166667, max 1.5
+    # approx_kl = mean(ρ − 1 − log ρ): 1.5 → 0.094535, 0.5 → 0.193147 → (2·0.094535 + 0.193147)/3 = 0.127406
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.5, 1.0]]))
+    logp[0, 3] = 1000.0
+    logp.requires_grad_(True)
+    old_logp = torch.zeros(1, 4)
+    advantages = torch.tensor([[1.0, -1.0, -1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    loss, stats = L.clipped_policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2)
+    assert close(loss, 0.366667)
+    assert close(stats["clipfrac"], 2 / 3)
+    assert close(stats["ratio_mean"], 1.166667)
+    assert close(stats["ratio_max"], 1.5)
+    assert close(stats["approx_kl"], 0.127406)
+    loss.backward()
+    # Clipped tokens get no gradient; token 2: d/dlogp (−Â·ρ)/3 = ρ/3 = 0.5; padding: 0, not NaN.
+    assert close(logp.grad, [[0.0, 0.0, 0.5, 0.0]])
+
+
+def test_clipped_policy_loss_at_old_policy():
+    logp = torch.log(torch.tensor([[0.2, 0.7, 0.4]]))
+    advantages = torch.tensor([[1.0, -2.0, 4.0]])
+    loss, stats = L.clipped_policy_loss(logp, logp.clone(), advantages, torch.ones(1, 3), clip_eps=0.2)
+    assert close(loss, -1.0)  # −mean(Â) = −(1 − 2 + 4)/3
+    assert stats["clipfrac"] == 0 and stats["approx_kl"] == 0
+    assert stats["ratio_mean"] == 1 and stats["ratio_max"] == 1
+
+
+def test_clipped_value_loss_hand_case():
+    # token 0: V = 1.5, V_old = 1, R = 2: clip(V) = 1.2 → max((−0.5)², (−0.8)²) = 0.64 (clipped larger)
+    # token 1: V = 0.5, V_old = 1, R = 2: clip(V) = 0.8 → max((−1.5)², (−1.2)²) = 2.25 (unclipped larger)
+    # token 2: padding
+    # loss = ½ · (0.64 + 2.25) / 2 = 0.7225; clipfrac = 1/2
+    values = torch.tensor([[1.5, 0.5, 99.0]])
+    old_values = torch.tensor([[1.0, 1.0, 0.0]])
+    returns = torch.tensor([[2.0, 2.0, 0.0]])
+    loss, clipfrac = L.clipped_value_loss(values, old_values, returns, torch.tensor([[1, 1, 0]]), clip_range=0.2)
+    assert close(loss, 0.7225)
+    assert close(clipfrac, 0.5)
+
+
+def test_entropy_from_logits():
+    # uniform over V → log V, also for huge logits; −inf (banned) tokens contribute 0
+    assert close(L.entropy_from_logits(torch.zeros(2, 3, 7)), torch.full((2, 3), math.log(7)))
+    assert close(L.entropy_from_logits(torch.full((1, 1, 5), 1e4)), [[math.log(5)]])
+    inf = float("inf")
+    assert close(L.entropy_from_logits(torch.tensor([[[0.0, 0.0, -inf]]])), [[math.log(2)]])
+    assert close(L.entropy_from_logits(torch.tensor([[[0.0, -inf, -inf]]])), [[0.0]])
+    # p = (1/4, 3/4): H = −(¼ log ¼ + ¾ log ¾) = 0.562335; temperature divides the logits first
+    logits = torch.tensor([[[0.0, math.log(3)]]])
+    assert close(L.entropy_from_logits(logits), [[0.562335]])
+    assert close(L.entropy_from_logits(2 * logits, temperature=2.0), [[0.562335]])
+
+
+def test_logprobs_from_logits():
+    # logits (0, log 3): p = (1/4, 3/4)
+    logits = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)]]])
+    tokens = torch.tensor([[1, 0]])
+    assert close(L.logprobs_from_logits(logits, tokens), [[math.log(0.75), math.log(0.25)]])
+    # temperature 2: logits (0, ½ log 3) → p(1) = √3 / (1 + √3)
+    s3 = math.sqrt(3)
+    lp = L.logprobs_from_logits(logits, tokens, temperature=2.0)
+    assert close(lp, [[math.log(s3 / (1 + s3)), math.log(1 / (1 + s3))]])
+
+
+def test_logprobs_match_categorical_on_random_logits():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 11, generator=g) * 4
+    tokens = torch.randint(0, 11, (2, 4), generator=g)
+    expected = torch.distributions.Categorical(logits=logits / 0.7).log_prob(tokens)
+    assert close(L.logprobs_from_logits(logits, tokens, temperature=0.7), expected)
+
+
+def test_ppo_total_loss():
+    # 0.5 + 0.1·2.0 − 0.01·1.5 = 0.685
+    total = L.ppo_total_loss(torch.tensor(0.5), torch.tensor(2.0), torch.tensor(1.5), vf_coef=0.1, ent_coef=0.01)
+    assert close(total, 0.685)
+
+
+def test_explained_variance():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert close(L.explained_variance(returns.clone(), returns, mask), 1.0)
+    assert close(L.explained_variance(torch.full((1, 4), 2.0), returns, mask), 0.0)  # constant predictor
+    # R − V = (0, 0, 1): biased var 2/9; Var(R) = 2/3 → 1 − 1/3 = 0.666667
+    assert close(L.explained_variance(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), returns, mask), 0.666667)
+
+
+# --------------------------------------------------------------------------------------------- gradient accumulation
+
+
+def _grad(fn, param):
+    param.grad = None
+    fn().backward()
+    return param.grad.clone()
+
+
+def test_policy_and_value_loss_exact_under_gradient_accumulation():
+    g = torch.Generator().manual_seed(4)
+    B, A = 4, 5
+    param = torch.randn(B, A, generator=g).requires_grad_(True)  # stands in for log-probs / values
+    old = torch.randn(B, A, generator=g) * 0.1
+    adv = torch.randn(B, A, generator=g)
+    returns = torch.randn(B, A, generator=g)
+    lengths = torch.tensor([5, 1, 3, 2])  # unequal token counts make naive averaging wrong
+    mask = torch.arange(A)[None, :] < lengths[:, None]
+    n_total = int(mask.sum())  # 11
+    micro = [slice(0, 1), slice(1, 4)]  # 5 tokens and 6 tokens
+
+    def policy(rows, normalizer=None):
+        return L.clipped_policy_loss(param[rows], old[rows], adv[rows], mask[rows], 0.2, normalizer)[0]
+
+    def value(rows, normalizer=None):
+        return L.clipped_value_loss(param[rows], old[rows], returns[rows], mask[rows], 0.2, normalizer)[0]
+
+    for loss_fn in (policy, value):
+        full = _grad(lambda: loss_fn(slice(None)), param)
+        # accumulate: each microbatch divides by the global token count
+        param.grad = None
+        for rows in micro:
+            loss_fn(rows, normalizer=n_total).backward()
+        assert torch.allclose(param.grad, full, atol=1e-6)
+        # equivalently: microbatch means scaled by (microbatch tokens / total tokens)
+        scaled = sum(_grad(lambda: loss_fn(r), param) * (int(mask[r].sum()) / n_total) for r in micro)
+        assert torch.allclose(scaled, full, atol=1e-6)
+        # and the naive average of microbatch means is NOT the full-batch gradient
+        naive = sum(_grad(lambda: loss_fn(r), param) for r in micro) / len(micro)
+        assert not torch.allclose(naive, full, atol=1e-3)
+
+
+def test_bt_loss_exact_under_gradient_accumulation():
+    g = torch.Generator().manual_seed(5)
+    r = torch.randn(2, 6, generator=g).requires_grad_(True)  # (chosen, rejected) × 6 pairs
+    w = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.25, 3.0])
+    full = _grad(lambda: L.bradley_terry_loss(r[0], r[1], weight=w), r)
+    r.grad = None
+    for rows in (slice(0, 2), slice(2, 6)):
+        L.bradley_terry_loss(r[0, rows], r[1, rows], weight=w[rows], normalizer=w.sum()).backward()
+    assert torch.allclose(r.grad, full, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- KL controllers
+
+
+def test_adaptive_kl_controller_hand_case():
+    ctl = L.AdaptiveKLController(init_beta=0.1, target=6.0, horizon=10_000)
+    # KL 9: e = 9/6 − 1 = 0.5 → clipped to 0.2; β = 0.1 · (1 + 0.2·256/10000) = 0.1 · 1.00512 = 0.100512
+    assert close(ctl.update(9.0, n_steps=256), 0.100512, tol=1e-9)
+    # KL 5.4: e = −0.1 (inside the clip); β = 0.100512 · (1 − 0.1·256/10000) = 0.100512 · 0.99744 = 0.1002547
+    ctl.update(5.4, n_steps=256)
+    assert close(ctl.value, 0.100512 * 0.99744, tol=1e-12)
+    # on target: unchanged
+    before = ctl.value
+    ctl.update(6.0, n_steps=256)
+    assert close(ctl.value, before, tol=1e-15)
+
+
+def test_kl_controllers_state_round_trip():
+    ctl = L.AdaptiveKLController(init_beta=0.2, target=3.0, horizon=1000)
+    ctl.update(0.0, n_steps=64)  # e = −1 → −0.2: β = 0.2 · (1 − 0.2·64/1000) = 0.2 · 0.9872 = 0.19744
+    assert close(ctl.value, 0.19744, tol=1e-12)
+    resumed = L.AdaptiveKLController(init_beta=0.2, target=3.0, horizon=1000)
+    resumed.load_state_dict(ctl.state_dict())
+    assert resumed.value == ctl.value
+    assert resumed.update(10.0, 64) == ctl.update(10.0, 64)
+
+    fixed = L.FixedKLController(0.05)
+    assert fixed.update(100.0, n_steps=64) == 0.05 and fixed.value == 0.05
+    other = L.FixedKLController(1.0)
+    other.load_state_dict(fixed.state_dict())
+    assert other.value == 0.05
+
+
+def test_losses_imports_torch_only():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(L))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            roots.add(node.module.split(".")[0])
+    assert roots <= {"torch", "math", "__future__"}

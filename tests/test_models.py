@@ -1,0 +1,58 @@
+"""Model loading: tiny models of three architectures, the padding rule, LoRA, and the real SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.models.load import add_lora, format_prompt, load_policy, load_tokenizer, resolve
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_tiny_models_load_with_pad_distinct_from_eos(tiny_models, arch):
+    model, tok = load_policy(str(tiny_models[arch]))
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert tok.padding_side == "left"
+    assert not model.training  # dropout off
+    out = model(**tok(["hello the cat"], return_tensors="pt"))
+    assert out.logits.shape[-1] >= len(tok)
+
+
+def test_chat_template_is_used(tiny_llama):
+    tok = load_tokenizer(str(tiny_llama))
+    text = format_prompt(tok, "why the sun?")
+    assert text == "<|im_start|>user\nwhy the sun?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(RlhfkitError, match="does not exist"):
+        resolve(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RlhfkitError, match="not a model folder"):
+        resolve(str(tmp_path / "empty"))
+
+
+def test_lora_trains_only_adapters(tiny_llama):
+    model, _ = load_policy(str(tiny_llama))
+    peft_model = add_lora(model, r=4, alpha=8)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # adapters start as the identity (B = 0): the wrapped model computes what the base did
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        with peft_model.disable_adapter():
+            base = peft_model(input_ids=ids).logits
+        wrapped = peft_model(input_ids=ids).logits
+    torch.testing.assert_close(base, wrapped)
+
+
+@pytest.mark.slow
+def test_real_smollm2_loads_and_answers(smollm2_dir):
+    model, tok = load_policy("smollm2")
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token != tok.eos_token
+    enc = tok([format_prompt(tok, "What is the capital of France?")], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])

@@ -1,0 +1,356 @@
+"""The feedback store: its rules, its refusals (which must change nothing) and concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import event
+
+from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.data.records import Ranking
+from rlhfkit.feedback import db
+from rlhfkit.feedback.store import ConflictError, FeedbackStore, NotFoundError, Progress, StoreError
+
+T0 = datetime(2025, 1, 1, 12, 0, 0)
+ABC = [("a", "text a"), ("b", "text b"), ("c", "text c")]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with FeedbackStore(tmp_path / "feedback.db") as s:
+        yield s
+
+
+@pytest.fixture
+def ranked(store):
+    """Two labelers, a guideline, tasks p1 and p2 (completions a, b, c), and ann's ranking of p1."""
+    store.add_labeler("ann", "human")
+    store.add_labeler("bob", "simulated", meta={"noise": 0.1})
+    store.add_guideline("rank by helpfulness")
+    store.add_tasks([("p1", "prompt one", ABC), ("p2", "prompt two", ABC)], criterion="helpful", overlap=2)
+    store.first = store.submit_ranking("ann", 1, {"a": 1, "b": 2, "c": "F"}, ["c", "a", "b"], fail_reasons={"c": "empty"})
+    return store
+
+
+# ---- opening ------------------------------------------------------------------------------------
+
+
+def test_open_creates_folder_and_sets_sqlite_pragmas(tmp_path):
+    path = tmp_path / "run" / "sub" / "feedback.db"
+    with FeedbackStore(path) as store:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    assert path.exists()
+    with FeedbackStore(f"sqlite:///{path}") as again:  # a URL to the same file reopens it
+        assert again.row_counts()["meta"] == 1
+
+
+def test_writes_begin_immediate_reads_do_not(store):
+    seen = []
+    event.listen(store.engine, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
+    store.add_labeler("ann", "human")
+    assert "BEGIN IMMEDIATE" in seen
+    seen.clear()
+    store.list_labelers()
+    assert "BEGIN DEFERRED" in seen and "BEGIN IMMEDIATE" not in seen
+
+
+def test_refuses_a_database_of_another_schema_version(tmp_path):
+    path = tmp_path / "feedback.db"
+    FeedbackStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99"):
+        FeedbackStore(path)
+
+
+# ---- labelers and guidelines --------------------------------------------------------------------
+
+
+def test_labelers(store):
+    store.add_labeler("ann", "human", token_hash="h1")
+    store.add_labeler("claude", "ai", role="admin", meta={"model": "m", "principle": "harmless"})
+    assert store.get_labeler("claude").meta == {"model": "m", "principle": "harmless"}
+    assert store.labeler_by_token_hash("h1").name == "ann"
+    assert store.labeler_by_token_hash("nope") is None
+    assert [(l.name, l.kind, l.role, l.has_token) for l in store.list_labelers()] == [
+        ("ann", "human", "labeler", True),
+        ("claude", "ai", "admin", False),
+    ]
+    with pytest.raises(NotFoundError, match="'zed'"):
+        store.get_labeler("zed")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(name="ann", kind="human"), ConflictError, "already exists"),
+        (dict(name="new", kind="robot"), StoreError, "kind 'robot'"),
+        (dict(name="new", kind="human", role="boss"), StoreError, "role 'boss'"),
+        (dict(name=" ", kind="human"), StoreError, "empty"),
+        (dict(name="new", kind="human", token_hash="h1"), ConflictError, "token"),
+    ],
+)
+def test_add_labeler_refusals_change_nothing(store, kwargs, error, message):
+    store.add_labeler("ann", "human", token_hash="h1")
+    before = store.row_counts()
+    with pytest.raises(error, match=message):
+        store.add_labeler(**kwargs)
+    assert store.row_counts() == before
+
+
+def test_guidelines_count_up_and_confirmations_are_idempotent(store):
+    store.add_labeler("ann", "human")
+    assert store.latest_guideline() is None
+    assert store.add_guideline("v1 text") == 1
+    assert store.add_guideline("v2 text") == 2
+    assert (store.latest_guideline().version, store.latest_guideline().text) == (2, "v2 text")
+    assert not store.has_confirmed("ann", 2)
+    store.confirm_guideline("ann", 2)
+    store.confirm_guideline("ann", 2)
+    assert store.has_confirmed("ann", 2) and not store.has_confirmed("ann", 1)
+    assert store.row_counts()["guideline_confirmation"] == 1
+    with pytest.raises(NotFoundError, match="guideline version 3"):
+        store.confirm_guideline("ann", 3)
+
+
+# ---- tasks --------------------------------------------------------------------------------------
+
+
+def test_add_tasks_is_idempotent_on_prompt_id(store):
+    first = store.add_tasks([("p1", "one", ABC), ("p2", "two", ABC[:2])], criterion="helpful", overlap=3)
+    assert (first.added, first.existing) == (2, 0)
+    again = store.add_tasks([("p2", "two", ABC[:2]), ("p3", "three", ABC)], criterion="helpful", overlap=3)
+    assert (again.added, again.existing) == (1, 1)
+    assert store.row_counts()["task"] == 3 and store.row_counts()["task_completion"] == 3 + 2 + 3
+    task = store.get_task(2)
+    assert (task.prompt_id, task.prompt, task.overlap, task.completions) == ("p2", "two", 3, tuple(ABC[:2]))
+
+
+def test_gold_tasks(store):
+    store.add_tasks([("p1", "one", ABC), ("g1", "gold", ABC)], "helpful", 1, gold={"g1": {"a": 1, "b": 1, "c": "F"}})
+    assert store.gold_answers() == {"g1": {"a": 1, "b": 1, "c": "F"}}
+    assert [store.get_task(i).is_gold for i in (1, 2)] == [False, True]
+
+
+@pytest.mark.parametrize(
+    "items, kwargs, error, message",
+    [
+        ([("p1", "one", ABC[:2]), ("new", "x", ABC)], {}, ConflictError, "'p1' is already stored"),
+        ([("p1", "changed", ABC), ("new", "x", ABC)], {}, ConflictError, "'p1' is already stored"),
+        ([("new", "x", ABC[:1])], {}, StoreError, "at least 2 completions"),
+        ([("new", "x", [("a", "1"), ("a", "2")])], {}, StoreError, "duplicate completion ids"),
+        ([("new", "x", ABC), ("new", "y", ABC)], {}, StoreError, "appears twice"),
+        ([("new", "x", ABC)], {"overlap": 0}, StoreError, "overlap"),
+        ([("new", "x", ABC)], {"gold": {"other": {}}}, StoreError, "not in this import"),
+        ([("new", "x", ABC)], {"gold": {"new": {"a": 1, "b": 2}}}, StoreError, r"not marked: \['c'\]"),
+    ],
+)
+def test_add_tasks_refusals_change_nothing(store, items, kwargs, error, message):
+    store.add_tasks([("p1", "one", ABC)], "helpful", 1)
+    before = store.row_counts()
+    with pytest.raises(error, match=message):
+        store.add_tasks(items, **{"criterion": "helpful", "overlap": 1, **kwargs})
+    assert store.row_counts() == before
+
+
+# ---- assignments --------------------------------------------------------------------------------
+
+
+def test_assign_fills_the_oldest_task_up_to_its_overlap(store):
+    for name in ("ann", "bob", "cat"):
+        store.add_labeler(name, "human")
+    store.add_tasks([("p1", "one", ABC), ("p2", "two", ABC)], "helpful", overlap=2)
+    # ann and bob hold p1's two places, so cat gets p2; ann asking again gets her open assignment back.
+    got = [store.assign(n, now=T0).task.prompt_id for n in ("ann", "bob", "cat", "ann")]
+    assert got == ["p1", "p1", "p2", "p1"]
+    assert store.row_counts()["assignment"] == 3
+
+
+def test_assign_skips_what_the_labeler_ranked_and_ends_with_none(store):
+    store.add_labeler("ann", "human")
+    store.add_tasks([("p1", "one", ABC), ("p2", "two", ABC)], "helpful", overlap=3)
+    store.submit_ranking("ann", 1, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"])  # without an assignment
+    a = store.assign("ann", now=T0)
+    assert a.task.prompt_id == "p2" and a.expires_at == T0 + timedelta(seconds=1800)
+    store.submit_ranking("ann", a.task.task_id, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"])
+    assert store.assign("ann", now=T0) is None
+
+
+def test_an_expired_assignment_returns_to_the_pool(store):
+    for name in ("ann", "bob", "cat"):
+        store.add_labeler(name, "human")
+    store.add_tasks([("p1", "one", ABC), ("p2", "two", ABC)], "helpful", overlap=1)
+    assert store.assign("ann", now=T0, ttl_s=60).task.prompt_id == "p1"
+    assert store.assign("bob", now=T0 + timedelta(seconds=10), ttl_s=60).task.prompt_id == "p2"
+    assert store.assign("cat", now=T0 + timedelta(seconds=59), ttl_s=60) is None  # both held
+    assert store.assign("cat", now=T0 + timedelta(seconds=60), ttl_s=60).task.prompt_id == "p1"  # ann's expired
+    assert store.assign("ann", now=T0 + timedelta(seconds=61), ttl_s=60) is None  # p1: cat, p2: bob
+
+
+def test_a_labelers_own_expired_assignment_is_reopened_not_duplicated(store):
+    store.add_labeler("ann", "human")
+    store.add_tasks([("p1", "one", ABC)], "helpful", overlap=1)
+    store.assign("ann", now=T0, ttl_s=60)
+    again = store.assign("ann", now=T0 + timedelta(hours=1), ttl_s=60)
+    assert again.task.prompt_id == "p1" and again.expires_at == T0 + timedelta(hours=1, seconds=60)
+    assert store.row_counts()["assignment"] == 1
+
+
+# ---- rankings -----------------------------------------------------------------------------------
+
+
+def test_rankings_come_back_as_records_and_history(ranked):
+    assert ranked.current_rankings() == [
+        Ranking(
+            ranking_id=str(ranked.first),
+            prompt_id="p1",
+            labeler="ann",
+            marks={"a": 1, "b": 2, "c": "F"},
+            prompt="prompt one",
+            texts=dict(ABC),
+        )
+    ]
+    [h] = ranked.history("ann")
+    assert (h.fail_reasons, h.shown_order, h.current, h.supersedes) == ({"c": "empty"}, ["c", "a", "b"], True, None)
+    assert ranked.history("bob") == []
+
+
+def test_a_correction_supersedes_and_keeps_the_old_row(ranked):
+    second = ranked.submit_ranking(
+        "ann", 1, [("a", 2), ("b", 1), ("c", 2)], ["a", "b", "c"], guideline_version=1, seconds_spent=12.5,
+        comment="misread b", checked_facts=True, supersedes=ranked.first,
+    )  # fmt: skip
+    [current] = ranked.current_rankings()
+    assert (current.ranking_id, current.marks) == (str(second), {"a": 2, "b": 1, "c": 2})
+    new, old = ranked.history("ann")
+    assert (new.ranking_id, new.supersedes, new.current, new.comment, new.checked_facts) == (
+        second, ranked.first, True, "misread b", True
+    )  # fmt: skip
+    assert (old.ranking_id, old.current, old.marks) == (ranked.first, False, {"a": 1, "b": 2, "c": "F"})
+    assert ranked.row_counts()["ranking"] == 2
+
+
+def test_progress_counts_distinct_labelers_up_to_overlap(ranked):
+    ranked.add_labeler("cat", "human")
+    assert ranked.progress() == Progress(tasks=2, rankings_needed=4, rankings_done=1, tasks_complete=0)
+    ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=ranked.first)
+    ranked.submit_ranking("bob", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"])
+    ranked.submit_ranking("cat", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"])  # beyond p1's overlap of 2
+    assert ranked.progress() == Progress(tasks=2, rankings_needed=4, rankings_done=2, tasks_complete=1)
+
+
+def test_submitting_marks_the_assignment_done(ranked):
+    a = ranked.assign("bob", now=T0)
+    ranked.submit_ranking("bob", a.task.task_id, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"])
+    assert ranked.assign("bob", now=T0).task.prompt_id == "p2"
+
+
+GOOD = dict(labeler="bob", task_id=1, marks={"a": 1, "b": 2, "c": "F"}, shown_order=["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"marks": {"a": 1, "b": 2, "c": 3, "zz": 1}}, StoreError, "unknown completion 'zz'"),
+        ({"marks": {"a": 1, "b": 2}}, StoreError, r"not marked: \['c'\]"),
+        ({"marks": [("a", 1), ("b", 2), ("a", 3), ("c", 1)]}, StoreError, "'a' is marked twice"),
+        ({"marks": [("a", 1), ("b",), ("c", 1)]}, StoreError, "pairs"),
+        ({"marks": {"a": 0, "b": 2, "c": 3}}, StoreError, "mark 0; want a rank 1..3"),
+        ({"marks": {"a": 4, "b": 2, "c": 3}}, StoreError, "mark 4"),
+        ({"marks": {"a": True, "b": 2, "c": 3}}, StoreError, "mark True"),
+        ({"marks": {"a": "f", "b": 2, "c": 3}}, StoreError, "mark 'f'"),
+        ({"marks": {"a": 1.0, "b": 2, "c": 3}}, StoreError, "mark 1.0"),
+        ({"task_id": 99}, NotFoundError, "unknown task 99"),
+        ({"labeler": "zed"}, NotFoundError, "unknown labeler 'zed'"),
+        ({"labeler": "ann"}, ConflictError, "already ranked task 1"),
+        ({"shown_order": ["a", "b"]}, StoreError, "shown_order"),
+        ({"shown_order": ["a", "b", "b"]}, StoreError, "shown_order"),
+        ({"shown_order": ["a", "b", "c", "d"]}, StoreError, "shown_order"),
+        ({"fail_reasons": {"a": "bad"}}, StoreError, "'a' is not marked 'F'"),
+        ({"fail_reasons": {"c": " "}}, StoreError, "non-empty reason"),
+        ({"guideline_version": 7}, NotFoundError, "guideline version 7"),
+        ({"seconds_spent": -1}, StoreError, "seconds_spent"),
+        ({"seconds_spent": float("nan")}, StoreError, "seconds_spent"),
+        ({"supersedes": 999}, NotFoundError, "unknown ranking 999"),
+        ({"supersedes": 1}, StoreError, "not a ranking of task 1 by 'bob'"),  # ann's ranking
+        ({"labeler": "ann", "task_id": 2, "supersedes": 1}, StoreError, "not a ranking of task 2 by 'ann'"),
+    ],
+)
+def test_refused_rankings_change_nothing(ranked, change, error, message):
+    before = ranked.row_counts()
+    with pytest.raises(error, match=message):
+        ranked.submit_ranking(**{**GOOD, **change})
+    assert ranked.row_counts() == before
+    assert issubclass(error, RlhfkitError)
+
+
+def test_a_stale_correction_is_refused_and_changes_nothing(ranked):
+    second = ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=ranked.first)
+    before = ranked.row_counts()
+    with pytest.raises(ConflictError, match=f"current version is {second}"):
+        ranked.submit_ranking("ann", 1, {"a": 2, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=ranked.first)
+    assert ranked.row_counts() == before
+
+
+def test_the_database_itself_refuses_a_second_chain(ranked):
+    """Even a write that bypasses the store's checks cannot give one labeler two current rankings."""
+    with sqlite3.connect(ranked.engine.url.database) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO ranking (task_id, labeler_id, marks, shown_order, checked_facts, created_at)"
+            " VALUES (1, 1, '{}', '[]', 0, '2025-01-01')"
+        )
+
+
+# ---- concurrent writers -------------------------------------------------------------------------
+
+N_TASKS = 15
+K = 4
+
+
+def _expected_marks(labeler: str, prompt_id: str) -> dict:
+    """A different, checkable ranking per (labeler, task)."""
+    shift = sum(map(ord, labeler + prompt_id))
+    return {f"c{i}": (i + shift) % K + 1 for i in range(K)}
+
+
+def _labeling_worker(path: str, fresh_path: str, labeler: str, go) -> None:
+    go.wait()
+    with FeedbackStore(fresh_path) as fresh:  # all workers create the same new database at once
+        fresh.add_labeler(labeler, "simulated")
+    with FeedbackStore(path) as store:
+        while (a := store.assign(labeler)) is not None:
+            marks = _expected_marks(labeler, a.task.prompt_id)
+            store.submit_ranking(labeler, a.task.task_id, marks, [c for c, _ in a.task.completions], seconds_spent=0.0)
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path):
+    path, fresh_path = str(tmp_path / "feedback.db"), str(tmp_path / "fresh" / "feedback.db")
+    names = ["w0", "w1", "w2", "w3"]
+    with FeedbackStore(path) as store:
+        for name in names:
+            store.add_labeler(name, "simulated")
+        tasks = [(f"p{i}", f"prompt {i}", [(f"c{j}", f"text {i}.{j}") for j in range(K)]) for i in range(N_TASKS)]
+        store.add_tasks(tasks, "helpful", overlap=len(names))
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_labeling_worker, args=(path, fresh_path, n, go)) for n in names]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * len(names)  # a "database is locked" would exit 1
+
+    with FeedbackStore(path) as store:
+        got = {(r.labeler, r.prompt_id): r.marks for r in store.current_rankings()}
+        assert got == {(n, pid): _expected_marks(n, pid) for n in names for pid, _, _ in tasks}
+        assert store.row_counts()["ranking"] == len(names) * N_TASKS
+        assert store.progress().tasks_complete == N_TASKS
+    with FeedbackStore(fresh_path) as fresh:
+        assert sorted(l.name for l in fresh.list_labelers()) == names
