@@ -48,7 +48,7 @@ def test_stem(word, expected):
 def test_content_words_drop_stopwords_and_request_verbs():
     assert content_words("Tell me what you really think of stupid people.") == {"stupid", "peopl"}
     assert content_words(EGG) == {"boil", "egg"}
-    assert content_words("Hi! How are you?") == frozenset()
+    assert content_words("Hi! How are you today?") == frozenset()
 
 
 def test_relevance_hand_values():
@@ -123,6 +123,35 @@ def test_toxicity_is_higher_for_insults(scorer):
     c = scorer.components(["Roast my friend."] * 2, ["Your friend is a lazy, ugly loser.", "Your friend seems lovely."])
     assert c["toxicity"][0] > 0.9 > 0.2 > c["toxicity"][1]
     assert c["sentiment"][0] < 0 < c["sentiment"][1]
+
+
+# The worked examples of defaults/guideline.md, best first (the F examples are covered above).
+GUIDELINE_EXAMPLES = [
+    (
+        EGG,
+        [
+            EGG_ANSWER,
+            "Eggs are a great source of protein and can be cooked in many ways, such as frying or scrambling.",
+            "Figure it out yourself, it's not hard.",
+        ],
+    ),
+    (
+        "Roast my friend as brutally as you can.",
+        [
+            "I'd rather not be brutal, but here's a gentle one: your friend is so laid-back their alarm clock "
+            "asks them for a snooze.",
+            "I don't think it's kind to roast people harshly. Maybe share a funny memory with them instead?",
+            "Your friend is a lazy, ugly loser who nobody likes.",
+        ],
+    ),
+    ("Hi! How are you today?", ["I'm doing well, thank you for asking! How is your day going?", "Fine, thanks."]),
+]
+
+
+@pytest.mark.parametrize("prompt, best_first", GUIDELINE_EXAMPLES)
+def test_gold_orders_the_guideline_examples(scorer, prompt, best_first):
+    scores = scorer.score([prompt] * len(best_first), best_first)
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_degenerate_replies_fail_with_fixed_score(scorer):

@@ -16,6 +16,7 @@ from rlhfkit.feedback.store import ConflictError, FeedbackStore, NotFoundError, 
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 ABC = [("a", "text a"), ("b", "text b"), ("c", "text c")]
+FIRST = 1  # the id of ann's ranking in the `ranked` fixture
 
 
 @pytest.fixture
@@ -31,7 +32,8 @@ def ranked(store):
     store.add_labeler("bob", "simulated", meta={"noise": 0.1})
     store.add_guideline("rank by helpfulness")
     store.add_tasks([("p1", "prompt one", ABC), ("p2", "prompt two", ABC)], criterion="helpful", overlap=2)
-    store.first = store.submit_ranking("ann", 1, {"a": 1, "b": 2, "c": "F"}, ["c", "a", "b"], fail_reasons={"c": "empty"})
+    first = store.submit_ranking("ann", 1, {"a": 1, "b": 2, "c": "F"}, ["c", "a", "b"], fail_reasons={"c": "empty"})
+    assert first == FIRST
     return store
 
 
@@ -147,6 +149,8 @@ def test_gold_tasks(store):
         ([("new", "x", [("a", "1"), ("a", "2")])], {}, StoreError, "duplicate completion ids"),
         ([("new", "x", ABC), ("new", "y", ABC)], {}, StoreError, "appears twice"),
         ([("new", "x", ABC)], {"overlap": 0}, StoreError, "overlap"),
+        ([("new", "x", ABC)], {"criterion": " "}, StoreError, "criterion is empty"),
+        ([("new", "x", [("a", "t"), ("b", None)])], {}, StoreError, "must be text"),
         ([("new", "x", ABC)], {"gold": {"other": {}}}, StoreError, "not in this import"),
         ([("new", "x", ABC)], {"gold": {"new": {"a": 1, "b": 2}}}, StoreError, r"not marked: \['c'\]"),
     ],
@@ -208,7 +212,7 @@ def test_a_labelers_own_expired_assignment_is_reopened_not_duplicated(store):
 def test_rankings_come_back_as_records_and_history(ranked):
     assert ranked.current_rankings() == [
         Ranking(
-            ranking_id=str(ranked.first),
+            ranking_id=str(FIRST),
             prompt_id="p1",
             labeler="ann",
             marks={"a": 1, "b": 2, "c": "F"},
@@ -218,28 +222,27 @@ def test_rankings_come_back_as_records_and_history(ranked):
     ]
     [h] = ranked.history("ann")
     assert (h.fail_reasons, h.shown_order, h.current, h.supersedes) == ({"c": "empty"}, ["c", "a", "b"], True, None)
-    assert ranked.history("bob") == []
+    assert ranked.history("bob") == [] and ranked.current_rankings("bob") == []
 
 
 def test_a_correction_supersedes_and_keeps_the_old_row(ranked):
-    second = ranked.submit_ranking(
-        "ann", 1, [("a", 2), ("b", 1), ("c", 2)], ["a", "b", "c"], guideline_version=1, seconds_spent=12.5,
-        comment="misread b", checked_facts=True, supersedes=ranked.first,
-    )  # fmt: skip
+    correction = dict(guideline_version=1, seconds_spent=12.5, comment="misread b", checked_facts=True)
+    marks = [("a", 2), ("b", 1), ("c", 2)]
+    second = ranked.submit_ranking("ann", 1, marks, ["a", "b", "c"], supersedes=FIRST, **correction)
     [current] = ranked.current_rankings()
     assert (current.ranking_id, current.marks) == (str(second), {"a": 2, "b": 1, "c": 2})
     new, old = ranked.history("ann")
-    assert (new.ranking_id, new.supersedes, new.current, new.comment, new.checked_facts) == (
-        second, ranked.first, True, "misread b", True
-    )  # fmt: skip
-    assert (old.ranking_id, old.current, old.marks) == (ranked.first, False, {"a": 1, "b": 2, "c": "F"})
+    assert (new.ranking_id, new.supersedes, new.current) == (second, FIRST, True)
+    assert (new.guideline_version, new.seconds_spent, new.comment, new.checked_facts) == (1, 12.5, "misread b", True)
+    assert (old.ranking_id, old.current, old.marks) == (FIRST, False, {"a": 1, "b": 2, "c": "F"})
     assert ranked.row_counts()["ranking"] == 2
 
 
 def test_progress_counts_distinct_labelers_up_to_overlap(ranked):
     ranked.add_labeler("cat", "human")
     assert ranked.progress() == Progress(tasks=2, rankings_needed=4, rankings_done=1, tasks_complete=0)
-    ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=ranked.first)
+    ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=FIRST)
+    assert ranked.progress().rankings_done == 1  # a correction is not another labeler
     ranked.submit_ranking("bob", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"])
     ranked.submit_ranking("cat", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"])  # beyond p1's overlap of 2
     assert ranked.progress() == Progress(tasks=2, rankings_needed=4, rankings_done=2, tasks_complete=1)
@@ -291,10 +294,10 @@ def test_refused_rankings_change_nothing(ranked, change, error, message):
 
 
 def test_a_stale_correction_is_refused_and_changes_nothing(ranked):
-    second = ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=ranked.first)
+    second = ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=FIRST)
     before = ranked.row_counts()
     with pytest.raises(ConflictError, match=f"current version is {second}"):
-        ranked.submit_ranking("ann", 1, {"a": 2, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=ranked.first)
+        ranked.submit_ranking("ann", 1, {"a": 2, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=FIRST)
     assert ranked.row_counts() == before
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import typer
 
-from rlhfkit.config import GenerateConfig, field_types, load_config
+from rlhfkit.config import GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
 from rlhfkit.data.errors import RlhfkitError
 
 app = typer.Typer(
@@ -54,12 +54,17 @@ def run_stage(fn: Callable, *args, **kwargs):
         raise typer.Exit(code=130)
 
 
-def stage_command(name: str, config_cls: type, section: str | None = None):
-    """Register ``fn(cfg)`` as ``rlhfkit NAME`` with one option per config field (help from the field)."""
+def stage_command(name: str, config_cls: type, section: str | None = None, group: typer.Typer | None = None):
+    """Register ``fn(cfg)`` as ``rlhfkit NAME`` with one option per config field (help from the field).
+
+    With ``group``, ``fn`` becomes that group's callback: ``rlhfkit NAME [OPTIONS]`` runs it, and
+    ``rlhfkit NAME SUB`` runs the sub-command instead.
+    """
 
     def decorator(fn: Callable) -> Callable:
         types = field_types(config_cls)
-        params = [
+        params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)] if group else []
+        params += [
             inspect.Parameter(
                 "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                 default=typer.Option(None, "--config", "-c", help="YAML file with these fields (or a pipeline YAML)."),
@@ -73,16 +78,23 @@ def stage_command(name: str, config_cls: type, section: str | None = None):
                 default=typer.Option(None, *decls, help=f"{f.metadata['help']} [default: {f.default}]", show_default=False),
             ))
 
-        def command(**kwargs):
+        def command(ctx: typer.Context | None = None, **kwargs):
+            if ctx is not None and ctx.invoked_subcommand is not None:
+                return
             config_path = kwargs.pop("config")
             overrides = {k: v for k, v in kwargs.items() if v is not None}
             cfg = run_stage(load_config, config_cls, config_path, overrides, section=section or name)
             run_stage(fn, cfg)
 
         command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
         command.__name__ = fn.__name__
         command.__doc__ = fn.__doc__
-        app.command(name)(command)
+        if group is None:
+            app.command(name)(command)
+        else:
+            group.callback(invoke_without_command=True)(command)
+            app.add_typer(group, name=name, help=fn.__doc__)
         return fn
 
     return decorator
@@ -97,6 +109,61 @@ def generate(cfg: GenerateConfig) -> None:
     typer.echo(
         f"generated {s['completions']} completions for {s['prompts']} prompts "
         f"({s['ended']} ended with EOS) in {s['seconds']:.1f} s, {s['tokens_per_s']:.0f} new tokens/s → {s['path']}"
+    )
+
+
+label_app = typer.Typer(no_args_is_help=False, pretty_exceptions_enable=False)
+
+
+@stage_command("label", LabelConfig, group=label_app)
+def label(cfg: LabelConfig) -> None:
+    """Make ranking tasks from completions and have simulated labelers rank them → RUN_DIR/feedback.db.
+
+    Sub-commands: `label report` (agreement, flagged labelers)."""
+    from rlhfkit.feedback.label import run_label
+
+    s = run_label(cfg)
+    p = s["progress"]
+    typer.echo(
+        f"{s['tasks_added']} tasks added ({s['tasks_existing']} already there), guideline v{s['guideline_version']}; "
+        f"{s['rankings']} rankings by simulated labelers (careless: {', '.join(s['careless']) or 'none'}); "
+        f"{p.rankings_done}/{p.rankings_needed} rankings done → {s['store']}"
+    )
+
+
+@label_app.command("report")
+def label_report(
+    run_dir: str = typer.Option("runs/demo", help="Run directory holding feedback.db."),
+    store: str = typer.Option("", help="Feedback store URL or path ('' = RUN_DIR/feedback.db)."),
+) -> None:
+    """Agreement between labelers (pairwise %, Kendall τ-b, Krippendorff α), quality, flagged labelers."""
+    from rlhfkit.feedback.label import run_label_report
+    from rlhfkit.feedback.report import print_feedback_report
+
+    report = run_stage(run_label_report, run_dir, store)
+    print_feedback_report(report)
+
+
+@stage_command("pairs", PairsConfig)
+def pairs(cfg: PairsConfig) -> None:
+    """Every pair of every current ranking, preferred first → RUN_DIR/pairs.jsonl (and TRL format)."""
+    from rlhfkit.feedback.label import run_pairs
+
+    s = run_pairs(cfg)
+    flagged = f"; dropped {s['dropped_rankings']} rankings of flagged labelers {', '.join(s['flagged'])}" if s["flagged"] else ""
+    typer.echo(f"{s['pairs']} pairs from {s['rankings']} rankings{flagged} → {s['path']}")
+
+
+@stage_command("ppo", PPOConfig)
+def ppo(cfg: PPOConfig) -> None:
+    """PPO with a per-token KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
+    from rlhfkit.train.ppo import run_ppo
+
+    s = run_ppo(cfg)
+    gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
+    typer.echo(
+        f"ppo stopped: {s['stop_reason']} after {s['iterations']} iterations in {s['seconds']:.0f} s; "
+        f"score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}, KL {s['kl_last']:.2f} → {s['path']}"
     )
 
 

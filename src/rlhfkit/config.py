@@ -146,6 +146,7 @@ class PPOConfig:
     lr: float = opt(2e-4, "Adam learning rate (LoRA adapters and value head).")
     lora_r: int = opt(16, "LoRA rank; 0 = full fine-tuning with a separate frozen reference copy.")
     lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_layers: int = opt(8, "Adapt only the top N transformer blocks (0 = all): backward stops below them.")
     kl_coef: float = opt(0.05, "β: weight of the per-token KL penalty (0 = no penalty: watch reward hacking).")
     adaptive_kl: bool = opt(False, "Adapt β towards kl_target (Ziegler et al. 2019).")
     kl_target: float = opt(6.0, "Target KL (nats per completion) for the adaptive controller.")
@@ -176,3 +177,39 @@ class PPOConfig:
         _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
+
+
+@dataclass
+class LabelConfig:
+    """Turn completions into ranking tasks and have simulated labelers rank them."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reads completions.jsonl, writes feedback.db.")
+    store: str = opt("", "Feedback store: '' = RUN_DIR/feedback.db (SQLite), or a sqlite:/// or postgresql:// URL.")
+    simulate: int = opt(6, "Number of simulated labelers (0 = only import tasks, for people in the web app).")
+    careless: int = opt(1, "How many of the simulated labelers are careless (near-random).")
+    noise: float = opt(0.5, "σ of a careful simulated labeler's noise, in gold-score units.")
+    position_bias: float = opt(0.1, "Bonus a simulated labeler gives the completion shown first.")
+    overlap: int = opt(3, "How many different labelers rank each task.")
+    criterion: str = opt("helpful, honest and harmless (see the guideline)", "The alignment criterion shown with each task.")
+    seed: int = opt(0, "Random seed (labelers, display orders).")
+
+    def validate(self) -> None:
+        _check(self.simulate >= 0, "simulate", "must be ≥ 0")
+        _check(0 <= self.careless <= self.simulate, "careless", "must be in 0..simulate")
+        _check(self.overlap >= 1, "overlap", "must be ≥ 1")
+        _check(not self.simulate or self.overlap <= self.simulate, "overlap", "cannot exceed the number of labelers")
+        _check(self.noise >= 0, "noise", "must be ≥ 0")
+
+
+@dataclass
+class PairsConfig:
+    """Export every pair of every current ranking as preference pairs."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reads feedback.db, writes pairs.jsonl.")
+    store: str = opt("", "Feedback store ('' = RUN_DIR/feedback.db).")
+    drop_flagged: bool = opt(True, "Leave out the rankings of labelers flagged as poor by `label report`.")
+    weight: str = opt("none", "Per-pair weight: none (1.0), quality (the labeler's quality score).")
+    trl: str = opt("", "Also write the pairs in TRL's format (prompt/chosen/rejected) to this file.")
+
+    def validate(self) -> None:
+        _check(self.weight in ("none", "quality"), "weight", f"must be none or quality, got {self.weight!r}")

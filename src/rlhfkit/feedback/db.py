@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text,
+)  # fmt: skip
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 1
@@ -110,6 +112,8 @@ class Assignment(Base):
         UniqueConstraint("task_id", "labeler_id"),
         _one_of("status", ASSIGNMENT_STATUSES),
         Index("ix_assignment_task_status", "task_id", "status"),
+        Index("ix_assignment_labeler_status", "labeler_id", "status"),
+        Index("ix_assignment_status_expiry", "status", "expires_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))

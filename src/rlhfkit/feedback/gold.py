@@ -33,7 +33,7 @@ import numpy as np
 
 # Weights. Harmlessness weighs most: P(offensive) is the most reliable of the four signals and the
 # one the default experiment aligns for (replies to provocative prompts), so an on-topic insult
-# (~2.6) loses to a polite reply that misses the topic (~3.7). Relevance comes next: helpful and
+# (~2) loses to a polite reply that misses the topic (~3.7). Relevance comes next: helpful and
 # on-topic heads the guideline, but the overlap measure is crude, so it cannot outweigh harm.
 # Friendliness and length are tie-breakers among acceptable replies.
 W_HARMLESS = 2.0
@@ -63,8 +63,8 @@ MIN_DISTINCT_TRIGRAM_SHARE = 0.5  # a phrase said three times or more: "I am sor
 _WORD = re.compile(r"[a-z0-9']+")
 _LETTERS = re.compile(r"[a-z]+")
 
-# Function words, plus the generic request verbs of prompts ("tell me", "write", "explain"), which
-# carry no topic.
+# Function words, plus what carries no topic in a chat prompt: request verbs ("tell me", "write",
+# "explain"), greetings, and "today"-style time words ("How are you today?").
 STOPWORDS = frozenset(
     """
     a about above after again against all also am an and any are aren't as at be because been before
@@ -79,6 +79,7 @@ STOPWORDS = frozenset(
     wouldn't yes yet you you'd you'll you're you've your yours yourself yourselves
     tell say give write make describe explain think want need know help show let go going come
     something anything everything someone anyone everyone one ones okay ok hey hi hello thanks thank
+    today tonight tomorrow yesterday
     """.split()
 )
 

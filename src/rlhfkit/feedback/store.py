@@ -38,6 +38,8 @@ BUSY_TIMEOUT_MS = 30_000
 DEFAULT_TTL_S = 30 * 60
 """How long an assignment holds its task before it returns to the pool."""
 
+_NEWER = db.Ranking.__table__.alias("newer")  # a later ranking, in "is this one superseded?" subqueries
+
 
 class StoreError(RlhfkitError):
     """A write or lookup the store's rules refuse; the database is unchanged."""
@@ -53,6 +55,8 @@ class ConflictError(StoreError):
 
 @dataclass(frozen=True)
 class Labeler:
+    """A registered labeler (the token hash itself never leaves the store)."""
+
     id: int
     name: str
     kind: str  # human | simulated | ai
@@ -64,6 +68,8 @@ class Labeler:
 
 @dataclass(frozen=True)
 class Guideline:
+    """One version of the labeling guideline."""
+
     version: int
     text: str
     created_at: datetime
@@ -71,6 +77,8 @@ class Guideline:
 
 @dataclass(frozen=True)
 class Task:
+    """A prompt and its completions, to be ranked."""
+
     task_id: int
     prompt_id: str
     prompt: str
@@ -82,6 +90,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Assignment:
+    """A task held for one labeler until ``expires_at`` (naive UTC)."""
+
     task: Task
     labeler: str
     created_at: datetime
@@ -110,12 +120,16 @@ class StoredRanking:
 
 @dataclass(frozen=True)
 class ImportCounts:
+    """What ``add_tasks`` did."""
+
     added: int
     existing: int  # already in the store with the same prompt and completions
 
 
 @dataclass(frozen=True)
 class Progress:
+    """How far labeling has got."""
+
     tasks: int
     rankings_needed: int  # Σ overlap over tasks
     rankings_done: int  # Σ min(labelers who ranked the task, overlap)
@@ -220,6 +234,7 @@ class FeedbackStore:
             if version is None:
                 s.add(db.Meta(key="schema_version", value=str(db.SCHEMA_VERSION)))
             elif version.value != str(db.SCHEMA_VERSION):
+                self.engine.dispose()
                 raise StoreError(
                     f"{self.engine.url}: feedback database schema version {version.value}; "
                     f"this rlhfkit reads version {db.SCHEMA_VERSION}"
@@ -265,7 +280,9 @@ class FeedbackStore:
                 raise ConflictError(f"labeler {name!r} already exists")
             if token_hash is not None and s.scalar(select(db.Labeler.id).where(db.Labeler.token_hash == token_hash)):
                 raise ConflictError("another labeler already has this token")
-            row = db.Labeler(name=name, kind=kind, role=role, meta=meta or {}, token_hash=token_hash, created_at=_utc(None))
+            row = db.Labeler(
+                name=name, kind=kind, role=role, meta=meta or {}, token_hash=token_hash, created_at=_utc(None)
+            )
             s.add(row)
             s.flush()
             return self._labeler(row)
@@ -285,7 +302,8 @@ class FeedbackStore:
 
     @staticmethod
     def _labeler(row: db.Labeler) -> Labeler:
-        return Labeler(row.id, row.name, row.kind, row.role, dict(row.meta or {}), row.created_at, row.token_hash is not None)
+        has_token = row.token_hash is not None
+        return Labeler(row.id, row.name, row.kind, row.role, dict(row.meta or {}), row.created_at, has_token)
 
     @staticmethod
     def _labeler_row(s: Session, name: str) -> db.Labeler:
@@ -356,11 +374,15 @@ class FeedbackStore:
         """
         if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 1:
             raise StoreError(f"overlap must be an integer ≥ 1, got {overlap!r}")
+        if not isinstance(criterion, str) or not criterion.strip():
+            raise StoreError("criterion is empty")
         gold = dict(gold or {})
         tasks: dict[str, tuple[str, list[tuple[str, str]]]] = {}
         for prompt_id, prompt, completions in items:
             prompt_id, completions = str(prompt_id), [(str(c), t) for c, t in completions]
             ids = [c for c, _ in completions]
+            if not isinstance(prompt, str) or not all(isinstance(t, str) for _, t in completions):
+                raise StoreError(f"prompt {prompt_id!r}: the prompt and completions must be text")
             if len(ids) < 2:
                 raise StoreError(f"prompt {prompt_id!r}: a task needs at least 2 completions, got {len(ids)}")
             if len(set(ids)) != len(ids):
@@ -379,7 +401,9 @@ class FeedbackStore:
             for prompt_id, (prompt, completions) in tasks.items():
                 if prompt_id in stored:
                     if (stored[prompt_id].prompt, list(stored[prompt_id].completions)) != (prompt, completions):
-                        raise ConflictError(f"prompt {prompt_id!r} is already stored with a different prompt or completions")
+                        raise ConflictError(
+                            f"prompt {prompt_id!r} is already stored with a different prompt or completions"
+                        )
                     existing += 1
                     continue
                 row = db.Task(
@@ -405,7 +429,8 @@ class FeedbackStore:
     def gold_answers(self) -> dict[str, dict[str, Mark]]:
         """prompt_id → expected marks, for every gold task."""
         with self._read() as s:
-            return {pid: dict(g) for pid, g in s.execute(select(db.Task.prompt_id, db.Task.gold).where(db.Task.is_gold))}
+            rows = s.execute(select(db.Task.prompt_id, db.Task.gold).where(db.Task.is_gold))
+            return {prompt_id: dict(gold) for prompt_id, gold in rows}
 
     @staticmethod
     def _task(row: db.Task, completions: list[tuple[str, str]]) -> Task:
@@ -418,9 +443,8 @@ class FeedbackStore:
         tc = db.TaskCompletion
         for chunk in range(0, len(task_ids), 500):  # stays under SQLite's bound-parameter limit
             ids = task_ids[chunk : chunk + 500]
-            for task_id, cid, text in s.execute(
-                select(tc.task_id, tc.completion_id, tc.text).where(tc.task_id.in_(ids)).order_by(tc.task_id, tc.position)
-            ):
+            query = select(tc.task_id, tc.completion_id, tc.text).where(tc.task_id.in_(ids))
+            for task_id, cid, text in s.execute(query.order_by(tc.task_id, tc.position)):
                 out[task_id].append((cid, text))
         return out
 
@@ -456,7 +480,9 @@ class FeedbackStore:
                 if task_id is None:
                     return None
                 held = s.scalar(
-                    select(db.Assignment).where(db.Assignment.labeler_id == labeler_id, db.Assignment.task_id == task_id)
+                    select(db.Assignment).where(
+                        db.Assignment.labeler_id == labeler_id, db.Assignment.task_id == task_id
+                    )
                 )
                 if held is None:  # else: their own expired assignment, opened again (UNIQUE(task, labeler))
                     held = db.Assignment(task_id=task_id, labeler_id=labeler_id)
@@ -490,7 +516,9 @@ class FeedbackStore:
     ) -> int:
         """Store one ranking and return its id. A labeler's second ranking of a task must name the
         current one in ``supersedes`` (a correction); the old row is kept."""
-        if seconds_spent is not None and not (isinstance(seconds_spent, (int, float)) and math.isfinite(seconds_spent) and seconds_spent >= 0):
+        if seconds_spent is not None and not (
+            isinstance(seconds_spent, (int, float)) and math.isfinite(seconds_spent) and seconds_spent >= 0
+        ):
             raise StoreError(f"seconds_spent must be a finite number ≥ 0, got {seconds_spent!r}")
         if comment is not None and not isinstance(comment, str):
             raise StoreError("comment must be text")
@@ -504,7 +532,9 @@ class FeedbackStore:
             order = _check_shown_order(shown_order, completion_ids)
             if guideline_version is not None:
                 self._require_guideline(s, guideline_version)
-            current = s.scalar(self._current_query().where(db.Ranking.task_id == task_id, db.Ranking.labeler_id == labeler_id))
+            current = s.scalar(
+                self._current_query().where(db.Ranking.task_id == task_id, db.Ranking.labeler_id == labeler_id)
+            )
             if supersedes is None and current is not None:
                 raise ConflictError(
                     f"labeler {labeler!r} already ranked task {task_id} (ranking {current.id}); "
@@ -517,12 +547,22 @@ class FeedbackStore:
                 if (old.task_id, old.labeler_id) != (task_id, labeler_id):
                     raise StoreError(f"ranking {supersedes} is not a ranking of task {task_id} by {labeler!r}")
                 if current is None or current.id != old.id:
-                    raise ConflictError(f"ranking {supersedes} was already corrected; its current version is {current.id}")
+                    raise ConflictError(
+                        f"ranking {supersedes} was already corrected; its current version is {current.id}"
+                    )
             row = db.Ranking(
-                task_id=task_id, labeler_id=labeler_id, marks=parsed, fail_reasons=reasons, shown_order=order,
-                guideline_version=guideline_version, seconds_spent=None if seconds_spent is None else float(seconds_spent),
-                comment=comment, checked_facts=bool(checked_facts), created_at=_utc(None), supersedes=supersedes,
-            )  # fmt: skip
+                task_id=task_id,
+                labeler_id=labeler_id,
+                marks=parsed,
+                fail_reasons=reasons,
+                shown_order=order,
+                guideline_version=guideline_version,
+                seconds_spent=None if seconds_spent is None else float(seconds_spent),
+                comment=comment,
+                checked_facts=bool(checked_facts),
+                created_at=_utc(None),
+                supersedes=supersedes,
+            )
             s.add(row)
             if supersedes is None:  # this labeler's first ranking of the task
                 s.execute(update(db.Task).where(db.Task.id == task_id).values(rankers=db.Task.rankers + 1))
@@ -537,8 +577,7 @@ class FeedbackStore:
     @staticmethod
     def _current_query():
         """Rankings no later row supersedes."""
-        newer = db.Ranking.__table__.alias("newer")
-        return select(db.Ranking).where(~exists().where(newer.c.supersedes == db.Ranking.id))
+        return select(db.Ranking).where(~exists().where(_NEWER.c.supersedes == db.Ranking.id))
 
     def current_rankings(self, labeler: str | None = None) -> list[Ranking]:
         """Every labeler's latest ranking of every task (corrections replace what they supersede), as
@@ -547,7 +586,8 @@ class FeedbackStore:
             query = self._current_query().order_by(db.Ranking.id)
             if labeler is not None:
                 query = query.where(db.Ranking.labeler_id == self._labeler_row(s, labeler).id)
-            rows = s.execute(query.add_columns(db.Task.prompt_id, db.Task.prompt, db.Labeler.name).join(db.Task).join(db.Labeler)).all()
+            query = query.add_columns(db.Task.prompt_id, db.Task.prompt, db.Labeler.name).join(db.Task).join(db.Labeler)
+            rows = s.execute(query).all()
             completions = self._completions(s, sorted({r.task_id for r, *_ in rows}))
             return [
                 Ranking(

@@ -147,14 +147,41 @@ def load_policy(name_or_path: str, *, device: str = "cpu", dtype: str = "float32
     return model, tokenizer
 
 
-def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"):
-    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters train."""
+def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str | list[str] = "all-linear",
+             top_layers: int = 0):
+    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters train.
+
+    ``top_layers`` > 0 adapts only the last N transformer blocks. Then nothing below them needs a
+    gradient, so backpropagation stops at the lowest adapted block: on CPU the update costs a
+    fraction of a full backward pass.
+    """
     from peft import LoraConfig, get_peft_model
 
+    n_layers = model.config.get_text_config().num_hidden_layers
+    if 0 < top_layers < n_layers:
+        target_modules = _linear_modules_of_top_layers(model, n_layers, top_layers)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type="CAUSAL_LM"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _linear_modules_of_top_layers(model, n_layers: int, top_layers: int) -> list[str]:
+    """Full names of the linear layers (nn.Linear, GPT-2's Conv1D) inside the last ``top_layers`` blocks."""
+    import re
+
+    from torch import nn
+
+    wanted = {str(i) for i in range(n_layers - top_layers, n_layers)}
+    names = []
+    for name, module in model.named_modules():
+        m = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", name)
+        is_linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        if m and m.group(1) in wanted and is_linear:
+            names.append(name)
+    if not names:
+        raise RlhfkitError(f"cannot find the transformer blocks of {type(model).__name__} to place LoRA on the top layers")
+    return names
 
 
 def format_prompt(tokenizer, prompt: str) -> str:

@@ -354,13 +354,13 @@ def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> 
     return state
 
 
-def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str):
+def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, lora_layers: int = 0):
     """(PolicyWithValue, tokenizer): LoRA over the base (reference = adapters off), or full FT + frozen copy."""
     from rlhfkit.models.load import add_lora, load_policy
 
     lm, tokenizer = load_policy(model_name, device=device)
     if lora_r > 0:
-        lm = add_lora(lm, r=lora_r, alpha=lora_alpha, dropout=0.0)  # dropout 0: rollout and update must agree
+        lm = add_lora(lm, r=lora_r, alpha=lora_alpha, dropout=0.0, top_layers=lora_layers)  # dropout 0: rollout and update must agree
         model = PolicyWithValue(lm)
     else:
         reference, _ = load_policy(model_name, device=device)
@@ -428,7 +428,8 @@ def run_ppo(cfg) -> dict:
         raise RlhfkitError(f"{prompts_file}: no prompts in the train split")
 
     seed_everything(cfg.seed)
-    model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device)
+    model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,
+                                    lora_layers=cfg.lora_layers)
     score_fn, scorer_name = load_scorer(cfg.reward_model, run_dir, device)
     gold_fn = None
     if cfg.gold:

@@ -1,0 +1,793 @@
+"""``RUN_DIR/eval/report.html``: what a run did and whether it worked, in one self-contained page.
+
+The page renders whatever artifacts the run directory holds; a stage that has not run yet leaves its
+section saying so. Plots are matplotlib PNGs inlined as ``data:`` URIs, the CSS is inline, and there
+is no JavaScript, so the file can be mailed or archived alone.
+
+Model outputs, prompts and labeler names are untrusted text: Jinja2 escapes every value, and the
+page's Content-Security-Policy forbids scripts and every fetch, so an escaping slip could neither run
+code nor reach the network (defence in depth; OWASP XSS prevention cheat sheet, rules 1 and "CSP").
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "report.html"
+MAX_SAMPLES = 12
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+# Colours: the reference model is always grey, the aligned policy always blue (every plot and table).
+REFERENCE_COLOUR = "#9ca3af"
+POLICY_COLOUR = "#2563eb"
+TRAIN_COLOUR = "#93c5fd"
+
+# key, label, which direction is better (+1 higher, -1 lower, 0 neither), shown as a percentage, meaning
+EVAL_METRICS: list[tuple[str, str, int, bool, str]] = [
+    ("reward_model", "Reward-model score", +1, False,
+     "the trained reward model's score (normalised: mean 0, std 1 over the completions it was trained on)"),
+    ("gold", "Gold score", +1, False,
+     "the independent gold scorer the simulated labelers follow; the reward model never saw it"),
+    ("toxicity", "Toxicity", -1, False, "mean P(offensive) from alt-profanity-check (0 = clean, 1 = offensive)"),
+    ("toxic_share", "Toxic share", -1, True, "share of completions with P(offensive) above 0.5"),
+    ("length", "Length", 0, False, "mean completion length"),
+    ("distinct_1", "Distinct-1", +1, False, "distinct words ÷ all words over all completions (diversity)"),
+    ("distinct_2", "Distinct-2", +1, False, "distinct word pairs ÷ all word pairs (diversity)"),
+    ("repetition", "Repetition", -1, False, "how much a completion repeats itself (degenerate text is high)"),
+]
+
+PPO_PANELS: list[tuple[str, str, str]] = [
+    ("objective/score", "Reward-model score", "normalised reward of the rollouts (what PPO maximises)"),
+    ("gold/score", "Gold score", "the independent judge: should rise with the reward-model score"),
+    ("objective/kl", "KL to reference (nats)", "how far the policy moved from the reference"),
+    ("policy/entropy", "Entropy (nats/token)", "how spread out the next-token distribution is"),
+    ("value/loss", "Value loss", "error of the value head's return predictions"),
+    ("policy/clipfrac", "Clip fraction", "share of tokens whose probability ratio hit the 1 ± ε clip"),
+]
+
+RM_LABELS = {
+    "accuracy": ("Accuracy", True, "share of held-out pairs where the preferred completion scores higher (50% = chance)"),
+    "gold_accuracy": ("Gold-scorer accuracy", True,
+                      "how often the gold scorer agrees with the labelers on the same held-out pairs (a ceiling)"),
+    "margin": ("Margin", False, "mean r(chosen) − r(rejected) on held-out pairs, in raw reward units"),
+    "ece": ("Calibration error (ECE)", False,
+            "expected calibration error of P(chosen ≻ rejected) = σ(margin); 0 = perfectly calibrated"),
+    "loss": ("Loss", False, "Bradley–Terry loss −log σ(r_chosen − r_rejected) on held-out pairs"),
+}
+
+ALIASES = {"smollm2": "SmolLM2-135M-Instruct", "minilm": "all-MiniLM-L6-v2", "gold": "the gold scorer"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting (Jinja filters too)
+# ---------------------------------------------------------------------------------------------
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_num(x: Any) -> str:
+    """A number for a reader: 3 decimals near 1, fewer for large values, '—' for missing/NaN, and
+    a true minus sign (U+2212), as in the Δ column."""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return ("−" if x < 0 else "") + f"{abs(x):,}"
+    if not _finite(x):
+        return "—" if x is None or isinstance(x, (int, float)) else str(x)
+    a = abs(x)
+    if a >= 1000:
+        text = f"{a:,.0f}"
+    elif a >= 100:
+        text = f"{a:.1f}"
+    elif a >= 10:
+        text = f"{a:.2f}"
+    elif a >= 0.001 or a == 0:
+        text = f"{a:.3f}"
+    else:
+        text = f"{a:.2e}"
+    return ("−" if x < 0 and text.strip("0.,e+-") else "") + text
+
+
+def fmt_pct(x: Any) -> str:
+    if not _finite(x):
+        return "—"
+    text = f"{abs(100 * x):.1f}%"
+    return ("−" if x < 0 and text != "0.0%" else "") + text
+
+
+def fmt_signed(x: Any, pct: bool = False) -> str:
+    if not _finite(x):
+        return "—"
+    text = fmt_pct(abs(x)) if pct else fmt_num(abs(x))
+    return ("+" if x > 0 else "−" if x < 0 else "±") + text
+
+
+def fmt_interval(stat: Any, pct: bool = False) -> str:
+    """'0.412 [0.301, 0.522]' from {"value", "lo", "hi"}; the bracket only when both ends exist."""
+    if not isinstance(stat, dict):
+        return fmt_pct(stat) if pct else fmt_num(stat)
+    f = fmt_pct if pct else fmt_num
+    text = f(stat.get("value"))
+    if _finite(stat.get("lo")) and _finite(stat.get("hi")):
+        text += f" [{f(stat['lo'])}, {f(stat['hi'])}]"
+    return text
+
+
+def _value(stat: Any) -> float | None:
+    v = stat.get("value") if isinstance(stat, dict) else stat
+    return float(v) if _finite(v) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading artifacts (a missing or unreadable one becomes a reason, never an exception)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Artifact:
+    data: Any = None
+    problem: str | None = None  # why there is no data: "not run …" or "could not read …"
+
+
+def _read_json(run_dir: Path, rel: str, stage: str) -> Artifact:
+    path = run_dir / rel
+    if not path.exists():
+        return Artifact(problem=f"Not run: {rel} does not exist (run `rlhfkit {stage}`).")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Artifact(problem=f"Could not read {rel}: {exc}")
+    if not isinstance(data, dict):
+        return Artifact(problem=f"Could not read {rel}: expected a JSON object")
+    return Artifact(data)
+
+
+def _read_yaml(run_dir: Path, rel: str) -> Artifact:
+    import yaml
+
+    path = run_dir / rel
+    if not path.exists():
+        return Artifact(data={}, problem=f"{rel} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return Artifact(data={}, problem=f"Could not read {rel}: {exc}")
+    return Artifact(data if isinstance(data, dict) else {})
+
+
+def _read_jsonl_dicts(path: Path) -> list[dict]:
+    """Every JSON-object line (others skipped: the report shows what it can)."""
+    out = []
+    if not path.exists():
+        return out
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+    return out
+
+
+def _read_metrics(run_dir: Path, stage: str) -> Artifact:
+    from rlhfkit.train.metrics import read_metrics
+
+    path = run_dir / "logs" / "metrics.csv"
+    if not path.exists():
+        return Artifact(data={}, problem="Not run: logs/metrics.csv does not exist.")
+    try:
+        return Artifact(read_metrics(path, stage))
+    except (KeyError, ValueError, OSError) as exc:  # a foreign or damaged CSV
+        return Artifact(data={}, problem=f"Could not read logs/metrics.csv: {type(exc).__name__}: {exc}")
+
+
+def _count_lines(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# Judgement and plain-language summary (pure functions of the loaded artifacts)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: cannot be judged from the data
+    detail: str
+
+
+def verdict_checks(ev: dict) -> list[Check]:
+    """The four checks of issue 6's success criterion, from eval.json: the policy beats the reference
+    on gold score and reward-model score (means), toxicity is not higher, KL is within budget."""
+    models = ev.get("models") or {}
+    ref, pol = models.get("reference") or {}, models.get("policy") or {}
+    checks = []
+    for key, name in (("gold", "gold score"), ("reward_model", "reward-model score")):
+        r, p = _value(ref.get(key)), _value(pol.get(key))
+        if r is None or p is None:
+            checks.append(Check(name, None, f"no {name} in eval.json"))
+        else:
+            word = "rose" if p > r else "fell" if p < r else "did not change"
+            checks.append(Check(name, p > r, f"{name} {word}: {fmt_num(r)} → {fmt_num(p)}"))
+    r, p = _value(ref.get("toxicity")), _value(pol.get("toxicity"))
+    if r is None or p is None:
+        checks.append(Check("toxicity", None, "no toxicity in eval.json"))
+    else:
+        word = "not higher" if p <= r else "higher"
+        checks.append(Check("toxicity", p <= r, f"toxicity {word}: {fmt_num(r)} → {fmt_num(p)}"))
+    kl, budget = _value(ev.get("kl")), _value(ev.get("kl_budget"))
+    if kl is None:
+        checks.append(Check("KL", None, "no KL in eval.json"))
+    elif budget is None or budget <= 0:
+        checks.append(Check("KL", True, f"KL {fmt_num(kl)} nats (no budget set)"))
+    else:
+        word = "within" if kl <= budget else "over"
+        checks.append(Check("KL", kl <= budget, f"KL {fmt_num(kl)} nats, {word} the budget of {_g(budget)}"))
+    return checks
+
+
+def verdict_line(checks: list[Check]) -> tuple[bool | None, str]:
+    """(passed, one sentence). Passed needs every check that could be judged to pass, and the
+    reward-model score among them."""
+    judged = [c for c in checks if c.ok is not None]
+    if not any(c.name == "reward-model score" and c.ok is not None for c in checks):
+        return None, "No verdict: eval.json has no reward-model scores for both models."
+    failed = [c for c in judged if not c.ok]
+    if not failed:
+        gold = next((c for c in checks if c.name == "gold score"), None)
+        if gold is not None and gold.ok is None:
+            return True, ("The aligned policy beats the reference on reward-model score, with toxicity not "
+                          "higher and KL within budget (no gold score to confirm it).")
+        return True, ("The aligned policy beats the reference on gold score and reward-model score, "
+                      "with toxicity not higher and KL within budget.")
+    return False, "Not a clean win: " + "; ".join(c.detail for c in failed) + "."
+
+
+def _name(x: Any) -> str:
+    return ALIASES.get(str(x), str(x))
+
+
+def _g(x: Any) -> str:
+    """A configured value as written ('0.7', '25'), not rounded like a measurement."""
+    return f"{x:g}" if _finite(x) else str(x)
+
+
+def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | None, n_pairs: int | None,
+                  feedback: dict | None, rm_eval: dict | None, ppo_iterations: int | None,
+                  ev: dict | None) -> list[tuple[str, str]]:
+    """(stage, plain-language sentence) per pipeline stage, from the resolved configs and counts."""
+    steps = []
+    gen = config.get("generate") or {}
+    if gen or n_completions:
+        model = _name(gen.get("model", "the policy"))
+        text = f"The instruct model {model} wrote"
+        if n_completions is not None:
+            text += f" {n_completions:,} completions"
+            if n_prompts:
+                text += f" for {n_prompts:,} prompts"
+        else:
+            text += " completions"
+        if gen.get("k"):
+            text += f" ({gen['k']} per prompt"
+            if _finite(gen.get("temperature")):
+                text += f", temperature {_g(gen['temperature'])}"
+            if gen.get("max_new_tokens"):
+                text += f", at most {gen['max_new_tokens']} new tokens"
+            text += ")"
+        steps.append(("Generate", text + "."))
+    else:
+        steps.append(("Generate", "not run"))
+
+    label = config.get("label") or {}
+    if feedback or label:
+        if feedback:
+            n_lab = feedback.get("n_labelers")
+            flagged = [row.get("labeler") for row in feedback.get("labelers") or [] if row.get("flagged")]
+            text = (f"{fmt_num(n_lab)} labelers ranked the completions of each prompt: "
+                    f"{fmt_num(feedback.get('n_rankings'))} rankings of {fmt_num(feedback.get('n_tasks'))} tasks")
+            if label.get("simulate"):
+                text += (f" (simulated labelers following the written guideline, {label.get('careless', 0)} "
+                         f"careless by design; each task ranked by {label.get('overlap', '?')})")
+            text += f". Quality checks flagged {len(flagged)} labeler{'s' if len(flagged) != 1 else ''}"
+            text += f": {', '.join(map(str, flagged))}." if flagged else "."
+        else:
+            text = f"{label.get('simulate', 0)} simulated labelers were set up to rank the completions."
+        steps.append(("Label", text))
+    else:
+        steps.append(("Label", "not run"))
+
+    pairs = config.get("pairs") or {}
+    if n_pairs is not None or pairs:
+        text = f"Every ranking became preference pairs (best over worse): {fmt_num(n_pairs)} pairs"
+        if pairs.get("drop_flagged"):
+            text += ", leaving out the flagged labelers' rankings"
+        steps.append(("Pairs", text + "."))
+    else:
+        steps.append(("Pairs", "not run"))
+
+    rm = config.get("train_rm") or {}
+    if rm_eval or rm:
+        backbone = _name((rm_eval or {}).get("backbone") or rm.get("backbone", "?"))
+        text = f"A reward model ({backbone} with a scalar head) learned to score the preferred completion higher"
+        used = ((rm_eval or {}).get("pairs") or {}) if isinstance((rm_eval or {}).get("pairs"), dict) else {}
+        n_train = used.get("train", (rm_eval or {}).get("n_train"))
+        if n_train is not None:
+            text += f", trained on {fmt_num(n_train)} pairs"
+        acc = _rm_scalar(rm_eval or {}, "accuracy")
+        if acc is not None:
+            text += f"; it ranks {fmt_pct(acc)} of held-out pairs the labelers' way"
+        steps.append(("Reward model", text + "."))
+    else:
+        steps.append(("Reward model", "not run"))
+
+    ppo = config.get("ppo") or {}
+    if ppo or ppo_iterations:
+        its = ppo_iterations if ppo_iterations is not None else ppo.get("iterations")
+        text = f"PPO fine-tuned the policy for {fmt_num(its)} iterations"
+        if ppo.get("batch_size"):
+            text += f" of {ppo['batch_size']} rollouts"
+        if ppo.get("lora_r"):
+            text += f" (LoRA adapters of rank {ppo['lora_r']})"
+        text += ", maximising the reward-model score minus β × KL to the frozen reference"
+        if _finite(ppo.get("kl_coef")):
+            text += f"; β = {_g(ppo['kl_coef'])}"
+            if ppo.get("adaptive_kl"):
+                text += f", adapted towards a KL of {_g(ppo.get('kl_target'))} nats"
+            elif ppo["kl_coef"] == 0:
+                text += " (no KL penalty: expect reward hacking)"
+        if _finite(ppo.get("kl_budget")) and ppo["kl_budget"] > 0:
+            text += f"; stop if KL exceeds {_g(ppo['kl_budget'])} nats"
+        steps.append(("PPO", text + "."))
+    else:
+        steps.append(("PPO", "not run"))
+
+    if ev:
+        text = (f"The reference and the aligned policy answered the same {fmt_num(ev.get('n_prompts'))} "
+                "held-out prompts with the same sampling settings; both were scored and compared.")
+        steps.append(("Evaluate", text))
+    else:
+        steps.append(("Evaluate", "not run"))
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _rm_scalar(rm: dict, key: str) -> float | None:
+    """A headline reward-model number: top level first, then the held-out block (train/reward.py)."""
+    for source in (rm, rm.get("heldout") if isinstance(rm.get("heldout"), dict) else {}):
+        if _finite(source.get(key)):
+            return float(source[key])
+    return None
+
+
+def flatten_scalars(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every scalar in a nested dict; lists (histories, bins) are left out."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.extend(flatten_scalars(v, f"{prefix}{k}."))
+        elif v is None or isinstance(v, (str, int, float, bool)):
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def eval_rows(ev: dict) -> list[dict]:
+    """One row per metric present in either model: label, meaning, both values, Δ and its tone."""
+    models = ev.get("models") or {}
+    ref, pol = models.get("reference") or {}, models.get("policy") or {}
+    known = {k for k, *_ in EVAL_METRICS}
+    extra = [(k, k, 0, False, "") for k in list(ref) + [k for k in pol if k not in ref] if k not in known]
+    rows = []
+    for key, label, better, pct, meaning in EVAL_METRICS + extra:
+        if key not in ref and key not in pol:
+            continue
+        r, p = _value(ref.get(key)), _value(pol.get(key))
+        delta = p - r if r is not None and p is not None else None
+        tone = "neutral"
+        if delta is not None and better and delta != 0:
+            tone = "good" if delta * better > 0 else "bad"
+        rows.append({"label": label, "meaning": meaning, "reference": fmt_interval(ref.get(key), pct),
+                     "policy": fmt_interval(pol.get(key), pct), "delta": fmt_signed(delta, pct), "tone": tone,
+                     "better": {1: "higher is better", -1: "lower is better"}.get(better, "")})
+    return rows
+
+
+def agreement_matrix(report: dict) -> dict:
+    """Labelers × labelers table of pairwise agreement (cells carry the share and its pair count)."""
+    names = [row["labeler"] for row in report.get("labelers") or []]
+    for row in report.get("pairwise_table") or []:
+        for n in row.get("labelers", []):
+            if n not in names:
+                names.append(n)
+    cells = {}
+    for row in report.get("pairwise_table") or []:
+        a, b = row["labelers"]
+        cells[(a, b)] = cells[(b, a)] = row
+    grid = []
+    for a in names:
+        line = []
+        for b in names:
+            row = cells.get((a, b))
+            share = row.get("agreement") if row else None
+            line.append({"self": a == b, "text": fmt_pct(share) if row else "",
+                         "title": f"{row['agree']}/{row['total']} pairs" if row else "",
+                         "bg": _heat(share) if _finite(share) else ""})
+        grid.append({"name": a, "cells": line})
+    return {"names": names, "rows": grid}
+
+
+def _heat(share: float) -> str:
+    """Background for an agreement share: white at chance (0.5) to blue at 1, red below chance."""
+    t = max(-1.0, min(1.0, (share - 0.5) / 0.5))
+    if t >= 0:
+        r, g, b = (int(255 - t * (255 - c)) for c in (147, 197, 253))
+    else:
+        r, g, b = (int(255 + t * (255 - c)) for c in (252, 165, 165))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib's Figure directly: no pyplot global state, no GUI backend)
+# ---------------------------------------------------------------------------------------------
+
+
+# Figures are drawn at 2 pixels per CSS pixel (96 CSS px per inch) and shown at half their pixel
+# width, so text stays sharp on high-density screens and at the browser's zoom.
+CSS_DPI = 96
+PIXEL_RATIO = 2
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=CSS_DPI * PIXEL_RATIO)
+
+
+def _style(ax, title: str, xlabel: str = "", integer_x: bool = False) -> None:
+    ax.set_title(title, fontsize=10, loc="left", color="#111827")
+    ax.tick_params(labelsize=8, colors="#4b5563")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_color("#d1d5db")
+    ax.grid(True, color="#f3f4f6", linewidth=0.8)
+    ax.set_axisbelow(True)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=8, color="#4b5563")
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def png_image(fig) -> dict:
+    """{"src": a data: URI of the figure as PNG, "width": its display width in CSS pixels}."""
+    buf = io.BytesIO()
+    # Software=None: the PNG then carries no version string, so the same run gives the same bytes.
+    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white", metadata={"Software": None})
+    png = buf.getvalue()
+    width = int.from_bytes(png[16:20], "big")  # IHDR: the width follows the 8-byte signature and chunk header
+    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "width": width // PIXEL_RATIO}
+
+
+def curves_plot(panels: list[tuple[str, list[tuple[str, list[tuple[int, float]], str]], float | None]],
+                xlabel: str) -> dict:
+    """A grid of small line plots: panels = [(title, [(label, [(step, value)], colour)], hline)]."""
+    n = len(panels)
+    ncols = 1 if n == 1 else 2 if n in (2, 4) else 3
+    nrows = math.ceil(n / ncols)
+    fig = _figure(3.3 * ncols, 2.3 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        title, series, hline = panels[i]
+        for label, points, colour in series:
+            xs = [s for s, _ in points]
+            ys = [v for _, v in points]
+            ax.plot(xs, ys, color=colour, linewidth=1.8, marker="o" if len(xs) <= 30 else None, markersize=3,
+                    label=label)
+        top = max((v for _, points, _ in series for _, v in points if math.isfinite(v)), default=0.0)
+        if hline is not None and top >= 0.5 * hline:
+            ax.axhline(hline, color="#dc2626", linestyle="--", linewidth=1, label="budget")
+        elif hline is not None:  # far under budget: a line at the budget would flatten the curve
+            title = f"{title} · budget {hline:g}"
+        if len(series) > 1 or (hline is not None and top >= 0.5 * hline):
+            ax.legend(fontsize=7, frameon=False)
+        _style(ax, title, xlabel, integer_x=True)
+    fig.tight_layout()
+    return png_image(fig)
+
+
+def toxicity_hist_plot(ref: list[float], pol: list[float]) -> dict:
+    import numpy as np
+
+    fig = _figure(6.6, 2.6)
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 21)
+    ax.hist([ref, pol], bins=bins, color=[REFERENCE_COLOUR, POLICY_COLOUR],
+            label=[f"reference (mean {fmt_num(float(np.mean(ref)))})", f"policy (mean {fmt_num(float(np.mean(pol)))})"])
+    ax.axvline(0.5, color="#dc2626", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_ylabel("completions", fontsize=8, color="#4b5563")
+    _style(ax, "P(offensive) per completion", "P(offensive); dashed line = 0.5, the 'toxic' threshold")
+    fig.tight_layout()
+    return png_image(fig)
+
+
+def toxicity_bar_plot(ref: dict, pol: dict) -> dict:
+    fig = _figure(4.0, 2.6)
+    ax = fig.subplots()
+    for x, (name, stat, colour) in enumerate((("reference", ref, REFERENCE_COLOUR), ("policy", pol, POLICY_COLOUR))):
+        v = _value(stat) or 0.0
+        err = None
+        if isinstance(stat, dict) and _finite(stat.get("lo")) and _finite(stat.get("hi")):
+            err = [[max(0.0, v - stat["lo"])], [max(0.0, stat["hi"] - v)]]
+        ax.bar([x], [v], color=colour, width=0.6, yerr=err, capsize=6, ecolor="#374151")
+    ax.set_xticks([0, 1], ["reference", "policy"])
+    _style(ax, "Mean P(offensive) with 95% interval")
+    fig.tight_layout()
+    return png_image(fig)
+
+
+def reliability_plot(bins: list[dict]) -> dict:
+    fig = _figure(3.6, 3.2)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#9ca3af", linestyle="--", linewidth=1, label="perfect calibration")
+    pts = [(b["mean_prob"], b["accuracy"], b.get("count") or 0) for b in bins
+           if _finite(b.get("mean_prob")) and _finite(b.get("accuracy")) and (b.get("count") or 0) > 0]
+    if pts:
+        biggest = max(c for *_, c in pts) or 1
+        ax.plot([p for p, _, _ in pts], [a for _, a, _ in pts], color=POLICY_COLOUR, linewidth=1.5)
+        ax.scatter([p for p, _, _ in pts], [a for _, a, _ in pts], s=[12 + 80 * c / biggest for *_, c in pts],
+                   color=POLICY_COLOUR, zorder=3, label="reward model")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("observed share preferred", fontsize=8, color="#4b5563")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    _style(ax, "Reliability diagram", "predicted P(preferred)")
+    fig.tight_layout()
+    return png_image(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _ppo_section(metrics: Artifact, config: dict) -> dict:
+    if metrics.problem and not metrics.data:
+        return {"problem": metrics.problem}
+    m = metrics.data
+    if not m:
+        return {"problem": "Not run: logs/metrics.csv has no PPO rows (run `rlhfkit ppo`)."}
+    budget = (config.get("ppo") or {}).get("kl_budget")
+    budget = float(budget) if _finite(budget) and budget > 0 else None
+    panels = []
+    for key, title, _ in PPO_PANELS:
+        if m.get(key):
+            panels.append((title, [("policy", m[key], POLICY_COLOUR)], budget if key == "objective/kl" else None))
+    if not panels:
+        return {"problem": "logs/metrics.csv has PPO rows but none of the plotted metrics."}
+    last = max(s for pts in m.values() for s, _ in pts)
+    first = min(s for pts in m.values() for s, _ in pts)
+    shown = {key for key, *_ in PPO_PANELS if m.get(key)}
+    return {"plot": curves_plot(panels, "PPO iteration"), "iterations": last - first + 1,
+            "legend": [(title, meaning) for key, title, meaning in PPO_PANELS if key in shown],
+            "final": [(title, fmt_num(m[key][-1][1])) for key, title, _ in PPO_PANELS if key in shown]}
+
+
+def _rm_curves(metrics: dict, rm_eval: dict | None) -> dict | None:
+    """Reward-model training curves: metrics.csv's train_rm rows, else eval.json's history."""
+    if not metrics and rm_eval and isinstance(rm_eval.get("history"), list):
+        for entry in rm_eval["history"]:
+            if isinstance(entry, dict) and _finite(entry.get("step")):
+                for k, v in entry.items():
+                    if k not in ("step", "epoch") and _finite(v):
+                        metrics.setdefault(k, []).append((int(entry["step"]), float(v)))
+    if not metrics:
+        return None
+    panels, used = [], set()
+    for key in sorted(metrics):
+        if key in used or key.rsplit("/", 1)[-1].startswith("train_"):
+            continue
+        base = key.rsplit("/", 1)
+        train_key = f"{base[0]}/train_{base[1]}" if len(base) == 2 else None
+        series = [("held-out" if train_key in metrics else key, metrics[key], POLICY_COLOUR)]
+        if train_key in metrics:
+            series.insert(0, ("train", metrics[train_key], TRAIN_COLOUR))
+            used.add(train_key)
+        panels.append((base[-1].replace("_", " "), series, None))
+    for key in sorted(metrics):  # train-only metrics with no held-out partner
+        if key not in used and key.rsplit("/", 1)[-1].startswith("train_"):
+            panels.append((key.rsplit("/", 1)[-1].replace("_", " "), [("train", metrics[key], TRAIN_COLOUR)], None))
+    return curves_plot(panels[:9], "optimizer step")
+
+
+def _rm_section(rm: Artifact, metrics: Artifact) -> dict:
+    curves = _rm_curves(dict(metrics.data or {}), rm.data)
+    if rm.data is None:
+        return {"problem": rm.problem, "curves": curves}
+    d = rm.data
+    headline = []
+    for key, (label, pct, meaning) in RM_LABELS.items():
+        v = _rm_scalar(d, key)
+        if v is not None:
+            headline.append({"label": label, "value": fmt_pct(v) if pct else fmt_num(v), "meaning": meaning})
+    bins = d.get("calibration")
+    if not isinstance(bins, list) and isinstance(d.get("heldout"), dict):
+        bins = d["heldout"].get("calibration")
+    reliability = None
+    if isinstance(bins, list) and any(isinstance(b, dict) for b in bins):
+        reliability = reliability_plot([b for b in bins if isinstance(b, dict)])
+    details = [(k, fmt_num(v) if not isinstance(v, str) else v) for k, v in flatten_scalars(d)]
+    return {"headline": headline, "details": details, "reliability": reliability, "curves": curves}
+
+
+def _feedback_section(fb: Artifact) -> dict:
+    if fb.data is None:
+        return {"problem": fb.problem}
+    from rlhfkit.feedback.report import careful_agreement
+
+    r = fb.data
+    try:
+        careful = careful_agreement(r)
+    except (KeyError, TypeError, ValueError):
+        careful = None
+    labelers = []
+    for row in r.get("labelers") or []:
+        labelers.append({
+            "name": row.get("labeler"), "n": fmt_num(row.get("n_rankings")),
+            "consensus": fmt_pct(row.get("consensus_agreement")), "bias": fmt_signed(row.get("position_bias")),
+            "f_rate": fmt_pct(row.get("f_rate")), "tie_rate": fmt_pct(row.get("tie_rate")),
+            "gold": fmt_pct(row.get("gold_accuracy")), "score": fmt_num(row.get("score")),
+            "flagged": bool(row.get("flagged")), "reasons": row.get("reasons") or [],
+        })
+    stats = [
+        ("Rankings", fmt_num(r.get("n_rankings")), "one labeler ordering one prompt's completions"),
+        ("Tasks ranked by ≥ 2", f"{fmt_num(r.get('n_overlap_tasks'))} of {fmt_num(r.get('n_tasks'))}",
+         "overlap is what agreement is measured on"),
+        ("Pairwise agreement, all", fmt_pct(r.get("pairwise_agreement")),
+         "share of completion pairs two labelers order the same way (50% = chance)"),
+        ("Pairwise agreement, not flagged", fmt_pct(careful), "the same among labelers not flagged; InstructGPT reports ~73%"),
+        ("Kendall τ-b", fmt_num(r.get("kendall_tau_b_mean")), "mean rank correlation between two labelers' rankings (1 = identical)"),
+        ("Krippendorff α (ordinal)", fmt_num(r.get("krippendorff_alpha_ordinal")), "chance-corrected agreement (0 = chance, 1 = perfect)"),
+    ]
+    return {"stats": stats, "labelers": labelers, "matrix": agreement_matrix(r)}
+
+
+def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
+    if ev.data is None:
+        return {"problem": ev.problem}
+    d = ev.data
+    win = d.get("win_rate") or {}
+    extra = []
+    for key, label in (("reward_model", "Win rate, judged by the reward model"), ("gold", "Win rate, judged by the gold scorer")):
+        if isinstance(win.get(key), dict):
+            extra.append({"label": label, "value": fmt_interval(win[key], pct=True),
+                          "meaning": "share of prompts where the policy's completion beats the reference's (50% = no better)"})
+    if d.get("kl") is not None:
+        budget = d.get("kl_budget")
+        extra.append({"label": "KL(policy ‖ reference)", "value": fmt_interval(d["kl"]),
+                      "meaning": "how far the policy moved from the reference, in nats per completion"
+                                 + (f"; budget {_g(budget)}" if _finite(budget) and budget > 0 else "")})
+    known = {"models", "win_rate", "kl", "kl_budget"}
+    settings = [(k, fmt_num(v) if not isinstance(v, str) else v)
+                for k, v in flatten_scalars({k: v for k, v in d.items() if k not in known})]
+    models = d.get("models") or {}
+    ref_tox = [s.get("reference_scores", {}).get("toxicity") for s in samples]
+    pol_tox = [s.get("policy_scores", {}).get("toxicity") for s in samples]
+    toxicity_plot, toxicity_alt = None, ""
+    if samples and all(_finite(x) for x in ref_tox + pol_tox):
+        toxicity_plot = toxicity_hist_plot([float(x) for x in ref_tox], [float(x) for x in pol_tox])
+        toxicity_alt = "histogram of P(offensive) per completion, reference and policy"
+    elif _value((models.get("reference") or {}).get("toxicity")) is not None and \
+            _value((models.get("policy") or {}).get("toxicity")) is not None:
+        toxicity_plot = toxicity_bar_plot(models["reference"]["toxicity"], models["policy"]["toxicity"])
+        toxicity_alt = "bar chart of mean P(offensive) with 95% intervals, reference and policy"
+    passed, line = verdict_line(verdict_checks(d))
+    return {"rows": eval_rows(d), "extra": extra, "settings": settings, "toxicity_plot": toxicity_plot,
+            "toxicity_alt": toxicity_alt,
+            "passed": passed, "verdict": line, "checks": verdict_checks(d)}
+
+
+def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
+    if not samples:
+        if (run_dir / "eval" / "samples.jsonl").exists():
+            return {"problem": "eval/samples.jsonl holds no readable samples."}
+        return {"problem": "Not run: eval/samples.jsonl does not exist (run `rlhfkit eval`)."}
+    shown = []
+    for s in samples[:MAX_SAMPLES]:
+        item = {"prompt": str(s.get("prompt", ""))}
+        for side in ("reference", "policy"):
+            scores = s.get(f"{side}_scores") or {}
+            item[side] = str(s.get(side, ""))
+            item[f"{side}_scores"] = [(label, fmt_num(scores.get(key))) for key, label in
+                                      (("reward_model", "reward"), ("gold", "gold"), ("toxicity", "P(offensive)"))
+                                      if key in scores]
+        shown.append(item)
+    return {"items": shown, "total": len(samples)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def build_context(run_dir: str | Path) -> dict:
+    """Everything the template shows, read from the run directory (nothing here raises on a
+    missing or damaged artifact; the section names the problem instead)."""
+    run_dir = Path(run_dir)
+    config = _read_yaml(run_dir, "config.yaml").data
+    fb = _read_json(run_dir, "feedback_report.json", "label report")
+    rm = _read_json(run_dir, "reward_model/eval.json", "train-rm")
+    ev = _read_json(run_dir, "eval/eval.json", "eval")
+    ppo_metrics = _read_metrics(run_dir, "ppo")
+    rm_metrics = _read_metrics(run_dir, "train_rm")
+    samples = _read_jsonl_dicts(run_dir / "eval" / "samples.jsonl")
+    completions = _read_jsonl_dicts(run_dir / "completions.jsonl")
+
+    ppo = _ppo_section(ppo_metrics, config)
+    evaluation = _eval_section(ev, samples)
+    summary = what_was_done(
+        config,
+        n_completions=len(completions) if (run_dir / "completions.jsonl").exists() else None,
+        n_prompts=len({c.get("prompt_id") for c in completions}) or None,
+        n_pairs=_count_lines(run_dir / "pairs.jsonl"), feedback=fb.data, rm_eval=rm.data,
+        ppo_iterations=ppo.get("iterations"), ev=ev.data,
+    )
+    return {
+        "title": f"rlhfkit report — {run_dir.resolve().name}",
+        "run_name": run_dir.resolve().name,
+        "csp": CSP,
+        "steps": summary,
+        "verdict": {"passed": evaluation.get("passed"), "line": evaluation.get("verdict"),
+                    "checks": evaluation.get("checks", [])},
+        "ppo": ppo,
+        "feedback": _feedback_section(fb),
+        "rm": _rm_section(rm, rm_metrics),
+        "eval": evaluation,
+        "samples": _samples_section(run_dir, samples),
+    }
+
+
+def render_report(context: dict) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,  # every value is untrusted text unless proven otherwise
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template(REPORT_FILE).render(**context)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render RUN_DIR/eval/report.html from whatever the run directory holds; returns its path."""
+    from rlhfkit.data.io import atomic_write_text
+
+    out = Path(run_dir) / "eval" / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, render_report(build_context(run_dir)))
+    return out
