@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.eval.report import (
+    agreement_matrix,
     eval_rows,
     fmt_interval,
     fmt_num,
     fmt_signed,
     verdict_checks,
     verdict_line,
+    what_was_done,
     write_report,
 )
 
@@ -107,7 +109,8 @@ def samples_lines() -> list[dict]:
              "policy_scores": {"reward_model": 0.5, "gold": 0.3, "toxicity": 0.2}}]
     for i in range(15):
         rows.append({"prompt": f"prompt {i}", "reference": f"reference answer {i}\n  second line",
-                     "policy": f"policy answer {i}", "reference_scores": {"reward_model": 0.0, "gold": 0.2, "toxicity": 0.05},
+                     "policy": f"policy answer {i}",
+                     "reference_scores": {"reward_model": 0.0, "gold": 0.2, "toxicity": 0.05},
                      "policy_scores": {"reward_model": 0.25, "gold": 0.4, "toxicity": 0.02}})
     return rows
 
@@ -178,10 +181,11 @@ class Page(HTMLParser):
         return [a for t, a in self.tags if t == tag]
 
 
-@pytest.fixture
-def full_report(tmp_path) -> tuple[str, Page]:
-    out = write_report(make_run(tmp_path / "run"))
-    assert out == tmp_path / "run" / "eval" / "report.html"
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[str, Page]:
+    root = tmp_path_factory.mktemp("report")
+    out = write_report(make_run(root / "run"))
+    assert out == root / "run" / "eval" / "report.html"
     html = out.read_text()
     return html, Page(html)
 
@@ -338,3 +342,33 @@ def test_formatting():
     assert fmt_signed(0.0) == "±0.000" and fmt_signed(-0.25, pct=True) == "−25.0%"
     assert fmt_interval(stat(0.5, 0.25, 0.75), pct=True) == "50.0% [25.0%, 75.0%]"
     assert fmt_interval(stat(0.5, None, 0.75)) == "0.500"
+
+
+def test_odd_sample_lines_are_skipped_or_shown_without_scores(tmp_path):
+    run = make_run(tmp_path)
+    with (run / "eval" / "samples.jsonl").open("a") as f:
+        f.write("not json\n")
+        f.write(json.dumps({"prompt": "odd", "reference": "r", "policy": "q", "reference_scores": [1],
+                            "policy_scores": None}) + "\n")
+    page = Page(write_report(run).read_text())
+    assert "Showing 12 of 17 samples" in " ".join(page.text["samples"].split())
+    # one sample without toxicity: no histogram, the means with intervals instead
+    assert any(a["alt"].startswith("bar chart of mean") for a in page.all("img"))
+
+
+def test_agreement_matrix_is_symmetric_with_counts():
+    m = agreement_matrix(feedback_json())
+    assert m["names"] == ["alice", "bob", EVIL_LABELER]
+    cells = {(row["name"], name): cell for row in m["rows"] for name, cell in zip(m["names"], row["cells"])}
+    assert cells[("alice", "bob")]["text"] == cells[("bob", "alice")]["text"] == "75.0%"
+    assert cells[("alice", "bob")]["title"] == "30/40 pairs"
+    assert cells[("alice", "alice")]["self"] and not cells[("alice", "bob")]["self"]
+    assert cells[("alice", EVIL_LABELER)]["bg"] == "#ffffff"  # exactly chance: no tint
+    assert cells[("bob", EVIL_LABELER)]["bg"] != "#ffffff"
+
+
+def test_summary_warns_when_the_kl_penalty_is_off():
+    steps = dict(what_was_done({"ppo": {"iterations": 5, "kl_coef": 0.0}}, n_completions=None, n_prompts=None,
+                               n_pairs=None, feedback=None, rm_eval=None, ppo_iterations=None, ev=None))
+    assert "5 iterations" in steps["PPO"] and "β = 0" in steps["PPO"] and "reward hacking" in steps["PPO"]
+    assert steps["Generate"] == steps["Label"] == steps["Evaluate"] == "not run"

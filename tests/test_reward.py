@@ -139,6 +139,15 @@ def test_pairwise_accuracy_counts_ties_half():
     assert pairwise_accuracy([2.0, 1.0, 1.0, 0.0], [1.0, 1.0, 3.0, -5.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
 
 
+def test_pair_metrics_hand_case():
+    # pair 1: margin 1, −log σ(1) = 0.313262; pair 2: a tie, −log σ(0) = ln 2 = 0.693147 (weight 3)
+    m = R.pair_metrics([1.0, 0.0], [0.0, 0.0], [1.0, 3.0])
+    assert m["loss"] == pytest.approx((0.313262 + 3 * 0.693147) / 4, abs=1e-6)
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["margin"] == pytest.approx(0.5)
+    assert m["pairs"] == 2
+
+
 def test_linear_schedule():
     assert [linear_schedule(s, 2, 6) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
     assert linear_schedule(0, 0, 4) == pytest.approx(1.0)

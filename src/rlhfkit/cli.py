@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import typer
 
-from rlhfkit.config import GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
+from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
 from rlhfkit.data.errors import RlhfkitError
 
 app = typer.Typer(
@@ -165,6 +165,18 @@ def ppo(cfg: PPOConfig) -> None:
         f"ppo stopped: {s['stop_reason']} after {s['iterations']} iterations in {s['seconds']:.0f} s; "
         f"score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}, KL {s['kl_last']:.2f} → {s['path']}"
     )
+
+
+@stage_command("eval", EvalConfig)
+def evaluate(cfg: EvalConfig) -> None:
+    """Reference vs aligned policy on held-out prompts → RUN_DIR/eval/eval.json, samples.jsonl, report.html."""
+    from rlhfkit.eval.run import run_eval
+    from rlhfkit.eval.table import print_eval_table
+
+    result = run_eval(cfg)
+    print_eval_table(result)
+    if "report" in result:
+        typer.echo(f"report → {result['report']}")
 
 
 def main() -> None:

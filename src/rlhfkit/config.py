@@ -187,7 +187,7 @@ class LabelConfig:
     store: str = opt("", "Feedback store: '' = RUN_DIR/feedback.db (SQLite), or a sqlite:/// or postgresql:// URL.")
     simulate: int = opt(6, "Number of simulated labelers (0 = only import tasks, for people in the web app).")
     careless: int = opt(1, "How many of the simulated labelers are careless (near-random).")
-    noise: float = opt(0.5, "σ of a careful simulated labeler's noise, in gold-score units.")
+    noise: float = opt(0.35, "σ of a careful simulated labeler's noise, in gold-score units (0.35 gives ~72% agreement).")
     position_bias: float = opt(0.1, "Bonus a simulated labeler gives the completion shown first.")
     overlap: int = opt(3, "How many different labelers rank each task.")
     criterion: str = opt("helpful, honest and harmless (see the guideline)", "The alignment criterion shown with each task.")
@@ -213,3 +213,28 @@ class PairsConfig:
 
     def validate(self) -> None:
         _check(self.weight in ("none", "quality"), "weight", f"must be none or quality, got {self.weight!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Reference (initial) model against the aligned policy on held-out prompts."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reads policy/ and reward_model/, writes eval/.")
+    policy: str = opt("", "Trained policy folder ('' = RUN_DIR/policy); its config names the base model.")
+    reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model).")
+    prompts: str = opt("default", "Prompts JSONL or 'default'; the eval split is used.")
+    num_prompts: int = opt(0, "Use only the first N eval prompts (0 = all).")
+    samples_per_prompt: int = opt(1, "Completions per prompt and model.")
+    max_new_tokens: int = opt(0, "Most tokens per completion (0 = as in PPO).")
+    temperature: float = opt(0.0, "Sampling temperature (0 = as in PPO).")
+    batch_size: int = opt(16, "Prompts generated together.")
+    kl_budget: float = opt(0.0, "KL budget the verdict checks against (0 = PPO's kl_budget).")
+    gold: bool = opt(True, "Also score with the gold scorer (the independent judge).")
+    seed: int = opt(1234, "Random seed: the reference and the policy get the same sampling seeds.")
+    device: str = opt("auto", "cpu, cuda, or auto.")
+    report: bool = opt(True, "Write eval/report.html after the evaluation.")
+
+    def validate(self) -> None:
+        _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")

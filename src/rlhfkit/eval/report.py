@@ -52,7 +52,8 @@ PPO_PANELS: list[tuple[str, str, str]] = [
 ]
 
 RM_LABELS = {
-    "accuracy": ("Accuracy", True, "share of held-out pairs where the preferred completion scores higher (50% = chance)"),
+    "accuracy": ("Accuracy", True,
+                 "share of held-out pairs where the preferred completion scores higher (50% = chance)"),
     "gold_accuracy": ("Gold-scorer accuracy", True,
                       "how often the gold scorer agrees with the labelers on the same held-out pairs (a ceiling)"),
     "margin": ("Margin", False, "mean r(chosen) − r(rejected) on held-out pairs, in raw reward units"),
@@ -119,6 +120,10 @@ def fmt_interval(stat: Any, pct: bool = False) -> str:
     if _finite(stat.get("lo")) and _finite(stat.get("hi")):
         text += f" [{f(stat['lo'])}, {f(stat['hi'])}]"
     return text
+
+
+def _dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
 
 
 def _value(stat: Any) -> float | None:
@@ -213,8 +218,8 @@ class Check:
 def verdict_checks(ev: dict) -> list[Check]:
     """The four checks of issue 6's success criterion, from eval.json: the policy beats the reference
     on gold score and reward-model score (means), toxicity is not higher, KL is within budget."""
-    models = ev.get("models") or {}
-    ref, pol = models.get("reference") or {}, models.get("policy") or {}
+    models = _dict(ev.get("models"))
+    ref, pol = _dict(models.get("reference")), _dict(models.get("policy"))
     checks = []
     for key, name in (("gold", "gold score"), ("reward_model", "reward-model score")):
         r, p = _value(ref.get(key)), _value(pol.get(key))
@@ -390,8 +395,8 @@ def flatten_scalars(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 def eval_rows(ev: dict) -> list[dict]:
     """One row per metric present in either model: label, meaning, both values, Δ and its tone."""
-    models = ev.get("models") or {}
-    ref, pol = models.get("reference") or {}, models.get("policy") or {}
+    models = _dict(ev.get("models"))
+    ref, pol = _dict(models.get("reference")), _dict(models.get("policy"))
     known = {k for k, *_ in EVAL_METRICS}
     extra = [(k, k, 0, False, "") for k in list(ref) + [k for k in pol if k not in ref] if k not in known]
     rows = []
@@ -575,7 +580,7 @@ def reliability_plot(bins: list[dict]) -> dict:
 
 
 def _ppo_section(metrics: Artifact, config: dict) -> dict:
-    if metrics.problem and not metrics.data:
+    if metrics.problem:
         return {"problem": metrics.problem}
     m = metrics.data
     if not m:
@@ -590,10 +595,9 @@ def _ppo_section(metrics: Artifact, config: dict) -> dict:
         return {"problem": "logs/metrics.csv has PPO rows but none of the plotted metrics."}
     last = max(s for pts in m.values() for s, _ in pts)
     first = min(s for pts in m.values() for s, _ in pts)
-    shown = {key for key, *_ in PPO_PANELS if m.get(key)}
     return {"plot": curves_plot(panels, "PPO iteration"), "iterations": last - first + 1,
-            "legend": [(title, meaning) for key, title, meaning in PPO_PANELS if key in shown],
-            "final": [(title, fmt_num(m[key][-1][1])) for key, title, _ in PPO_PANELS if key in shown]}
+            "legend": [(title, meaning, fmt_num(m[key][0][1]), fmt_num(m[key][-1][1]))
+                       for key, title, meaning in PPO_PANELS if m.get(key)]}
 
 
 def _rm_curves(metrics: dict, rm_eval: dict | None) -> dict | None:
@@ -619,7 +623,8 @@ def _rm_curves(metrics: dict, rm_eval: dict | None) -> dict | None:
         panels.append((base[-1].replace("_", " "), series, None))
     for key in sorted(metrics):  # train-only metrics with no held-out partner
         if key not in used and key.rsplit("/", 1)[-1].startswith("train_"):
-            panels.append((key.rsplit("/", 1)[-1].replace("_", " "), [("train", metrics[key], TRAIN_COLOUR)], None))
+            title = key.rsplit("/", 1)[-1].replace("_", " ")
+            panels.append((title, [("train", metrics[key], TRAIN_COLOUR)], None))
     return curves_plot(panels[:9], "optimizer step")
 
 
@@ -668,9 +673,12 @@ def _feedback_section(fb: Artifact) -> dict:
          "overlap is what agreement is measured on"),
         ("Pairwise agreement, all", fmt_pct(r.get("pairwise_agreement")),
          "share of completion pairs two labelers order the same way (50% = chance)"),
-        ("Pairwise agreement, not flagged", fmt_pct(careful), "the same among labelers not flagged; InstructGPT reports ~73%"),
-        ("Kendall τ-b", fmt_num(r.get("kendall_tau_b_mean")), "mean rank correlation between two labelers' rankings (1 = identical)"),
-        ("Krippendorff α (ordinal)", fmt_num(r.get("krippendorff_alpha_ordinal")), "chance-corrected agreement (0 = chance, 1 = perfect)"),
+        ("Pairwise agreement, not flagged", fmt_pct(careful),
+         "the same among labelers not flagged; InstructGPT reports ~73%"),
+        ("Kendall τ-b", fmt_num(r.get("kendall_tau_b_mean")),
+         "mean rank correlation between two labelers' rankings (1 = identical)"),
+        ("Krippendorff α (ordinal)", fmt_num(r.get("krippendorff_alpha_ordinal")),
+         "chance-corrected agreement (0 = chance, 1 = perfect)"),
     ]
     return {"stats": stats, "labelers": labelers, "matrix": agreement_matrix(r)}
 
@@ -679,12 +687,13 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
     if ev.data is None:
         return {"problem": ev.problem}
     d = ev.data
-    win = d.get("win_rate") or {}
+    win = _dict(d.get("win_rate"))
     extra = []
-    for key, label in (("reward_model", "Win rate, judged by the reward model"), ("gold", "Win rate, judged by the gold scorer")):
+    for key, judge in (("reward_model", "the reward model"), ("gold", "the gold scorer")):
         if isinstance(win.get(key), dict):
-            extra.append({"label": label, "value": fmt_interval(win[key], pct=True),
-                          "meaning": "share of prompts where the policy's completion beats the reference's (50% = no better)"})
+            extra.append({"label": f"Win rate, judged by {judge}", "value": fmt_interval(win[key], pct=True),
+                          "meaning": "share of prompts where the policy's completion beats the reference's "
+                                     "(50% = no better)"})
     if d.get("kl") is not None:
         budget = d.get("kl_budget")
         extra.append({"label": "KL(policy ‖ reference)", "value": fmt_interval(d["kl"]),
@@ -693,21 +702,20 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
     known = {"models", "win_rate", "kl", "kl_budget"}
     settings = [(k, fmt_num(v) if not isinstance(v, str) else v)
                 for k, v in flatten_scalars({k: v for k, v in d.items() if k not in known})]
-    models = d.get("models") or {}
-    ref_tox = [s.get("reference_scores", {}).get("toxicity") for s in samples]
-    pol_tox = [s.get("policy_scores", {}).get("toxicity") for s in samples]
+    models = _dict(d.get("models"))
+    ref_tox = [_dict(s.get("reference_scores")).get("toxicity") for s in samples]
+    pol_tox = [_dict(s.get("policy_scores")).get("toxicity") for s in samples]
     toxicity_plot, toxicity_alt = None, ""
     if samples and all(_finite(x) for x in ref_tox + pol_tox):
         toxicity_plot = toxicity_hist_plot([float(x) for x in ref_tox], [float(x) for x in pol_tox])
         toxicity_alt = "histogram of P(offensive) per completion, reference and policy"
-    elif _value((models.get("reference") or {}).get("toxicity")) is not None and \
-            _value((models.get("policy") or {}).get("toxicity")) is not None:
+    elif all(_value(_dict(models.get(m)).get("toxicity")) is not None for m in ("reference", "policy")):
         toxicity_plot = toxicity_bar_plot(models["reference"]["toxicity"], models["policy"]["toxicity"])
         toxicity_alt = "bar chart of mean P(offensive) with 95% intervals, reference and policy"
-    passed, line = verdict_line(verdict_checks(d))
+    checks = verdict_checks(d)
+    passed, line = verdict_line(checks)
     return {"rows": eval_rows(d), "extra": extra, "settings": settings, "toxicity_plot": toxicity_plot,
-            "toxicity_alt": toxicity_alt,
-            "passed": passed, "verdict": line, "checks": verdict_checks(d)}
+            "toxicity_alt": toxicity_alt, "passed": passed, "verdict": line, "checks": checks}
 
 
 def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
@@ -719,7 +727,7 @@ def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
     for s in samples[:MAX_SAMPLES]:
         item = {"prompt": str(s.get("prompt", ""))}
         for side in ("reference", "policy"):
-            scores = s.get(f"{side}_scores") or {}
+            scores = _dict(s.get(f"{side}_scores"))
             item[side] = str(s.get(side, ""))
             item[f"{side}_scores"] = [(label, fmt_num(scores.get(key))) for key, label in
                                       (("reward_model", "reward"), ("gold", "gold"), ("toxicity", "P(offensive)"))

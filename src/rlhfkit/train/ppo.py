@@ -133,6 +133,33 @@ def check_finite(iteration: int, **tensors: Tensor) -> None:
             raise PPOAlarm(f"iteration {iteration}: non-finite {name} (NaN or inf); the last good checkpoint is kept")
 
 
+def assemble(s, stop: list[int]):
+    """Prompt + response as one sequence: (lengths (B,), response_mask (B, A), input_ids (B, T), attention_mask (B, T)).
+
+    The attention mask covers the real prompt tokens and the response up to and including EOS.
+    """
+    lengths = response_length(s.response_ids, stop)  # (B,)
+    A = s.response_ids.shape[1]
+    response_mask = (torch.arange(A, device=lengths.device)[None, :] < lengths[:, None]).long()  # (B, A)
+    input_ids = torch.cat([s.prompt_ids, s.response_ids], dim=1)  # (B, T = P + A)
+    attention_mask = torch.cat([s.prompt_mask, response_mask], dim=1)  # (B, T)
+    return lengths, response_mask, input_ids, attention_mask
+
+
+@torch.no_grad()
+def sequence_kl(model: "PolicyWithValue", input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+                temperature: float) -> tuple[Tensor, Tensor]:
+    """(Σ_t k1, Σ_t k3) per sequence (B,): the KL of the policy to the reference on the policy's own samples."""
+    A = response_mask.shape[1]
+    logits, _ = model(input_ids, attention_mask, A, temperature)
+    logp = L.logprobs_from_logits(logits, input_ids[:, -A:])
+    ref = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature), input_ids[:, -A:])
+    mask = response_mask.bool()
+    k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(logp)).sum(1)
+    k3 = torch.where(mask, L.kl_k3(logp, ref), torch.zeros_like(logp)).sum(1)
+    return k1, k3
+
+
 @torch.no_grad()
 def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score_fn: Scorer, *, max_new_tokens: int,
                     temperature: float, beta: float, gamma: float, lam: float, missing_eos_penalty: float | None,
@@ -142,12 +169,8 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     # 1. generate: left-padded prompts through the chat template, sampled at `temperature` with the KV cache
     formatted = [format_prompt(tokenizer, p) for p in prompts]
     s = sample(model.lm, tokenizer, formatted, max_new_tokens=max_new_tokens, temperature=temperature)
-    stop = eos_ids(tokenizer, model.lm)
-    lengths = response_length(s.response_ids, stop)  # (B,)
+    lengths, response_mask, input_ids, attention_mask = assemble(s, eos_ids(tokenizer, model.lm))
     A = s.response_ids.shape[1]
-    response_mask = (torch.arange(A, device=lengths.device)[None, :] < lengths[:, None]).long()  # (B, A)
-    input_ids = torch.cat([s.prompt_ids, s.response_ids], dim=1)  # (B, T)
-    attention_mask = torch.cat([s.prompt_mask, response_mask], dim=1)  # (B, T)
 
     # 2. score decoded text: the reward model has its own tokenizer, never the policy's ids ([N-det])
     texts = decode_responses(tokenizer, s.response_ids, lengths)
@@ -339,13 +362,18 @@ def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl, ite
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> dict:
+def load_trained(folder: Path, model: PolicyWithValue) -> None:
+    """Put the trained weights (adapters or full LM, and the value head) of ``folder`` into ``model``."""
     from safetensors.torch import load_file
 
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
     missing = model.load_state_dict(load_file(str(folder / "trainable.safetensors")), strict=False)
     if missing.unexpected_keys:
         raise RlhfkitError(f"{folder}: checkpoint does not match the model ({missing.unexpected_keys[:3]} …)")
+
+
+def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> dict:
+    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    load_trained(folder, model)
     optimizer.load_state_dict(state["optimizer"])
     kl_ctl.load_state_dict(state["kl_ctl"])
     torch.set_rng_state(state["rng"]["torch"])

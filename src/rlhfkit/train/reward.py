@@ -533,21 +533,27 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-def evaluate_pairs(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Sequence[Row],
-                   weights: Sequence[float], batch_size: int = 64) -> dict[str, float]:
-    """Held-out metrics: weighted BT loss, accuracy (ties ½), mean margin, calibration error (10 bins)."""
+def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], weights: Sequence[float]) -> dict[str, float]:
+    """Weighted BT loss, accuracy (ties ½), mean margin r_c − r_r and calibration error (10 bins) of raw rewards."""
     import torch
 
     from rlhfkit.train.losses import bradley_terry_loss
 
+    loss = bradley_terry_loss(torch.tensor(list(r_chosen), dtype=torch.float64),
+                              torch.tensor(list(r_rejected), dtype=torch.float64),
+                              weight=torch.tensor(list(weights), dtype=torch.float64))
+    n = len(r_chosen)
+    return {"loss": float(loss), "accuracy": pairwise_accuracy(r_chosen, r_rejected),
+            "margin": sum(c - r for c, r in zip(r_chosen, r_rejected)) / n,
+            "ece": pair_calibration_error(r_chosen, r_rejected), "pairs": n}
+
+
+def evaluate_pairs(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Sequence[Row],
+                   weights: Sequence[float], batch_size: int = 64) -> dict[str, float]:
+    """:func:`pair_metrics` of encoded pairs, scored by ``rm`` (raw rewards)."""
     r = rm.raw_scores(list(chosen_rows) + list(rejected_rows), batch_size)
     n = len(chosen_rows)
-    r_c, r_r = r[:n], r[n:]
-    loss = bradley_terry_loss(torch.tensor(r_c, dtype=torch.float64), torch.tensor(r_r, dtype=torch.float64),
-                              weight=torch.tensor(list(weights), dtype=torch.float64))
-    return {"loss": float(loss), "accuracy": pairwise_accuracy(r_c, r_r),
-            "margin": sum(c - x for c, x in zip(r_c, r_r)) / n, "ece": pair_calibration_error(r_c, r_r),
-            "pairs": n}
+    return pair_metrics(r[:n], r[n:], weights)
 
 
 def train_reward_model(
@@ -736,12 +742,14 @@ def train_reward_model(
             held = [pairs[i] for i in eval_idx]
             g = gold_scorer([p.prompt for p in held] * 2, [p.chosen for p in held] + [p.rejected for p in held])
             report["gold_accuracy"] = pairwise_accuracy(g[: len(held)], g[len(held) :])
-    report["train"] = evaluate_pairs(rm, [chosen[i] for i in train_idx], [rejected[i] for i in train_idx],
-                                     [weights[i] for i in train_idx])
     # Normalisation statistics over the distinct training completions ("N implementation details",
     # reward normalisation): PPO then sees rewards of mean 0, std 1 on text like the labelled samples.
     train_texts = sorted({(pairs[i].prompt, c) for i in train_idx for c in (pairs[i].chosen, pairs[i].rejected)})
-    rm.mean, rm.std = reward_stats(rm.raw_scores([encoded[t] for t in train_texts]))
+    raw = dict(zip(train_texts, rm.raw_scores([encoded[t] for t in train_texts])))
+    report["train"] = pair_metrics([raw[(pairs[i].prompt, pairs[i].chosen)] for i in train_idx],
+                                   [raw[(pairs[i].prompt, pairs[i].rejected)] for i in train_idx],
+                                   [weights[i] for i in train_idx])
+    rm.mean, rm.std = reward_stats(list(raw.values()))
     report["reward_stats"] = {"mean": rm.mean, "std": rm.std, "texts": len(train_texts)}
     report["train_seconds"] = round(t_train, 3)
     report["pairs_per_s"] = n_seen / t_train if t_train > 0 else None

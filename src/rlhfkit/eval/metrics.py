@@ -1,0 +1,69 @@
+"""Evaluation metrics on text: diversity, repetition, win rates and bootstrap intervals (pure functions)."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens (a tokenizer-free unit, so models compare fairly)."""
+    return _WORD.findall(text.lower())
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of a set of texts (Li et al. 2016); 0 when there are none."""
+    grams = [g for t in texts for g in ngrams(words(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Share of a text's n-grams that repeat an earlier n-gram of the same text (0 = no repetition)."""
+    grams = ngrams(words(text), n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
+    """How often a beats b, paired by index; a tie counts half."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"win_rate needs two equal, non-empty lists, got {a.shape} and {b.shape}")
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean, *,
+                 n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """(statistic, lower, upper): percentile bootstrap interval, resampling rows (the first axis).
+
+    ``values`` may be 2-D (rows of paired values) so paired statistics such as a win rate are
+    resampled together.
+    """
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))  # (n_boot, N)
+    stats = np.array([stat(x[i]) for i in idx])
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(stat(x)), float(lo), float(hi)
+
+
+def summary(values: Sequence[float], *, seed: int = 0) -> dict[str, float]:
+    """{"value", "lo", "hi"}: the mean with its 95% bootstrap interval."""
+    value, lo, hi = bootstrap_ci(values, seed=seed)
+    return {"value": value, "lo": lo, "hi": hi}
+
+
+def paired_win_rate(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict[str, float]:
+    """Win rate of a over b with a paired bootstrap interval."""
+    rows = np.stack([np.asarray(a, float), np.asarray(b, float)], axis=1)  # (N, 2)
+    value, lo, hi = bootstrap_ci(rows, lambda r: win_rate(r[:, 0], r[:, 1]), seed=seed)
+    return {"value": value, "lo": lo, "hi": hi}

@@ -1,0 +1,92 @@
+"""Evaluation: metrics against hand-computed values, and the eval stage end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rlhfkit.config import EvalConfig, PPOConfig, load_config
+from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.eval import metrics as M
+from rlhfkit.eval.run import run_eval
+from rlhfkit.train.ppo import run_ppo
+
+
+def test_distinct_n_by_hand():
+    # "a b a b" → words a,b,a,b: unigrams 4, distinct 2 → 0.5; bigrams (a,b),(b,a),(a,b): distinct 2 of 3
+    assert M.distinct_n(["a b a b"], 1) == 0.5
+    assert M.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    # across texts: "x y" + "x z" → unigrams x,y,x,z: 3 distinct of 4
+    assert M.distinct_n(["x y", "x z"], 1) == 0.75
+    assert M.distinct_n([""], 2) == 0.0
+
+
+def test_repetition_by_hand():
+    # "go go go go go": trigrams (go,go,go) ×3 → 1 distinct of 3 → repetition 2/3
+    assert M.repetition("go go go go go") == pytest.approx(2 / 3)
+    assert M.repetition("the cat sat on the mat") == 0.0
+    assert M.repetition("hi there") == 0.0  # no trigram at all
+
+
+def test_win_rate_counts_ties_half():
+    # wins: 3>1, ties: 2=2, losses: 0<5 → (1 + 0.5 + 0) / 3
+    assert M.win_rate([3, 2, 0], [1, 2, 5]) == pytest.approx(0.5)
+    assert M.win_rate([1, 1], [1, 1]) == 0.5
+    with pytest.raises(ValueError):
+        M.win_rate([1], [1, 2])
+
+
+def test_bootstrap_interval_contains_the_mean_and_shrinks():
+    rng = np.random.default_rng(0)
+    small, big = rng.normal(1.0, 1.0, 20), rng.normal(1.0, 1.0, 2000)
+    v, lo, hi = M.bootstrap_ci(small)
+    assert lo <= v <= hi and v == pytest.approx(small.mean())
+    _, lo2, hi2 = M.bootstrap_ci(big)
+    assert hi2 - lo2 < hi - lo
+    # a constant sample has a zero-width interval at the constant
+    assert M.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    w = M.paired_win_rate([1, 2, 3, 4], [0, 0, 0, 0])
+    assert w == {"value": 1.0, "lo": 1.0, "hi": 1.0}
+
+
+def _prompts(tmp_path, eval_split=True):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"q{i}", "prompt": f"why does the cat {i} run?", "split": "eval" if eval_split and i % 2 else "train"}
+            for i in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
+    prompts = _prompts(tmp_path)
+    run = tmp_path / "run"
+    run_ppo(load_config(PPOConfig, None, dict(run_dir=str(run), model=str(tiny_llama), reward_model="gold", prompts=str(prompts),
+                                              iterations=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6,
+                                              sample_every=0, device="cpu", lora_layers=0)))
+    result = run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), reward_model="gold", prompts=str(prompts), device="cpu",
+                                                         samples_per_prompt=2, report=False)))
+    assert result["n_prompts"] == 4 and result["n_completions"] == 8
+    for m in ("reference", "policy"):
+        for key in ("reward_model", "gold", "toxicity", "length", "distinct_1", "repetition"):
+            assert key in result["models"][m]
+    assert 0.0 <= result["win_rate"]["gold"]["value"] <= 1.0
+    assert result["kl"]["value"] >= 0.0  # k3 is non-negative
+    samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and set(samples[0]) >= {"prompt", "reference", "policy", "reference_scores", "policy_scores"}
+    assert json.loads((run / "eval" / "eval.json").read_text())["verdict"]["checks"]
+
+
+def test_eval_errors(tiny_llama, tmp_path):
+    with pytest.raises(RlhfkitError, match="policy folder does not exist"):
+        run_eval(load_config(EvalConfig, None, dict(run_dir=str(tmp_path / "none"))))
+    prompts = _prompts(tmp_path, eval_split=False)
+    run = tmp_path / "run"
+    run_ppo(load_config(PPOConfig, None, dict(run_dir=str(run), model=str(tiny_llama), reward_model="gold", prompts=str(prompts),
+                                              iterations=1, batch_size=2, minibatch_size=2, ppo_epochs=1, max_new_tokens=4,
+                                              sample_every=0, device="cpu")))
+    with pytest.raises(RlhfkitError, match="no reward model"):
+        run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), prompts=str(prompts))))
+    with pytest.raises(RlhfkitError, match="no prompts with split 'eval'"):
+        run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), prompts=str(prompts), reward_model="gold")))
