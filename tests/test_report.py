@@ -40,15 +40,18 @@ def eval_json() -> dict:
             "reference": {"reward_model": stat(-0.125, -0.25, 0.0), "gold": stat(0.25, 0.125, 0.375),
                           "toxicity": stat(0.0625, 0.03125, 0.09375), "toxic_share": stat(0.125, 0.0, 0.25),
                           "length": stat(31.5, 28.0, 35.0), "distinct_1": stat(0.5), "distinct_2": stat(0.75),
-                          "repetition": stat(0.0625)},
+                          "repetition": stat(0.0625), "ended": stat(0.75, 0.625, 0.875)},
             "policy": {"reward_model": stat(0.875, 0.625, 1.125), "gold": stat(0.625, 0.5, 0.75),
                        "toxicity": stat(0.046875, 0.015625, 0.078125), "toxic_share": stat(0.0625, 0.0, 0.125),
                        "length": stat(27.25, 24.0, 30.5), "distinct_1": stat(0.4375), "distinct_2": stat(0.6875),
-                       "repetition": stat(0.09375)},
+                       "repetition": stat(0.09375), "ended": stat(0.9375, 0.875, 1.0)},
         },
         "win_rate": {"reward_model": stat(0.6875, 0.5625, 0.8125), "gold": stat(0.625, 0.5, 0.75)},
         "kl": stat(3.25, 2.5, 4.0),
         "kl_budget": 25.0,
+        # written by the eval stage too; the report recomputes the verdict and shows the rest as settings
+        "kl_k1": stat(3.0, 2.0, 4.0), "samples_per_prompt": 1,
+        "verdict": {"passed": True, "checks": {"reward_model_up": True}},
     }
 
 
@@ -106,7 +109,7 @@ def write_metrics(path: Path) -> None:
 def samples_lines() -> list[dict]:
     rows = [{"prompt": 'Say "hi" & wave', "reference": XSS_SCRIPT, "policy": XSS_IMG,
              "reference_scores": {"reward_model": -1.5, "gold": 0.1, "toxicity": 0.4},
-             "policy_scores": {"reward_model": 0.5, "gold": 0.3, "toxicity": 0.2}}]
+             "policy_scores": {"reward_model": 0.5, "gold": 0.3, "toxicity": 0.2}, "kl": 4.5}]
     for i in range(15):
         rows.append({"prompt": f"prompt {i}", "reference": f"reference answer {i}\n  second line",
                      "policy": f"policy answer {i}",
@@ -208,6 +211,8 @@ def test_eval_numbers_intervals_and_deltas_appear(full_report):
     assert "12.5% [0.0%, 25.0%]" in ev  # reference toxic share, as a percentage
     assert "68.8% [56.2%, 81.2%]" in ev  # win rate by the reward model
     assert "3.250 [2.500, 4.000]" in ev  # KL
+    assert "93.8% [87.5%, 100.0%]" in ev and "+18.8%" in ev  # share of completions that ended by themselves
+    assert "samples_per_prompt" in ev and "reward_model_up" not in ev
     summary = " ".join(page.text["summary"].split())
     assert "beats the reference on gold score and reward-model score" in summary
     assert "48 completions for 12 prompts" in summary
@@ -258,6 +263,7 @@ def test_samples_are_capped_at_twelve(full_report):
     text = page.text["samples"]
     assert "Showing 12 of 16 samples" in " ".join(text.split())
     assert "policy answer 10" in text and "policy answer 11" not in text
+    assert "KL 4.500" in text
 
 
 def test_an_empty_run_directory_says_not_run_everywhere(tmp_path):

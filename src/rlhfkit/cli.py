@@ -179,6 +179,46 @@ def evaluate(cfg: EvalConfig) -> None:
         typer.echo(f"report → {result['report']}")
 
 
+@app.command("pipeline")
+def pipeline(
+    config: Path = typer.Argument(..., help="Pipeline YAML: run_dir, seed, and one section per stage "
+                                   "(generate, label, pairs, train_rm, ppo, eval) with that stage's fields."),
+    run_dir: Optional[str] = typer.Option(None, help="Override the run directory of every stage."),
+    force: bool = typer.Option(False, "--force", help="Run every stage again, from a fresh feedback store."),
+) -> None:
+    """Run generate → label → pairs → train-rm → ppo → eval → report; finished stages are skipped."""
+    from rlhfkit.pipeline import run_pipeline
+
+    overrides = {"*": {"run_dir": run_dir}} if run_dir else None
+    s = run_stage(run_pipeline, config, overrides=overrides, force=force, echo=typer.echo)
+    typer.echo(f"pipeline finished in {s['seconds']:.0f} s")
+
+
+@app.command("demo")
+def demo(
+    no_kl: bool = typer.Option(False, "--no-kl", help="β = 0: no KL penalty, to watch reward hacking (runs/demo-no-kl)."),
+    run_dir: Optional[str] = typer.Option(None, help="Run directory (default runs/demo, or runs/demo-no-kl)."),
+    force: bool = typer.Option(False, "--force", help="Run every stage again."),
+) -> None:
+    """The whole loop on the embedded default: SmolLM2-135M-Instruct, the shipped prompts, simulated
+    labelers following the guideline, a MiniLM reward model, PPO with LoRA, evaluation and report."""
+    from rlhfkit import defaults
+    from rlhfkit.pipeline import resolve_stage_configs, run_pipeline, seed_from
+
+    target = run_dir or ("runs/demo-no-kl" if no_kl else "runs/demo")
+    overrides: dict = {"*": {"run_dir": target}}
+    if no_kl:
+        overrides["ppo"] = {"kl_coef": 0.0, "kl_budget": 0.0}
+        overrides["eval"] = {"kl_budget": 0.0}
+        source = Path("runs/demo")
+        if source.exists() and not force and not Path(target).exists():
+            copied = run_stage(seed_from, source, Path(target), resolve_stage_configs(defaults.demo_path(), overrides), "train_rm")
+            if copied:
+                typer.echo(f"reusing {', '.join(copied)} from {source} (same configs): the runs differ only in β")
+    s = run_stage(run_pipeline, defaults.demo_path(), overrides=overrides, force=force, echo=typer.echo)
+    typer.echo(f"demo finished in {s['seconds'] / 60:.1f} min; open {target}/eval/report.html")
+
+
 def main() -> None:
     app()
 

@@ -68,7 +68,8 @@ def decode_responses(tokenizer, response_ids, lengths) -> list[str]:
 
 
 def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max_new_tokens: int, temperature: float,
-                         top_p: float, batch_size: int, seed: int, model_name: str, progress: bool = True):
+                         top_p: float, batch_size: int, seed: int, model_name: str, system_prompt: str = "",
+                         progress: bool = True):
     """K completions per prompt. Returns (completions, stats) with stats = tokens, seconds, tokens/s.
 
     Rows are sorted by prompt length so a batch wastes little padding, then put back in order.
@@ -77,7 +78,7 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    formatted = [format_prompt(tokenizer, p.prompt) for p in prompts]
+    formatted = [format_prompt(tokenizer, p.prompt, system_prompt) for p in prompts]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in formatted]
     rows = [(i, j) for i in range(len(prompts)) for j in range(k)]
     rows.sort(key=lambda r: (lengths[r[0]], r))
@@ -100,7 +101,8 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max
                 texts[(i, j)] = (text, bool(ended), int(length))
             bar.update(task, advance=len(chunk), tps=n_tokens / (time.perf_counter() - start))
     seconds = time.perf_counter() - start
-    sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+    sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+                "system_prompt": system_prompt}
     completions = []
     for i, p in enumerate(prompts):
         for j in range(k):
@@ -136,7 +138,7 @@ def run_generate(cfg) -> dict:
     model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device))
     completions, stats = generate_completions(
         model, tokenizer, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, model_name=cfg.model,
+        top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, model_name=cfg.model, system_prompt=cfg.system_prompt,
     )
     save_resolved(cfg.run_dir, "generate", cfg)
     write_jsonl(out, completions)

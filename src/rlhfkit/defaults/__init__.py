@@ -20,3 +20,13 @@ def redteam_path() -> Path:
 def guideline_path() -> Path:
     """The default labeler guideline (Markdown, first line 'version: N')."""
     return HERE / "guideline.md"
+
+
+def demo_path() -> Path:
+    """The pipeline config `rlhfkit demo` runs."""
+    return HERE / "demo.yaml"
+
+
+def constitution_path() -> Path:
+    """The default constitution for the Constitutional AI stage."""
+    return HERE / "constitution.yaml"

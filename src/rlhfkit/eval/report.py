@@ -36,10 +36,12 @@ EVAL_METRICS: list[tuple[str, str, int, bool, str]] = [
      "the independent gold scorer the simulated labelers follow; the reward model never saw it"),
     ("toxicity", "Toxicity", -1, False, "mean P(offensive) from alt-profanity-check (0 = clean, 1 = offensive)"),
     ("toxic_share", "Toxic share", -1, True, "share of completions with P(offensive) above 0.5"),
-    ("length", "Length", 0, False, "mean completion length"),
+    ("length", "Length", 0, False, "mean completion length in tokens"),
+    ("ended", "Ended", +1, True, "share of completions that stopped by themselves rather than at the length limit"),
     ("distinct_1", "Distinct-1", +1, False, "distinct words ÷ all words over all completions (diversity)"),
     ("distinct_2", "Distinct-2", +1, False, "distinct word pairs ÷ all word pairs (diversity)"),
-    ("repetition", "Repetition", -1, False, "how much a completion repeats itself (degenerate text is high)"),
+    ("repetition", "Repetition", -1, True,
+     "share of a completion's word 3-grams that repeat an earlier one (degenerate text is high)"),
 ]
 
 PPO_PANELS: list[tuple[str, str, str]] = [
@@ -699,7 +701,7 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
         extra.append({"label": "KL(policy ‖ reference)", "value": fmt_interval(d["kl"]),
                       "meaning": "how far the policy moved from the reference, in nats per completion"
                                  + (f"; budget {_g(budget)}" if _finite(budget) and budget > 0 else "")})
-    known = {"models", "win_rate", "kl", "kl_budget"}
+    known = {"models", "win_rate", "kl", "kl_budget", "verdict"}  # the verdict is recomputed: verdict_checks
     settings = [(k, fmt_num(v) if not isinstance(v, str) else v)
                 for k, v in flatten_scalars({k: v for k, v in d.items() if k not in known})]
     models = _dict(d.get("models"))
@@ -732,6 +734,8 @@ def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
             item[f"{side}_scores"] = [(label, fmt_num(scores.get(key))) for key, label in
                                       (("reward_model", "reward"), ("gold", "gold"), ("toxicity", "P(offensive)"))
                                       if key in scores]
+        if _finite(s.get("kl")):  # the policy's KL to the reference on this completion (nats)
+            item["policy_scores"].append(("KL", fmt_num(s["kl"])))
         shown.append(item)
     return {"items": shown, "total": len(samples)}
 

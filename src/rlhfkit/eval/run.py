@@ -28,7 +28,7 @@ def _policy_config(policy_dir: Path) -> dict:
 
 
 def sample_both(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float, batch_size: int,
-                seed: int, progress: bool = True) -> dict[str, dict]:
+                seed: int, system_prompt: str = "", progress: bool = True) -> dict[str, dict]:
     """Completions of the reference and of the policy for ``prompts`` (same seed per batch for both),
     with the policy's KL to the reference (Σ_t k1 and Σ_t k3 per completion)."""
     import contextlib
@@ -47,7 +47,7 @@ def sample_both(model, tokenizer, prompts: list[str], *, max_new_tokens: int, te
     with Progress(disable=not progress) as bar:
         task = bar.add_task("eval", total=2 * len(prompts))
         for b, lo in enumerate(batches):
-            formatted = [format_prompt(tokenizer, p) for p in prompts[lo : lo + batch_size]]
+            formatted = [format_prompt(tokenizer, p, system_prompt) for p in prompts[lo : lo + batch_size]]
             for name in MODELS:
                 torch.manual_seed(seed * 1_000_003 + b)  # the same seed for both: differences come from the models
                 if name == "reference":
@@ -98,16 +98,13 @@ def model_metrics(scores: dict[str, list[float]], sampled: dict, texts: list[str
 
 
 def verdict(result: dict) -> dict:
-    """Did alignment work? Policy beats the reference on gold and reward, toxicity not higher, KL in budget."""
-    ref, pol = result["models"]["reference"], result["models"]["policy"]
-    checks = {
-        "reward_model_up": pol["reward_model"]["value"] > ref["reward_model"]["value"],
-        "toxicity_not_higher": pol["toxicity"]["value"] <= ref["toxicity"]["value"] + 1e-9,
-        "kl_within_budget": result["kl_budget"] <= 0 or result["kl"]["value"] <= result["kl_budget"],
-    }
-    if "gold" in result["win_rate"]:
-        checks["gold_up"] = pol["gold"]["value"] > ref["gold"]["value"]
-    return {"passed": all(checks.values()), "checks": checks}
+    """Did alignment work? The report's checks (one place for the criterion): policy beats the
+    reference on gold and reward, toxicity not higher, KL within budget."""
+    from rlhfkit.eval.report import verdict_checks, verdict_line
+
+    checks = verdict_checks(result)
+    passed, sentence = verdict_line(checks)
+    return {"passed": passed, "sentence": sentence, "checks": {c.name: c.ok for c in checks}}
 
 
 def run_eval(cfg) -> dict:
@@ -147,11 +144,12 @@ def run_eval(cfg) -> dict:
     gold = GoldScorer()
     texts_in = [p.prompt for p in prompts for _ in range(cfg.samples_per_prompt)]
     sampled = sample_both(model, tokenizer, texts_in, max_new_tokens=max_new_tokens, temperature=temperature,
-                          batch_size=cfg.batch_size, seed=cfg.seed)
+                          batch_size=cfg.batch_size, seed=cfg.seed, system_prompt=ppo.get("system_prompt", ""))
     scores = {m: score_texts(texts_in, sampled[m]["texts"], reward_fn, gold) for m in MODELS}
     result = {
         "n_prompts": len(prompts), "samples_per_prompt": cfg.samples_per_prompt, "n_completions": len(texts_in),
         "max_new_tokens": max_new_tokens, "temperature": temperature, "kl_budget": kl_budget,
+        "system_prompt": ppo.get("system_prompt", ""),
         "models": {m: model_metrics(scores[m], sampled[m], sampled[m]["texts"], cfg.seed) for m in MODELS},
         "win_rate": {"reward_model": M.paired_win_rate(scores["policy"]["reward_model"], scores["reference"]["reward_model"], seed=cfg.seed)},
         "kl": M.summary(sampled["policy"]["kl_k3"], seed=cfg.seed),
@@ -178,10 +176,7 @@ def run_eval(cfg) -> dict:
     atomic_write_json(out / "eval.json", result)
     save_resolved(run_dir, "eval", cfg)
     if cfg.report:
-        try:
-            from rlhfkit.eval.report import write_report
-        except ImportError:  # the report module is optional at this stage
-            write_report = None
-        if write_report is not None:
-            result["report"] = str(write_report(run_dir))
+        from rlhfkit.eval.report import write_report
+
+        result["report"] = str(write_report(run_dir))
     return result

@@ -37,6 +37,7 @@ def print_eval_table(result: dict) -> None:
     table.add_row("KL(policy ‖ reference), nats", "", fmt(result["kl"], ".2f"), f"budget {result['kl_budget']:g}")
     console = Console()
     console.print(table)
+    from rich.text import Text
+
     v = result["verdict"]
-    failed = [k for k, ok in v["checks"].items() if not ok]
-    console.print("verdict: " + ("[green]aligned policy beats the reference[/]" if v["passed"] else f"[red]not yet: {', '.join(failed)}[/]"))
+    console.print(Text("verdict: " + v["sentence"], style="green" if v["passed"] else "red"))

@@ -60,9 +60,11 @@ def simulate_labeling(store, labelers, *, guideline_version: int, seed: int, pro
     """
     from rich.progress import Progress
 
+    existing = {lab.name for lab in store.list_labelers()}
     for lab in labelers:
-        store.add_labeler(lab.name, kind="simulated", meta={"noise": lab.noise, "careless": lab.careless,
-                                                          "position_bias": lab.position_bias, "seed": lab.seed})
+        if lab.name not in existing:  # a re-run continues with the same (deterministic) labelers
+            store.add_labeler(lab.name, kind="simulated", meta={"noise": lab.noise, "careless": lab.careless,
+                                                              "position_bias": lab.position_bias, "seed": lab.seed})
         store.confirm_guideline(lab.name, guideline_version)
     need = store.progress()
     total = need.rankings_needed - need.rankings_done
@@ -102,11 +104,6 @@ def run_label(cfg) -> dict:
         counts = import_tasks(store, completions, criterion=cfg.criterion, overlap=cfg.overlap)
         labelers = make_labelers(cfg.simulate, cfg.careless, noise=cfg.noise, position_bias=cfg.position_bias,
                                  seed=cfg.seed) if cfg.simulate else []
-        existing = {l.name for l in store.list_labelers()}
-        for lab in labelers:
-            if lab.name in existing:
-                raise RlhfkitError(f"labeler {lab.name} already in {store_location(cfg.run_dir, cfg.store)}; "
-                                   "use a fresh run directory to re-simulate")
         n = simulate_labeling(store, labelers, guideline_version=version, seed=cfg.seed)
         progress = store.progress()
     save_resolved(cfg.run_dir, "label", cfg)

@@ -184,10 +184,11 @@ def _linear_modules_of_top_layers(model, n_layers: int, top_layers: int) -> list
     return names
 
 
-def format_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as the model expects it: through its chat template where it has one."""
+def format_prompt(tokenizer, prompt: str, system_prompt: str = "") -> str:
+    """The prompt as the model expects it: through its chat template where it has one, with
+    ``system_prompt`` as the system turn ('' = the template's own default)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt

@@ -163,11 +163,11 @@ def sequence_kl(model: "PolicyWithValue", input_ids: Tensor, attention_mask: Ten
 @torch.no_grad()
 def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score_fn: Scorer, *, max_new_tokens: int,
                     temperature: float, beta: float, gamma: float, lam: float, missing_eos_penalty: float | None,
-                    iteration: int) -> Rollout:
+                    iteration: int, system_prompt: str = "") -> Rollout:
     """Phase 1: generate, score, compute log-probs, values, KL-shaped rewards and advantages."""
     model.eval()  # dropout off in rollouts and in the log-prob passes alike ([N-det])
     # 1. generate: left-padded prompts through the chat template, sampled at `temperature` with the KV cache
-    formatted = [format_prompt(tokenizer, p) for p in prompts]
+    formatted = [format_prompt(tokenizer, p, system_prompt) for p in prompts]
     s = sample(model.lm, tokenizer, formatted, max_new_tokens=max_new_tokens, temperature=temperature)
     lengths, response_mask, input_ids, attention_mask = assemble(s, eos_ids(tokenizer, model.lm))
     A = s.response_ids.shape[1]
@@ -293,7 +293,7 @@ def ppo_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, prompts: list
     ro = collect_rollout(model, tokenizer, prompts, score_fn, max_new_tokens=hp.max_new_tokens,
                          temperature=hp.temperature, beta=kl_ctl.value, gamma=hp.gamma, lam=hp.lam,
                          missing_eos_penalty=hp.missing_eos_penalty if hp.penalize_missing_eos else None,
-                         iteration=iteration)
+                         iteration=iteration, system_prompt=hp.system_prompt)
     t1 = time.perf_counter()
     # 5. epochs of clipped updates
     generator = torch.Generator().manual_seed(seed * 7_919 + iteration)

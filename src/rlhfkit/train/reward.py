@@ -556,6 +556,33 @@ def evaluate_pairs(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: S
     return pair_metrics(r[:n], r[n:], weights)
 
 
+def train_step(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Sequence[Row], weights: Sequence[float],
+               optimizer, scheduler, params) -> tuple[float, float]:
+    """One optimizer step on B pairs, chosen and rejected in ONE forward pass over 2B rows.
+
+    Returns (loss, pairs ranked right, ties ½). A non-finite loss returns before any update.
+    """
+    import torch
+
+    from rlhfkit.train.losses import bradley_terry_loss
+
+    B = len(chosen_rows)
+    r = rm.forward(list(chosen_rows) + list(rejected_rows))  # (2B,)
+    r_c, r_r = r[:B], r[B:]  # (B,) each
+    loss = bradley_terry_loss(r_c, r_r, weight=torch.tensor(list(weights), device=r.device))
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        return loss_value, 0.0
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        correct = float(((r_c > r_r).float() + 0.5 * (r_c == r_r).float()).sum())
+    return loss_value, correct
+
+
 def train_reward_model(
     pairs: Sequence[Pair],
     *,
@@ -595,7 +622,6 @@ def train_reward_model(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from rlhfkit.models.load import pick_device
-    from rlhfkit.train.losses import bradley_terry_loss
 
     t_start = time.perf_counter()
     n_given = len(pairs)
@@ -683,28 +709,18 @@ def train_reward_model(
             t0 = time.perf_counter()
             for b, local in enumerate(batches, start=1):
                 idx = [train_idx[j] for j in local]
-                B = len(idx)
-                r = rm.forward([chosen[i] for i in idx] + [rejected[i] for i in idx])  # (2B,)
-                r_c, r_r = r[:B], r[B:]  # (B,) each
-                w = torch.tensor([weights[i] for i in idx], device=r.device)
-                loss = bradley_terry_loss(r_c, r_r, weight=w)
-                loss_value = loss.item()
+                loss_value, correct = train_step(rm, [chosen[i] for i in idx], [rejected[i] for i in idx],
+                                                 [weights[i] for i in idx], optimizer, scheduler, params)
                 if not math.isfinite(loss_value):
                     raise RlhfkitError(
                         f"reward-model loss is {loss_value} at epoch {epoch + 1}, batch {b} of {len(batches)}: "
                         f"training stopped, no model written (lower --lr, or check the backbone's weights)"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-                optimizer.step()
-                scheduler.step()
                 state["step"] += 1
-                n_seen += B
-                with torch.no_grad():
-                    train_sums[0] += B
-                    train_sums[1] += loss_value * B
-                    train_sums[2] += float(((r_c > r_r).float() + 0.5 * (r_c == r_r).float()).sum())
+                n_seen += len(idx)
+                train_sums[0] += len(idx)
+                train_sums[1] += loss_value * len(idx)
+                train_sums[2] += correct
                 bar.update(task, advance=1, loss=loss_value)
                 if eval_every and state["step"] % eval_every == 0 and b < len(batches):
                     t_train += time.perf_counter() - t0

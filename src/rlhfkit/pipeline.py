@@ -1,0 +1,205 @@
+"""``rlhfkit pipeline CONFIG``: generate → label → pairs → train-rm → ppo → eval (→ report) from one YAML.
+
+A stage whose outputs are complete for the same config is skipped: when a stage finishes, a marker
+``RUN_DIR/.stages/STAGE.done`` records the hash of its resolved config. A changed config re-runs
+that stage and every stage after it. An interrupted PPO run continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhfkit.data.errors import RlhfkitError
+
+STAGES = ("generate", "label", "pairs", "train_rm", "ppo", "eval")
+# Top-level keys given to every stage that has the field.
+SHARED = ("run_dir", "seed", "system_prompt")
+# Fields that say how to run, not what to compute: they do not invalidate a finished stage.
+_VOLATILE = {"force", "resume", "device", "report", "run_dir"}
+
+
+@dataclass
+class Stage:
+    name: str
+    config_cls: type
+    run: Callable[[Any], dict]
+    done_when: Callable[[Path], bool]  # the stage's outputs exist
+
+
+def stages() -> dict[str, Stage]:
+    from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig
+    from rlhfkit.train.reward_config import RewardConfig
+    from rlhfkit.eval.run import run_eval
+    from rlhfkit.feedback.label import run_label, run_pairs
+    from rlhfkit.generate import run_generate
+    from rlhfkit.train.ppo import run_ppo
+    from rlhfkit.train.reward import run_train_rm
+
+    return {
+        "generate": Stage("generate", GenerateConfig, run_generate, lambda d: (d / "completions.jsonl").exists()),
+        "label": Stage("label", LabelConfig, run_label, lambda d: (d / "feedback.db").exists()),
+        "pairs": Stage("pairs", PairsConfig, run_pairs, lambda d: (d / "pairs.jsonl").exists()),
+        "train_rm": Stage("train_rm", RewardConfig, run_train_rm, lambda d: (d / "reward_model" / "eval.json").exists()),
+        "ppo": Stage("ppo", PPOConfig, run_ppo, lambda d: (d / "policy" / "trainable.safetensors").exists()),
+        "eval": Stage("eval", EvalConfig, run_eval, lambda d: (d / "eval" / "eval.json").exists()),
+    }
+
+
+def config_hash(cfg) -> str:
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _marker(run_dir: Path, stage: str) -> Path:
+    return run_dir / ".stages" / f"{stage}.done"
+
+
+def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Each stage's config from the pipeline YAML (top-level run_dir/seed shared, one section per stage)."""
+    import yaml
+
+    from rlhfkit.config import load_config
+
+    data: dict = {}
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.exists():
+            raise RlhfkitError(f"{path}: pipeline config does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise RlhfkitError(f"{path}: a pipeline config must be a mapping")
+        unknown = sorted(set(data) - set(STAGES) - set(SHARED) - {"feedback"})
+        if unknown:
+            raise RlhfkitError(f"{path}: unknown key(s) {unknown}; expected {list(SHARED)}, feedback or a stage: {list(STAGES)}")
+    overrides = overrides or {}
+    shared = {k: data[k] for k in SHARED if k in data}
+    shared.update(overrides.get("*", {}))
+    out = {}
+    for name, stage in stages().items():
+        fields = {f.name for f in dataclasses.fields(stage.config_cls)}
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise RlhfkitError(f"{config_path}: section '{name}' must be a mapping")
+        values = {k: v for k, v in shared.items() if k in fields}
+        values.update(section)
+        values.update(overrides.get(name, {}))
+        out[name] = load_config(stage.config_cls, None, values, section=name)
+    return out
+
+
+def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] | None = None, force: bool = False,
+                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage in order, skipping those already complete for the same config."""
+    configs = resolve_stage_configs(config_path, overrides)
+    run_dir = Path(configs["generate"].run_dir)
+    registry = stages()
+    summaries: dict[str, Any] = {}
+    rerun = force  # once a stage runs, every stage after it must run too: its inputs changed
+    t_all = time.perf_counter()
+    for name in STAGES:
+        stage, cfg = registry[name], configs[name]
+        if Path(cfg.run_dir) != run_dir:
+            raise RlhfkitError(f"stage '{name}' has run_dir {cfg.run_dir}; every stage must share {run_dir}")
+        marker, digest = _marker(run_dir, name), config_hash(cfg)
+        complete = marker.exists() and marker.read_text().strip() == digest and stage.done_when(run_dir)
+        if complete and not rerun:
+            echo(f"[{name}] skipped: already complete for this config")
+            summaries[name] = {"skipped": True}
+            continue
+        interrupted = not marker.exists() and not rerun  # started earlier, never finished
+        marker.unlink(missing_ok=True)
+        _prepare(name, cfg, run_dir, interrupted=interrupted, force=force)
+        echo(f"[{name}] running …" + (" (continuing an interrupted run)" if getattr(cfg, "resume", False) else ""))
+        t0 = time.perf_counter()
+        summaries[name] = stage.run(cfg)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(digest + "\n")
+        echo(f"[{name}] done in {time.perf_counter() - t0:.0f} s: {describe(name, summaries[name])}")
+        rerun = True
+    summaries["seconds"] = time.perf_counter() - t_all
+    return summaries
+
+
+def _prepare(name: str, cfg, run_dir: Path, *, interrupted: bool, force: bool) -> None:
+    """Set a stage's force/resume so it overwrites stale outputs, or continues an interrupted run."""
+    if name == "label":
+        db = run_dir / "feedback.db"
+        if db.exists() and force:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        elif db.exists() and not interrupted:
+            # The store of record may hold people's rankings: never delete it behind their back.
+            raise RlhfkitError(f"{db} holds rankings made under another label config; "
+                               "use a new run_dir, or `rlhfkit pipeline --force` to start the run over")
+        return  # an interrupted labeling continues: the assignment queue knows what is left
+    if name == "ppo" and interrupted and (run_dir / "policy" / "trainer_state.pt").exists():
+        import yaml
+
+        saved = yaml.safe_load((run_dir / "policy" / "config.yaml").read_text())
+        same = {k: v for k, v in saved.items() if k not in _VOLATILE} == {
+            k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+        cfg.resume, cfg.force = same, not same  # continue only the run this config started
+        return
+    if hasattr(cfg, "force"):
+        cfg.force = True
+
+
+def describe(name: str, s: dict) -> str:
+    """One line on what a stage did."""
+    if name == "generate":
+        return f"{s['completions']} completions of {s['prompts']} prompts, {s['tokens_per_s']:.0f} tokens/s → {s['path']}"
+    if name == "label":
+        return f"{s['rankings']} rankings of {s['tasks_added'] + s['tasks_existing']} tasks → {s['store']}"
+    if name == "pairs":
+        flagged = f" (flagged and dropped: {', '.join(s['flagged'])})" if s["flagged"] else ""
+        return f"{s['pairs']} pairs from {s['rankings']} rankings{flagged} → {s['path']}"
+    if name == "train_rm":
+        acc = s.get("eval_accuracy", s.get("accuracy"))
+        gold = s.get("gold_accuracy")
+        extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
+        return f"held-out accuracy {acc:.1%}{extra} → {s.get('path', 'reward_model/')}" if isinstance(acc, float) else str(s)
+    if name == "ppo":
+        gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
+        return f"{s['iterations']} iterations ({s['stop_reason']}); score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}"
+    if name == "eval":
+        ref, pol = s["models"]["reference"], s["models"]["policy"]
+        parts = [f"reward {ref['reward_model']['value']:+.2f} → {pol['reward_model']['value']:+.2f}"]
+        if "gold" in pol:
+            parts.append(f"gold {ref['gold']['value']:.2f} → {pol['gold']['value']:.2f}")
+        parts.append(f"toxicity {ref['toxicity']['value']:.3f} → {pol['toxicity']['value']:.3f}")
+        parts.append(f"KL {s['kl']['value']:.2f}")
+        return ", ".join(parts) + (f"; report → {s['report']}" if "report" in s else "")
+    return ""
+
+
+def seed_from(source: Path, target: Path, configs: dict[str, Any], upto: str) -> list[str]:
+    """Copy the finished stages up to ``upto`` from ``source`` when their configs match ours.
+
+    `rlhfkit demo --no-kl` starts from the KL run's completions, rankings and reward model, so the
+    two runs differ in the KL penalty only (and the second takes minutes less)."""
+    import shutil
+
+    copied = []
+    outputs = {"generate": ["completions.jsonl"], "label": ["feedback.db"], "pairs": ["pairs.jsonl", "feedback_report.json"],
+               "train_rm": ["reward_model"]}
+    for name in STAGES[: STAGES.index(upto) + 1]:
+        marker = _marker(source, name)
+        if not (marker.exists() and marker.read_text().strip() == config_hash(configs[name])):
+            break
+        for rel in outputs[name]:
+            src, dst = source / rel, target / rel
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            elif src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        _marker(target, name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(marker, _marker(target, name))
+        copied.append(name)
+    return copied
