@@ -206,6 +206,20 @@ def test_a_labelers_own_expired_assignment_is_reopened_not_duplicated(store):
     assert store.row_counts()["assignment"] == 1
 
 
+def test_a_skipped_task_goes_back_to_the_pool_but_not_to_the_one_who_skipped(store):
+    for name in ("ann", "bob"):
+        store.add_labeler(name, "human")
+    store.add_tasks([("p1", "one", ABC), ("p2", "two", ABC)], "helpful", overlap=1)
+    assert store.assign("ann", now=T0).task.prompt_id == "p1"
+    with pytest.raises(ConflictError, match="not held"):
+        store.skip("ann", 2)
+    store.skip("ann", 1)
+    with pytest.raises(ConflictError, match="not held"):
+        store.skip("ann", 1)  # skipped already
+    assert store.assign("ann", now=T0).task.prompt_id == "p2"
+    assert store.assign("bob", now=T0).task.prompt_id == "p1"  # back in the pool at once
+
+
 # ---- rankings -----------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import typer
 
+from rlhfkit.cai.config import CaiLabelConfig, CaiReviseConfig, SftConfig
 from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
 from rlhfkit.data.errors import RlhfkitError
 
@@ -54,11 +55,13 @@ def run_stage(fn: Callable, *args, **kwargs):
         raise typer.Exit(code=130)
 
 
-def stage_command(name: str, config_cls: type, section: str | None = None, group: typer.Typer | None = None):
+def stage_command(name: str, config_cls: type, section: str | None = None, group: typer.Typer | None = None,
+                  target: typer.Typer | None = None):
     """Register ``fn(cfg)`` as ``rlhfkit NAME`` with one option per config field (help from the field).
 
     With ``group``, ``fn`` becomes that group's callback: ``rlhfkit NAME [OPTIONS]`` runs it, and
-    ``rlhfkit NAME SUB`` runs the sub-command instead.
+    ``rlhfkit NAME SUB`` runs the sub-command instead. With ``target``, the command is registered on
+    that sub-app (``rlhfkit cai revise``) instead of the top-level app.
     """
 
     def decorator(fn: Callable) -> Callable:
@@ -91,7 +94,7 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
         command.__name__ = fn.__name__
         command.__doc__ = fn.__doc__
         if group is None:
-            app.command(name)(command)
+            (target or app).command(name)(command)
         else:
             group.callback(invoke_without_command=True)(command)
             app.add_typer(group, name=name, help=fn.__doc__)
@@ -142,6 +145,34 @@ def label_report(
 
     report = run_stage(run_label_report, run_dir, store)
     print_feedback_report(report)
+
+
+@label_app.command("serve")
+def label_serve(
+    run_dir: str = typer.Option("runs/demo", "--run", "--run-dir", help="Run directory holding feedback.db."),
+    store: str = typer.Option("", help="Feedback store URL or path ('' = RUN_DIR/feedback.db)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 = every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Serve the labeling web app: people rank completions in a browser (invite them with `label invite`)."""
+    from rlhfkit.feedback.web.cli_support import serve
+
+    typer.echo(f"labeling app on http://{host}:{port}/ (Ctrl-C stops it)")
+    run_stage(serve, run_dir, store, host, port)
+
+
+@label_app.command("invite")
+def label_invite(
+    name: str = typer.Argument(..., help="The labeler's name (unique in the store)."),
+    admin: bool = typer.Option(False, "--admin", help="May open the dashboard, import tasks and export pairs."),
+    run_dir: str = typer.Option("runs/demo", "--run", "--run-dir", help="Run directory holding feedback.db."),
+    store: str = typer.Option("", help="Feedback store URL or path ('' = RUN_DIR/feedback.db)."),
+    base_url: str = typer.Option("http://127.0.0.1:8000", help="Where the labelers reach `label serve`."),
+) -> None:
+    """Register a labeler and print their personal sign-in link (only its hash is stored: keep it safe)."""
+    from rlhfkit.feedback.web.cli_support import invite
+
+    typer.echo(run_stage(invite, run_dir, store, name, admin, base_url))
 
 
 @stage_command("pairs", PairsConfig)
@@ -217,6 +248,48 @@ def demo(
                 typer.echo(f"reusing {', '.join(copied)} from {source} (same configs): the runs differ only in β")
     s = run_stage(run_pipeline, defaults.demo_path(), overrides=overrides, force=force, echo=typer.echo)
     typer.echo(f"demo finished in {s['seconds'] / 60:.1f} min; open {target}/eval/report.html")
+
+
+cai_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(cai_app, name="cai", help="Constitutional AI: critique → revision (SL stage) and AI feedback (RLAIF).")
+
+
+@stage_command("revise", CaiReviseConfig, section="cai_revise", target=cai_app)
+def cai_revise(cfg: CaiReviseConfig) -> None:
+    """Red-team prompts → response → critique → revision (n rounds) → RUN_DIR/cai/revisions.jsonl."""
+    from rlhfkit.cai.revise import run_revise
+
+    s = run_revise(cfg)
+    typer.echo(
+        f"revised {s['prompts']} responses ({s['rounds']} round(s); {s['changed']} changed, "
+        f"{s['empty_revisions']} empty revisions) in {s['seconds']:.0f} s, {s['tokens_per_s']:.0f} new tokens/s → {s['path']}"
+    )
+
+
+@stage_command("label", CaiLabelConfig, section="cai_label", target=cai_app)
+def cai_label(cfg: CaiLabelConfig) -> None:
+    """An AI labeler ranks the completions by the constitution's comparison questions → RUN_DIR/feedback.db."""
+    from rlhfkit.cai.ai_labeler import run_ai_label
+
+    s = run_ai_label(cfg)
+    p = s["progress"]
+    typer.echo(
+        f"{s['tasks_added']} tasks added ({s['tasks_existing']} already there); {s['rankings']} rankings by "
+        f"{s['labeler']}; {p.rankings_done}/{p.rankings_needed} rankings done → {s['store']}"
+    )
+
+
+@stage_command("sft", SftConfig)
+def sft(cfg: SftConfig) -> None:
+    """Supervised fine-tuning (LoRA) on (prompt, revision) pairs → RUN_DIR/sft (adapter + merged model)."""
+    from rlhfkit.train.sft import run_sft
+
+    s = run_sft(cfg)
+    merged = f"; start PPO from it with --model {s['merged']}" if s["merged"] else ""
+    typer.echo(
+        f"sft on {s['examples']} examples ({s['dropped_failed']} failed the guideline, left out): "
+        f"reply loss {s['loss_before']:.3f} → {s['loss_after']:.3f} in {s['seconds']:.0f} s → {s['path']}{merged}"
+    )
 
 
 def main() -> None:

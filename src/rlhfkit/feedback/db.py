@@ -14,12 +14,12 @@ from sqlalchemy import (
 )  # fmt: skip
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped whenever a table changes shape; the store refuses a database of another version."""
 
 LABELER_KINDS = ("human", "simulated", "ai")
 ROLES = ("labeler", "admin")
-ASSIGNMENT_STATUSES = ("open", "done", "expired")
+ASSIGNMENT_STATUSES = ("open", "done", "expired", "skipped")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:

@@ -492,12 +492,28 @@ class FeedbackStore:
             task = self._task(s.get(db.Task, held.task_id), self._completions(s, [held.task_id])[held.task_id])
             return Assignment(task, labeler, held.created_at, held.expires_at)
 
+    def skip(self, labeler: str, task_id: int) -> None:
+        """Give back the task held for ``labeler`` unranked: it returns to the pool at once, for others only."""
+        with self._write() as s:
+            labeler_id = self._labeler_row(s, labeler).id
+            a = db.Assignment
+            held = s.scalar(select(a).where(a.task_id == task_id, a.labeler_id == labeler_id, a.status == "open"))
+            if held is None:
+                raise ConflictError(f"task {task_id!r} is not held by {labeler!r}; only a held task can be skipped")
+            held.status = "skipped"
+
     @staticmethod
     def _next_task_query(labeler_id: int):
         t, r, a = db.Task, db.Ranking, db.Assignment
         holders = select(func.count(a.id)).where(a.task_id == t.id, a.status == "open").scalar_subquery()
         mine = exists().where(r.task_id == t.id, r.labeler_id == labeler_id)
-        return select(t.id).where(t.rankers < t.overlap, ~mine, t.rankers + holders < t.overlap).order_by(t.id).limit(1)
+        skipped = exists().where(a.task_id == t.id, a.labeler_id == labeler_id, a.status == "skipped")
+        return (
+            select(t.id)
+            .where(t.rankers < t.overlap, ~mine, ~skipped, t.rankers + holders < t.overlap)
+            .order_by(t.id)
+            .limit(1)
+        )
 
     # ---- rankings -------------------------------------------------------------------------------
 

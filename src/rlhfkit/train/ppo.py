@@ -10,6 +10,7 @@ Details of RLHF with PPO"; [Zieg] Ziegler et al. 2019; [Stien] Stiennon et al. 2
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -56,36 +57,122 @@ class PolicyWithValue(nn.Module):
         # Zero init: V starts at 0, the mean of the normalised reward ([N-det] normalises scores to mean 0).
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
+        blocks, self.n_frozen = frozen_blocks(lm) if reference is None else (None, 0)
+        self._blocks = (blocks,)  # a tuple: not registered as a second path to the same parameters
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float,
+                prefix: Tensor | None = None):
         """Logits predicting each response token and the value of the state before it.
 
         input_ids, attention_mask: (B, T) = prompt (left-padded) + response (right-padded), T = P + A.
+        prefix: (B, T, H) output of the frozen lower blocks for these rows (``frozen_prefix``), or None.
         Returns logits (B, A, V) scaled by 1/temperature, values (B, A).
         """
         A = n_response
-        out = self.lm(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-            output_hidden_states=True, logits_to_keep=A + 1, use_cache=False,
-        )
+        # The value head reads the input of the LM head: the final (normed) hidden states of the A+1 kept
+        # positions. A hook fetches them, so the model does not collect every layer's hidden states.
+        head_input: list[Tensor] = []
+        hook = self.lm.get_output_embeddings().register_forward_pre_hook(lambda _m, args: head_input.append(args[0]))
+        try:
+            with self._skip_frozen(prefix):
+                out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask), logits_to_keep=A + 1, use_cache=False)
+        finally:
+            hook.remove()
         # logits[:, t] predicts token t+1: the A+1 kept positions are T−A−1 … T−1; drop the last.
         logits = out.logits[:, :-1].float() / temperature  # (B, A, V)
-        hidden = out.hidden_states[-1][:, -(A + 1) : -1]  # (B, A, H): the state before each response token
+        hidden = head_input[-1][:, -(A + 1) : -1]  # (B, A, H): the state before each response token
         values = self.value_head(hidden.float()).squeeze(-1)  # (B, A)
         return logits, values
 
     @torch.no_grad()
-    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float) -> Tensor:
-        """(B, A, V) logits of the frozen reference: the base with adapters off, or the separate copy."""
+    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float,
+                         prefix: Tensor | None = None) -> Tensor:
+        """(B, A, V) logits of the frozen reference: the base with adapters off, or the separate copy.
+
+        prefix: as in ``forward`` — the frozen lower blocks are the same for policy and reference.
+        """
         A = n_response
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                       logits_to_keep=A + 1, use_cache=False)
         if self.reference is not None:
             out = self.reference(**kwargs)
         else:
-            with self.lm.disable_adapter():
+            with self.lm.disable_adapter(), self._skip_frozen(prefix):
                 out = self.lm(**kwargs)
         return out.logits[:, :-1].float() / temperature
+
+    @torch.no_grad()
+    def frozen_prefix(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:
+        """(B, T, H) output of the blocks below the lowest adapted one, or None when every block adapts.
+
+        With LoRA on the top blocks only (``lora_layers``), the blocks below are frozen and the same in
+        the policy and the reference: their output for a rollout never changes during its update epochs.
+        Computing it once per iteration saves the policy forward of every epoch and the reference forward
+        all those blocks (on SmolLM2-135M with the top 8 of 30 blocks adapted, 22/30 of each forward).
+        """
+        if self.n_frozen == 0:
+            return None
+        box: list[Tensor] = []
+
+        def stop(_module, _args, output):
+            box.append(output)
+            raise _PrefixDone
+
+        hook = self._blocks[0][self.n_frozen - 1].register_forward_hook(stop)
+        try:
+            self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                    use_cache=False)
+        except _PrefixDone:
+            pass
+        finally:
+            hook.remove()
+        if not isinstance(box[0], Tensor):  # an older block returning a tuple: do not cache
+            self.n_frozen = 0
+            return None
+        return box[0]
+
+    @contextlib.contextmanager
+    def _skip_frozen(self, prefix: Tensor | None):
+        """Within: the frozen blocks return ``prefix`` instead of computing (the blocks above read it)."""
+        if prefix is None:
+            yield
+            return
+        frozen = self._blocks[0][: self.n_frozen]
+        saved = [b.__dict__.get("forward") for b in frozen]
+        for b in frozen:
+            b.forward = lambda *args, **kwargs: prefix  # a block returns its hidden states (transformers ≥ 5)
+        try:
+            yield
+        finally:
+            for b, f in zip(frozen, saved):
+                del b.forward
+                if f is not None:
+                    b.forward = f
+
+
+class _PrefixDone(Exception):
+    """Raised by a hook to end a forward pass after the frozen blocks."""
+
+
+def frozen_blocks(lm: nn.Module) -> tuple[nn.ModuleList | None, int]:
+    """(the transformer blocks, how many of the lowest are frozen) for prefix caching; (None, 0) if unusable.
+
+    Usable when every trainable weight of the LM sits in the blocks from the first adapted one up,
+    and the blocks return a plain tensor (transformers ≥ 5 decoder blocks do).
+    """
+    n_layers = lm.config.get_text_config().num_hidden_layers
+    lists = [m for m in lm.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if len(lists) != 1:
+        return None, 0
+    blocks = lists[0]
+    trainable = [i for i, b in enumerate(blocks) if any(p.requires_grad for p in b.parameters())]
+    if not trainable or trainable[0] == 0:
+        return None, 0
+    above = {id(p) for b in blocks[trainable[0] :] for p in b.parameters()}
+    if any(p.requires_grad and id(p) not in above for p in lm.parameters()):
+        return None, 0
+    return blocks, trainable[0]
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -120,6 +207,7 @@ class Rollout:
     returns: Tensor  # (B, A)
     prompts: list[str]
     texts: list[str]
+    prefix: Tensor | None = None  # (B, T, H) output of the frozen lower blocks (PolicyWithValue.frozen_prefix)
 
     @property
     def n_response(self) -> int:
@@ -179,11 +267,15 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     # Completions that never end get a fixed penalty instead of their score ([Stien], [N-det] detail 23).
     scores = raw.clone() if missing_eos_penalty is None else torch.where(s.ended.cpu(), raw, torch.tensor(missing_eos_penalty))
 
-    # log-probs of the sampled tokens at the sampling temperature, under the policy and the reference
-    logits, values = model(input_ids, attention_mask, A, temperature)
+    # log-probs of the sampled tokens at the sampling temperature, under the policy and the reference;
+    # the frozen lower blocks (LoRA on the top blocks only) run once for both and for the update epochs
+    prefix = model.frozen_prefix(input_ids, attention_mask)  # (B, T, H) or None
+    logits, values = model(input_ids, attention_mask, A, temperature, prefix=prefix)
     logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
     del logits
-    ref_logprobs = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature), s.response_ids)
+    ref_logits = model.reference_logits(input_ids, attention_mask, A, temperature, prefix=prefix)
+    ref_logprobs = L.logprobs_from_logits(ref_logits, s.response_ids)
+    del ref_logits
     scores = scores.to(values.device)
     check_finite(iteration, scores=scores, values=values, logprobs=logprobs, ref_logprobs=ref_logprobs)
 
@@ -193,7 +285,7 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     advantages, returns = L.gae(rewards, values, response_mask, gamma, lam)
     advantages = L.masked_whiten(advantages, response_mask)
     return Rollout(input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values, scores, raw.to(values.device),
-                   s.ended, rewards, kl, advantages, returns, list(prompts), texts)
+                   s.ended, rewards, kl, advantages, returns, list(prompts), texts, prefix)
 
 
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
@@ -209,11 +301,14 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
         for lo in range(0, B, minibatch_size):
             idx = order[lo : lo + minibatch_size].to(ro.input_ids.device)
             mask = ro.response_mask[idx]  # (b, A)
-            logits, values = model(ro.input_ids[idx], ro.attention_mask[idx], A, temperature)
+            prefix = None if ro.prefix is None else ro.prefix[idx]
+            logits, values = model(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix)
             logp = L.logprobs_from_logits(logits, ro.input_ids[idx, -A:])
             pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps)
             vf_loss, vf_clipfrac = L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip)
-            entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
+            # Without an entropy bonus the entropy is only logged: no graph through (b, A, V) tensors.
+            with torch.set_grad_enabled(ent_coef != 0):
+                entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
             # L_PPO = L_POLICY + c1·L_VF + c2·L_ENT, signed to minimise: maximise the clipped objective,
             # minimise the value error, encourage entropy (see losses.ppo_total_loss).
             loss = L.ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef)

@@ -85,7 +85,7 @@ def _encode_pair(tokenizer, prompts: list[str], completions: list[str], max_leng
     # "only_first" fails for the whole batch if one completion alone overflows; those rows go the
     # "longest_first" way (both cut), decided from the completion's own length.
     special = tokenizer.num_special_tokens_to_add(pair=True)
-    alone = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    alone = tokenizer(completions, add_special_tokens=False, verbose=False)["input_ids"]
     fits = [len(ids) + special < max_length for ids in alone]
     rows: list[Row | None] = [None] * len(prompts)
     for keep, strategy in ((True, "only_first"), (False, "longest_first")):

@@ -34,5 +34,5 @@ def _num(x, fmt: str = ".3f") -> str:
 templates.env.filters.update(pct=_pct, num=_num, markdown=lambda text: Markup(_markdown.render(text)))
 
 
-def render(request: Request, name: str, status_code: int = 200, **context):
-    return templates.TemplateResponse(request, name, {"s": None, **context}, status_code=status_code)
+def render(request: Request, template: str, status_code: int = 200, **context):
+    return templates.TemplateResponse(request, template, {"s": None, **context}, status_code=status_code)

@@ -38,6 +38,12 @@ class RankingIn(BaseModel):
         return self
 
 
+class SkipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: TaskId
+
+
 class RankingOut(BaseModel):
     ranking_id: int
     task_id: int

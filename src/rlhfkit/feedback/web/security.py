@@ -57,9 +57,12 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        # Pages and API answers carry the CSRF token and labelers' data: no cache may keep them.
+        extra = HEADERS if scope["path"].startswith("/static/") else HEADERS + [(b"cache-control", b"no-store")]
+
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + HEADERS
+                message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

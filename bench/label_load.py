@@ -1,0 +1,214 @@
+"""Load test of the labeling web app over loopback: many simulated labelers ranking at once.
+
+    python bench/label_load.py [--labelers 100] [--per-labeler 20]
+
+The server is the real one (`rlhfkit label serve`, one process, SQLite store in a temporary folder)
+on 127.0.0.1. Each simulated labeler is an async HTTP client with its own cookie jar: it signs in with
+its invite link, confirms the guideline with the page's CSRF token, then loops GET /api/task →
+POST /api/rankings until it has its rankings acknowledged (201).
+
+1. steady: all labelers at once. Throughput (acknowledged rankings per second of wall time) and the
+   p50/p99 latency of the submit and of fetching a task are printed. Checked in the store afterwards:
+   every acknowledged ranking is there with its marks (0 lost), no (labeler, task) twice and no
+   ranking nobody acknowledged (0 duplicated).
+2. crash: a fresh store; once a third of the rankings are acknowledged the server gets SIGKILL and
+   is started again on the same port; the clients retry through the outage. Checked: every ranking
+   whose POST returned 2xx is in the store after the restart, and still no (labeler, task) twice.
+   Rankings committed in the instant of the kill but never acknowledged may be stored; they are counted.
+
+Everything is bounded: requests time out after 30 s, a phase gives up after --deadline seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from rlhfkit.feedback.label import ensure_guideline, open_store
+from rlhfkit.feedback.web.cli_support import invite
+
+K = 4
+OVERLAP = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run_dir: Path, port: int) -> subprocess.Popen:
+    log = open(run_dir / "server.log", "a")
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "label", "serve", "--run", str(run_dir), "--port", str(port)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as c:
+        while True:
+            try:
+                await c.get(f"{base}/static/app.css", timeout=1)
+                return
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start; see server.log") from None
+                await asyncio.sleep(0.05)
+
+
+def prepare(run_dir: Path, labelers: int, per_labeler: int, base: str) -> dict[str, str]:
+    """A store with the guideline, enough tasks that nobody runs out, and one invite link per labeler."""
+    n_tasks = int(1.5 * labelers * per_labeler / OVERLAP)
+    links = {f"u{i:03d}": invite(str(run_dir), "", f"u{i:03d}", base_url=base) for i in range(labelers)}
+    with open_store(str(run_dir), "") as s:
+        ensure_guideline(s)
+        items = [(f"p{i}", f"prompt {i}", [(f"c{j}", f"reply {i}.{j}") for j in range(K)]) for i in range(n_tasks)]
+        s.add_tasks(items, "helpful", overlap=OVERLAP)
+    return links
+
+
+class Tally:
+    def __init__(self):
+        self.acked: dict[int, tuple[str, int, dict]] = {}  # ranking_id → (labeler, task_id, marks)
+        self.submit_s: list[float] = []
+        self.task_s: list[float] = []
+        self.transport_errors = 0
+        self.conflicts = 0
+
+
+async def labeler(base: str, name: str, link: str, n: int, tally: Tally, deadline: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        while True:  # sign in (retried: the server may be down at that moment in the crash phase)
+            try:
+                (await c.get(link.removeprefix(base))).raise_for_status()
+                csrf = (await c.get("/api/me")).json()["csrf_token"]
+                c.headers["x-csrf-token"] = csrf
+                r = await c.post("/guideline/confirm", data={"version": 1, "csrf": csrf})
+                if r.status_code != 303:
+                    raise RuntimeError(f"{name}: confirming the guideline → {r.status_code} {r.text}")
+                break
+            except httpx.TransportError:
+                tally.transport_errors += 1
+                await asyncio.sleep(0.2)
+        done = 0
+        while done < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: {done}/{n} rankings acknowledged at the deadline")
+            try:
+                t0 = time.perf_counter()
+                r = await c.get("/api/task")
+                tally.task_s.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                task = r.json()["task"]
+                if task is None:
+                    raise RuntimeError(f"{name}: no task left after {done} rankings")
+                marks = {comp["completion_id"]: int(m) for comp, m in zip(task["completions"], rng.permutation(K) + 1)}
+                t0 = time.perf_counter()
+                r = await c.post("/api/rankings", json={"task_id": task["task_id"], "marks": marks})
+                tally.submit_s.append(time.perf_counter() - t0)
+            except httpx.TransportError:  # the server is down: try again shortly
+                tally.transport_errors += 1
+                await asyncio.sleep(0.2)
+                continue
+            if r.status_code == 201:
+                tally.acked[r.json()["ranking_id"]] = (name, task["task_id"], marks)
+                done += 1
+            elif r.status_code == 409:  # e.g. this task's ranking was stored but its answer lost in a crash
+                tally.conflicts += 1
+            else:
+                raise RuntimeError(f"{name}: POST /api/rankings → {r.status_code} {r.text}")
+
+
+def check_store(run_dir: Path, tally: Tally) -> dict:
+    with open_store(str(run_dir), "", must_exist=True) as s:
+        rows = s.history()
+    stored = {r.ranking_id: r for r in rows}
+    lost = [rid for rid, acked in tally.acked.items()
+            if rid not in stored or (stored[rid].labeler, stored[rid].task_id, stored[rid].marks) != acked]
+    twice = [key for key, n in Counter((r.labeler, r.task_id) for r in rows).items() if n > 1]
+    return {"stored": len(rows), "acknowledged": len(tally.acked), "lost": len(lost), "duplicated": len(twice),
+            "unacknowledged": len(set(stored) - set(tally.acked))}
+
+
+def ms(xs: list[float], q: float) -> str:
+    return f"{1000 * float(np.percentile(xs, q)):.0f} ms"
+
+
+async def run_phase(args, run_dir: Path, crash: bool) -> tuple[dict, Tally, float]:
+    port = args.port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    links = prepare(run_dir, args.labelers, args.per_labeler, base)
+    proc = start_server(run_dir, port)
+    tally = Tally()
+    restarts = []
+    try:
+        await wait_ready(base, proc)
+        deadline = time.monotonic() + args.deadline
+        start = time.perf_counter()
+        clients = [asyncio.create_task(labeler(base, name, link, args.per_labeler, tally, deadline, i))
+                   for i, (name, link) in enumerate(links.items())]
+        if crash:
+            target = args.labelers * args.per_labeler // 3
+            while len(tally.acked) < target and not all(c.done() for c in clients):
+                await asyncio.sleep(0.01)
+            acked_at_kill = len(tally.acked)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            t_kill = time.perf_counter()
+            proc = start_server(run_dir, port)
+            await wait_ready(base, proc)
+            restarts.append((acked_at_kill, time.perf_counter() - t_kill))
+        await asyncio.gather(*clients)
+        wall = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    result = check_store(run_dir, tally)
+    if restarts:
+        result["killed_after_acks"], result["down_s"] = restarts[0][0], round(restarts[0][1], 2)
+    return result, tally, wall
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--labelers", type=int, default=100)
+    parser.add_argument("--per-labeler", type=int, default=20)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = a free one)")
+    parser.add_argument("--deadline", type=float, default=600, help="seconds a phase may take at most")
+    args = parser.parse_args()
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for crash in (False, True):
+            run_dir = Path(tmp) / ("crash" if crash else "steady")
+            run_dir.mkdir()
+            result, tally, wall = await run_phase(args, run_dir, crash)
+            name = "crash (SIGKILL + restart mid-load)" if crash else "steady"
+            print(f"== {name}: {args.labelers} labelers × {args.per_labeler} rankings")
+            n = len(tally.acked)
+            print(f"   {n} rankings acknowledged in {wall:.1f} s = {n / wall:.0f} rankings/s")
+            print(f"   POST /api/rankings p50 {ms(tally.submit_s, 50)}, p99 {ms(tally.submit_s, 99)};"
+                  f" GET /api/task p50 {ms(tally.task_s, 50)}, p99 {ms(tally.task_s, 99)}")
+            print(f"   store: {result}; transport errors retried {tally.transport_errors}, 409s {tally.conflicts}")
+            expect_unacked = (lambda n: n <= args.labelers) if crash else (lambda n: n == 0)
+            good = result["lost"] == 0 and result["duplicated"] == 0 and expect_unacked(result["unacknowledged"])
+            good = good and len(tally.acked) == args.labelers * args.per_labeler
+            print(f"   {'OK' if good else 'FAILED'}: {result['lost']} lost, {result['duplicated']} duplicated")
+            ok = ok and good
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
