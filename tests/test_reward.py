@@ -13,6 +13,7 @@ import pytest
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
 from rlhfkit.train import reward as R
+from rlhfkit.train.metrics import read_metrics
 from rlhfkit.train.reward import (
     RewardModel,
     encode,
@@ -126,6 +127,14 @@ def test_expected_calibration_error_hand_case():
         expected_calibration_error([1.5], [1])
 
 
+def test_calibration_bins_hand_case():
+    bins = R.calibration_bins([0.05, 0.15, 0.12, 0.95], [0, 1, 0, 1])
+    assert [b["bin"] for b in bins] == [0, 1, 9]
+    assert [b["count"] for b in bins] == [1, 2, 1]
+    assert [b["mean_prob"] for b in bins] == pytest.approx([0.05, 0.135, 0.95])
+    assert [b["accuracy"] for b in bins] == pytest.approx([0.0, 0.5, 1.0])
+
+
 def test_pair_calibration_reads_each_pair_both_ways():
     # Equal rewards: p = ½ both ways, labels 1 and 0 → frequency ½ in that bin: calibrated.
     assert pair_calibration_error([1.0, 2.0], [1.0, 2.0]) == pytest.approx(0.0)
@@ -223,13 +232,12 @@ def test_causal_input_keeps_the_end_and_eos(tiny_llama):
 
 
 def test_training_on_separable_pairs_reaches_full_heldout_accuracy(tiny_bert, tmp_path):
-    metrics = tmp_path / "logs" / "metrics.csv"
     out = tmp_path / "rm"
 
     def gold(prompts, completions):
         return [1.0 if c.endswith("good") else 0.0 for c in completions]
 
-    report = _train(toy_pairs(), tiny_bert, out, metrics_path=metrics, gold_scorer=gold)
+    report = _train(toy_pairs(), tiny_bert, out, run_dir=tmp_path, gold_scorer=gold)
     assert report["heldout"]["accuracy"] == 1.0
     assert report["train"]["accuracy"] == 1.0
     assert report["heldout"]["margin"] > 0
@@ -248,12 +256,14 @@ def test_training_on_separable_pairs_reaches_full_heldout_accuracy(tiny_bert, tm
     mean = sum(s) / len(s)
     assert mean == pytest.approx(0.0, abs=1e-4)
     assert math.sqrt(sum((x - mean) ** 2 for x in s) / len(s)) == pytest.approx(1.0, abs=1e-4)
-    # One metrics row per name per evaluation (10 epoch-end evaluations), with the house names.
-    rows = metrics.read_text().splitlines()
-    assert rows[0] == "time,stage,step,epoch,name,value"
-    names = [r.split(",")[4] for r in rows[1:]]
+    # One point per evaluation (10, at epoch ends) under the house names, in the shared metrics log.
+    logged = read_metrics(tmp_path / "logs" / "metrics.csv", "train_rm")
     for name in ("reward_model/loss", "reward_model/accuracy", "reward_model/margin", "reward_model/train_loss"):
-        assert names.count(name) == 10
+        assert [step for step, _ in logged[name]] == [4 * e for e in range(1, 11)]  # 27 pairs / 8 = 4 steps an epoch
+    assert logged["reward_model/accuracy"][-1][1] == report["history"][-1]["reward_model/accuracy"]
+    # Reliability bins for the report: counts add up to both readings of every held-out pair.
+    bins = on_disk["heldout"]["calibration"]
+    assert sum(b["count"] for b in bins) == 2 * report["pairs"]["heldout"]
     assert not (tmp_path / "rm.ckpt").exists()  # a finished run drops its checkpoint
 
 
@@ -319,8 +329,8 @@ def test_early_stopping_keeps_the_best_weights(tiny_bert, tmp_path):
     # loss rises after a while; the run stops and keeps the weights of the best evaluation.
     rng = random.Random(0)
     words = "cat dog bird house tree river sun moon city road".split()
-    noise = [Pair(prompt=f"question {i}", chosen=" ".join(rng.choices(words, k=4)), rejected=" ".join(rng.choices(words, k=4)))
-             for i in range(24) for _ in range(2)]
+    noise = [Pair(prompt=f"question {i}", chosen=" ".join(rng.choices(words, k=4)),
+                  rejected=" ".join(rng.choices(words, k=4))) for i in range(24) for _ in range(2)]
     report = _train(noise, tiny_bert, tmp_path / "rm", epochs=40, lr=3e-3, patience=3)
     losses = [h["reward_model/loss"] for h in report["history"]]
     best = min(losses)
@@ -462,7 +472,7 @@ def test_train_rm_and_score_stages(tiny_bert, tmp_path):
     assert summary["heldout"]["accuracy"] == 1.0
     assert (run / "reward_model" / "eval.json").exists()
     assert yaml.safe_load((run / "config.yaml").read_text())["train_rm"]["backbone"] == str(tiny_bert)
-    assert "reward_model/accuracy" in (run / "logs" / "metrics.csv").read_text()
+    assert "reward_model/accuracy" in read_metrics(run / "logs" / "metrics.csv", "train_rm")
     with pytest.raises(RlhfkitError, match="already exists"):
         R.run_train_rm(cfg, progress=False)
 

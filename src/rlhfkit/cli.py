@@ -19,6 +19,7 @@ import typer
 from rlhfkit.cai.config import CaiLabelConfig, CaiReviseConfig, SftConfig
 from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
 from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.train.reward_config import RewardConfig, ScoreConfig
 
 app = typer.Typer(
     help="rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval.",
@@ -183,6 +184,26 @@ def pairs(cfg: PairsConfig) -> None:
     s = run_pairs(cfg)
     flagged = f"; dropped {s['dropped_rankings']} rankings of flagged labelers {', '.join(s['flagged'])}" if s["flagged"] else ""
     typer.echo(f"{s['pairs']} pairs from {s['rankings']} rankings{flagged} → {s['path']}")
+
+
+@stage_command("train-rm", RewardConfig, section="train_rm")
+def train_rm(cfg: RewardConfig) -> None:
+    """Train the reward model on pairs (−log σ(r_chosen − r_rejected)) → RUN_DIR/reward_model/ with eval.json."""
+    from rlhfkit.feedback.gold import GoldScorer
+    from rlhfkit.pipeline import describe
+    from rlhfkit.train.reward import run_train_rm
+
+    s = run_train_rm(cfg, gold_scorer=GoldScorer().score)
+    typer.echo(describe("train_rm", s))
+
+
+@stage_command("score", ScoreConfig)
+def score(cfg: ScoreConfig) -> None:
+    """Score (prompt, completion) JSONL or lines of text with a trained reward model; adds a 'reward' field."""
+    from rlhfkit.train.reward import run_score
+
+    s = run_score(cfg)
+    typer.echo(f"scored {s['scored']} texts with {s['model']}", err=True)
 
 
 @stage_command("ppo", PPOConfig)

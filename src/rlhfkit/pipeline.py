@@ -32,23 +32,40 @@ class Stage:
     done_when: Callable[[Path], bool]  # the stage's outputs exist
 
 
-def stages() -> dict[str, Stage]:
+def stages(feedback: str = "simulated") -> dict[str, Stage]:
+    """The stages in order. ``feedback``: 'simulated' labelers, or 'ai' (the constitution's AI labeler, RLAIF)."""
     from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig
     from rlhfkit.train.reward_config import RewardConfig
     from rlhfkit.eval.run import run_eval
     from rlhfkit.feedback.label import run_label, run_pairs
     from rlhfkit.generate import run_generate
     from rlhfkit.train.ppo import run_ppo
-    from rlhfkit.train.reward import run_train_rm
 
+    if feedback == "ai":
+        from rlhfkit.cai.ai_labeler import run_ai_label
+        from rlhfkit.cai.config import CaiLabelConfig
+
+        label = Stage("label", CaiLabelConfig, run_ai_label, lambda d: (d / "feedback.db").exists())
+    elif feedback == "simulated":
+        label = Stage("label", LabelConfig, run_label, lambda d: (d / "feedback.db").exists())
+    else:
+        raise RlhfkitError(f"feedback must be 'simulated' or 'ai', got {feedback!r}")
     return {
         "generate": Stage("generate", GenerateConfig, run_generate, lambda d: (d / "completions.jsonl").exists()),
-        "label": Stage("label", LabelConfig, run_label, lambda d: (d / "feedback.db").exists()),
+        "label": label,
         "pairs": Stage("pairs", PairsConfig, run_pairs, lambda d: (d / "pairs.jsonl").exists()),
-        "train_rm": Stage("train_rm", RewardConfig, run_train_rm, lambda d: (d / "reward_model" / "eval.json").exists()),
+        "train_rm": Stage("train_rm", RewardConfig, _train_rm_with_gold, lambda d: (d / "reward_model" / "eval.json").exists()),
         "ppo": Stage("ppo", PPOConfig, run_ppo, lambda d: (d / "policy" / "trainable.safetensors").exists()),
         "eval": Stage("eval", EvalConfig, run_eval, lambda d: (d / "eval" / "eval.json").exists()),
     }
+
+
+def _train_rm_with_gold(cfg) -> dict:
+    """train-rm, also measuring the gold scorer on the same held-out pairs (the bound labeler noise sets)."""
+    from rlhfkit.feedback.gold import GoldScorer
+    from rlhfkit.train.reward import run_train_rm
+
+    return run_train_rm(cfg, gold_scorer=GoldScorer().score)
 
 
 def config_hash(cfg) -> str:
@@ -80,8 +97,8 @@ def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, d
     overrides = overrides or {}
     shared = {k: data[k] for k in SHARED if k in data}
     shared.update(overrides.get("*", {}))
-    out = {}
-    for name, stage in stages().items():
+    out = {"_feedback": data.get("feedback", "simulated")}
+    for name, stage in stages(out["_feedback"]).items():
         fields = {f.name for f in dataclasses.fields(stage.config_cls)}
         section = data.get(name) or {}
         if not isinstance(section, dict):
@@ -98,7 +115,7 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     """Run every stage in order, skipping those already complete for the same config."""
     configs = resolve_stage_configs(config_path, overrides)
     run_dir = Path(configs["generate"].run_dir)
-    registry = stages()
+    registry = stages(configs.pop("_feedback"))
     summaries: dict[str, Any] = {}
     rerun = force  # once a stage runs, every stage after it must run too: its inputs changed
     t_all = time.perf_counter()
@@ -160,7 +177,7 @@ def describe(name: str, s: dict) -> str:
         flagged = f" (flagged and dropped: {', '.join(s['flagged'])})" if s["flagged"] else ""
         return f"{s['pairs']} pairs from {s['rankings']} rankings{flagged} → {s['path']}"
     if name == "train_rm":
-        acc = s.get("eval_accuracy", s.get("accuracy"))
+        acc = (s.get("heldout") or {}).get("accuracy", s.get("accuracy"))
         gold = s.get("gold_accuracy")
         extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
         return f"held-out accuracy {acc:.1%}{extra} → {s.get('path', 'reward_model/')}" if isinstance(acc, float) else str(s)

@@ -199,7 +199,7 @@ class AILabeler:
             self.tokenizer.padding_side = side
         return out
 
-    def judge(self, tasks: list[tuple[str, str, list[str]]], progress: bool = False) -> list[AIJudgement]:
+    def judge(self, tasks: list[tuple[str, str, list[str]]]) -> list[AIJudgement]:
         """Rank each task (key, request, completion texts); ``key`` (e.g. the prompt id) seeds the
         principles drawn for its pairs. All pairs of all tasks, both orders, go through
         :meth:`answer_probs` together."""

@@ -28,7 +28,6 @@ beside the target and renamed into place, so a failed run never leaves a half-wr
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
@@ -323,7 +322,8 @@ class RewardModel:
             return raw
         return [(r - self.mean) / self.std for r in raw]
 
-    def fit_normalization(self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64) -> tuple[float, float]:
+    def fit_normalization(self, prompts: Sequence[str], completions: Sequence[str],
+                          batch_size: int = 64) -> tuple[float, float]:
         """Set mean/std so that these completions (e.g. the reference policy's) score mean 0, std 1."""
         self.mean, self.std = reward_stats(self.score(prompts, completions, batch_size, normalize=False))
         return self.mean, self.std
@@ -358,34 +358,46 @@ def pairwise_accuracy(r_chosen: Sequence[float], r_rejected: Sequence[float]) ->
     return hits / len(r_chosen)
 
 
-def expected_calibration_error(probs: Sequence[float], labels: Sequence[float], n_bins: int = 10) -> float:
-    """Σ_b (n_b / N) · |mean label in b − mean prob in b| over equal-width bins of [0, 1].
+def calibration_bins(probs: Sequence[float], labels: Sequence[float], n_bins: int = 10) -> list[dict]:
+    """Reliability-diagram bins over [0, 1]: {bin, count, mean_prob, accuracy} for each non-empty bin.
 
-    Bin k holds probabilities in [k/n, (k+1)/n); the last bin also holds 1. Empty bins count 0.
+    Bin k holds probabilities in [k/n, (k+1)/n); the last bin also holds 1. ``accuracy`` is the
+    bin's observed frequency of label 1.
     """
-    # Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 3 (here for a binary outcome).
     if len(probs) != len(labels) or not probs:
-        raise ValueError("expected_calibration_error needs equally long, non-empty probs and labels")
+        raise ValueError("calibration needs equally long, non-empty probs and labels")
     sums: dict[int, list[float]] = {}
     for p, y in zip(probs, labels):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"probability {p} is outside [0, 1]")
-        b = min(int(p * n_bins), n_bins - 1)
-        acc = sums.setdefault(b, [0.0, 0.0, 0.0])
+        acc = sums.setdefault(min(int(p * n_bins), n_bins - 1), [0.0, 0.0, 0.0])
         acc[0] += 1
         acc[1] += p
         acc[2] += y
-    return sum(abs(s_y - s_p) / len(probs) for _, s_p, s_y in sums.values())
+    return [{"bin": b, "count": int(n), "mean_prob": s_p / n, "accuracy": s_y / n}
+            for b, (n, s_p, s_y) in sorted(sums.items())]
+
+
+def expected_calibration_error(probs: Sequence[float], labels: Sequence[float], n_bins: int = 10) -> float:
+    """Σ_b (n_b / N) · |observed frequency of 1 in b − mean probability in b| over :func:`calibration_bins`."""
+    # Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 3 (here for a binary outcome).
+    bins = calibration_bins(probs, labels, n_bins)
+    return sum(b["count"] * abs(b["accuracy"] - b["mean_prob"]) for b in bins) / len(probs)
+
+
+def pair_probabilities(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(P(a ≻ b) = σ(r_a − r_b), outcome) for every pair read both ways: (p, 1) and (1 − p, 0).
+
+    A pair is unordered to the model: with chosen always first every outcome would be 1 and the
+    ECE just 1 − mean p. Reading both ways gives a symmetric reliability diagram.
+    """
+    probs = [1.0 / (1.0 + math.exp(-_clamp(c - r))) for c, r in zip(r_chosen, r_rejected)]
+    return probs + [1.0 - p for p in probs], [1.0] * len(probs) + [0.0] * len(probs)
 
 
 def pair_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:
-    """ECE of P(a ≻ b) = σ(r_a − r_b) over every pair read both ways.
-
-    A pair is unordered to the model: with chosen always first every label would be 1 and the ECE
-    would just be 1 − mean p. Both orders give (p, 1) and (1 − p, 0), a symmetric reliability diagram.
-    """
-    probs = [1.0 / (1.0 + math.exp(-_clamp(c - r))) for c, r in zip(r_chosen, r_rejected)]
-    return expected_calibration_error(probs + [1.0 - p for p in probs], [1.0] * len(probs) + [0.0] * len(probs), n_bins)
+    """ECE of σ(r_a − r_b) over pairs read both ways (:func:`pair_probabilities`)."""
+    return expected_calibration_error(*pair_probabilities(r_chosen, r_rejected), n_bins)
 
 
 def _clamp(x: float, bound: float = 80.0) -> float:
@@ -471,27 +483,6 @@ def _fingerprint(pairs: Sequence[Pair], **settings: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics log
-# ---------------------------------------------------------------------------------------------
-
-METRICS_COLUMNS = ("time", "stage", "step", "epoch", "name", "value")
-
-
-def append_metrics(path: str | os.PathLike, stage: str, step: int, epoch: float, values: dict[str, float]) -> None:
-    """Append one row per metric to a long-format CSV (time, stage, step, epoch, name, value)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    now = time.time()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(METRICS_COLUMNS)
-        for name, value in values.items():
-            w.writerow([f"{now:.3f}", stage, step, f"{epoch:.4f}", name, repr(float(value))])
-
-
-# ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
 
@@ -534,7 +525,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], weights: Sequence[float]) -> dict[str, float]:
-    """Weighted BT loss, accuracy (ties ½), mean margin r_c − r_r and calibration error (10 bins) of raw rewards."""
+    """Weighted BT loss, accuracy (ties ½), mean margin r_c − r_r, ECE and reliability bins (10) of raw rewards."""
     import torch
 
     from rlhfkit.train.losses import bradley_terry_loss
@@ -543,9 +534,11 @@ def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], weights
                               torch.tensor(list(r_rejected), dtype=torch.float64),
                               weight=torch.tensor(list(weights), dtype=torch.float64))
     n = len(r_chosen)
+    probs, outcomes = pair_probabilities(r_chosen, r_rejected)
     return {"loss": float(loss), "accuracy": pairwise_accuracy(r_chosen, r_rejected),
             "margin": sum(c - r for c, r in zip(r_chosen, r_rejected)) / n,
-            "ece": pair_calibration_error(r_chosen, r_rejected), "pairs": n}
+            "ece": expected_calibration_error(probs, outcomes), "pairs": n,
+            "calibration": calibration_bins(probs, outcomes)}
 
 
 def evaluate_pairs(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Sequence[Row],
@@ -601,7 +594,7 @@ def train_reward_model(
     lora_r: int = 0,
     device: str = "auto",
     progress: bool = True,
-    metrics_path: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     gold_scorer: Callable[[list[str], list[str]], list[float]] | None = None,
@@ -616,12 +609,14 @@ def train_reward_model(
     checkpoint (trainable weights, optimizer, scheduler, RNG, epoch) is written after each epoch;
     ``resume`` continues from it. A non-finite loss stops the run with an error naming epoch and
     batch; nothing is written to ``out_dir`` then. ``gold_scorer(prompts, completions)`` (optional)
-    gives the accuracy of a gold scorer on the same held-out pairs, for comparison.
+    gives the accuracy of a gold scorer on the same held-out pairs, for comparison. With ``run_dir``,
+    every evaluation is logged to RUN_DIR/logs/metrics.csv (stage ``train_rm``).
     """
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from rlhfkit.models.load import pick_device
+    from rlhfkit.train.metrics import MetricsLog
 
     t_start = time.perf_counter()
     n_given = len(pairs)
@@ -687,8 +682,8 @@ def train_reward_model(
                 state["since_best"] += 1
         values["reward_model/lr"] = scheduler.get_last_lr()[0]
         state["history"].append({"step": state["step"], "epoch": round(epoch_float, 4), **values})
-        if metrics_path is not None:
-            append_metrics(metrics_path, "train_rm", state["step"], epoch_float, values)
+        if log is not None:
+            log.log(state["step"], values)
         train_sums[:] = [0.0, 0.0, 0.0]
         if eval_idx and patience > 0 and state["since_best"] >= patience:
             state["stopped_early"] = True
@@ -696,9 +691,15 @@ def train_reward_model(
     columns = [TextColumn("train-rm"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("held-out acc {task.fields[acc]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    t_train = 0.0
+    log = MetricsLog(run_dir, "train_rm") if run_dir is not None else None
+    if log is not None:  # a resumed run re-logs what follows its checkpoint; a fresh one starts over
+        log.resume_from(state["step"]) if resume else log.start_fresh()
+    t_train = cpu_train = 0.0  # wall and CPU seconds of the training steps (evaluations excluded)
     n_seen = 0
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            stack.callback(log.close)
+        bar = stack.enter_context(Progress(*columns, disable=not progress, transient=False))
         task = bar.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"), acc="-")
         while state["epoch"] < epochs and not state["stopped_early"]:
             epoch = state["epoch"]
@@ -706,7 +707,7 @@ def train_reward_model(
             train_sums = [0.0, 0.0, 0.0]  # pairs, loss·pairs, correct
             rng = random.Random(seed * 1_000_003 + epoch)
             batches = length_grouped_batches([pair_len[i] for i in train_idx], batch_size, rng)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for b, local in enumerate(batches, start=1):
                 idx = [train_idx[j] for j in local]
                 loss_value, correct = train_step(rm, [chosen[i] for i in idx], [rejected[i] for i in idx],
@@ -723,14 +724,14 @@ def train_reward_model(
                 train_sums[2] += correct
                 bar.update(task, advance=1, loss=loss_value)
                 if eval_every and state["step"] % eval_every == 0 and b < len(batches):
-                    t_train += time.perf_counter() - t0
+                    t_train, cpu_train = t_train + time.perf_counter() - t0, cpu_train + time.process_time() - c0
                     run_eval(epoch + b / len(batches), train_sums)
                     rm.model.train()
                     bar.update(task, acc=_fmt_acc(state))
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     if state["stopped_early"]:
                         break
-            t_train += time.perf_counter() - t0
+            t_train, cpu_train = t_train + time.perf_counter() - t0, cpu_train + time.process_time() - c0
             if not state["stopped_early"]:
                 run_eval(epoch + 1.0, train_sums)
                 bar.update(task, acc=_fmt_acc(state))
@@ -768,6 +769,7 @@ def train_reward_model(
     rm.mean, rm.std = reward_stats(list(raw.values()))
     report["reward_stats"] = {"mean": rm.mean, "std": rm.std, "texts": len(train_texts)}
     report["train_seconds"] = round(t_train, 3)
+    report["train_cpu_seconds"] = round(cpu_train, 3)
     report["pairs_per_s"] = n_seen / t_train if t_train > 0 else None
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     report["history"] = state["history"]
@@ -809,7 +811,7 @@ def run_train_rm(cfg, *, gold_scorer: Callable[[list[str], list[str]], list[floa
         pairs, backbone=cfg.backbone, out_dir=out, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         max_length=cfg.max_length, eval_fraction=cfg.eval_fraction, eval_every=cfg.eval_every, seed=cfg.seed,
         weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, patience=cfg.patience, lora_r=cfg.lora_r,
-        device=cfg.device, progress=progress, metrics_path=run_dir / "logs" / "metrics.csv", checkpoint_path=ckpt,
+        device=cfg.device, progress=progress, run_dir=run_dir, checkpoint_path=ckpt,
         resume=cfg.resume, gold_scorer=gold_scorer,
     )
     save_resolved(run_dir, "train_rm", cfg)

@@ -25,7 +25,7 @@ class RewardConfig:
     patience: int = opt(2, "Stop after this many evaluations without a lower held-out loss (0 = never).")
     lora_r: int = opt(0, "LoRA rank; the backbone stays frozen and only adapters and head train (0 = full fine-tuning).")
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and LayerNorm gains).")
-    warmup_ratio: float = opt(0.1, "Share of the steps spent warming the learning rate up linearly; it then decays linearly to 0.")
+    warmup_ratio: float = opt(0.1, "Share of the steps warming the learning rate up linearly; then it decays linearly to 0.")
     seed: int = opt(0, "Random seed: the held-out split, head initialisation and batch order follow it.")
     device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
     resume: bool = opt(False, "Continue an interrupted run from RUN_DIR/reward_model.ckpt (same pairs and settings).")

@@ -117,7 +117,8 @@ def train_sft(model, rows, *, pad_id: int, epochs: int, batch_size: int, lr: flo
             rng.shuffle(order)
             sums = [0.0, 0]
             for lo in range(0, len(order), batch_size):
-                batch = {k: v.to(model.device) for k, v in collate([rows[i] for i in order[lo : lo + batch_size]], pad_id).items()}
+                chunk = [rows[i] for i in order[lo : lo + batch_size]]
+                batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id).items()}
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     raise RlhfkitError(f"sft: loss is {float(loss)} at step {step} (epoch {epoch}); lower --lr")
