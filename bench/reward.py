@@ -1,30 +1,36 @@
 """Reward-model training and scoring speed on CPU: rlhfkit vs TRL's RewardTrainer, one run.
 
-    python bench/reward.py                       # HH-RLHF harmless dev set if present, else synthetic pairs
-    python bench/reward.py --trl-python PATH     # TRL's venv python (or $RLHFKIT_TRL_PYTHON)
-    python bench/reward.py --limit 400 --trl-variant both   # a shorter run, TRL with and without its defaults
+    python bench/reward.py                        # HH-RLHF harmless dev set if present, else synthetic pairs
+    python bench/reward.py --trl-python PATH      # TRL's venv python (or $RLHFKIT_TRL_PYTHON)
+    python bench/reward.py --trl-variant both --trl-accuracy   # longer: TRL tuned too, TRL on the full split
 
-Both sides train the same backbone (default: all-MiniLM-L6-v2 from PyPI) for the same epochs on
-the same training pairs (80 % of the prompts, split by rlhfkit's seeded split_by_prompt), with the
-same batch size, max length, learning rate, warm-up, fp32, dropout off and gradient clipping at 1.
-TRL gets the very token ids rlhfkit built (its ``chosen_ids``/``rejected_ids`` pre-tokenised
-dataset form), so both see identical inputs; no pair exceeds max_length, so TRL filters none out.
-What differs is the training loop itself:
+Two parts:
 
-- rlhfkit: one forward pass over the 2B rows of a batch, batches of similar length (little
-  padding), no gradient checkpointing.
-- TRL 1.16 RewardTrainer: also one forward over chosen+rejected; its defaults otherwise, i.e.
-  random batches (padding to the longest row in each) and gradient checkpointing on; bf16 OFF
-  (TRL's default is bf16=True, here fp32 like rlhfkit). ``--trl-variant tuned`` (or ``both``) runs
-  it with gradient checkpointing off and ``train_sampling_strategy="group_by_length"`` too.
+1. Speed, side by side, in alternating rounds (best round of each side reported, every round
+   printed: other work on a shared machine only ever slows a round down). Both sides train the
+   same backbone (default all-MiniLM-L6-v2 from PyPI) on the same ``--speed-pairs`` training pairs
+   for one epoch with the same batch size, max length, learning rate and warm-up, fp32, dropout
+   off, gradient clipping at 1. TRL gets the very token ids rlhfkit built (its pre-tokenised
+   ``chosen_ids``/``rejected_ids`` form), so both see identical inputs (none exceeds max_length,
+   so TRL drops none). What differs is the training loop:
 
-pairs/s = training pairs × epochs / wall time of the training loop (tokenisation, evaluation and
-saving excluded on both sides); "per CPU-second" divides by the process's CPU time instead, a
-figure less swayed by other work on a shared machine (both sides run the same torch and threads).
-Scoring texts/s = held-out texts through the trained model in batches of 64 rows, no gradient,
-tokenisation excluded: rlhfkit's ``RewardModel.raw_scores`` (length-sorted
-batches) vs a plain transformers forward in input order (what TRL offers: it has no scoring API).
-Held-out accuracy: ties count ½, same held-out pairs for both.
+   - rlhfkit: one forward pass over the 2B rows of a batch; batches of similar length (little
+     padding); no gradient checkpointing.
+   - TRL 1.16 RewardTrainer ``default``: also one forward over chosen+rejected; otherwise its
+     defaults: random batches padded to their longest row, gradient checkpointing ON; bf16 OFF
+     (TRL's default is bf16=True; fp32 here, like rlhfkit). ``tuned``: gradient checkpointing off
+     and ``train_sampling_strategy="group_by_length"``.
+
+   pairs/s = pairs / wall time of the training loop (model loading, tokenisation, evaluation and
+   saving excluded on both sides). Scoring texts/s = ``--score-texts`` held-out texts, batches of
+   64 rows, no gradient, tokenisation excluded: rlhfkit's ``RewardModel.raw_scores`` (length-
+   sorted batches) vs a plain transformers forward in input order (TRL has no scoring API).
+   Also printed: the tokens per epoch including padding under each batching, a measure of work
+   that no other load on the machine can skew.
+
+2. Accuracy on real preferences: rlhfkit trains on 80 % of the prompts (seeded split by prompt)
+   and is evaluated on the other 20 % (pairwise accuracy, ties ½; ECE). ``--trl-accuracy`` also
+   trains TRL on the same split and scores the same held-out pairs (equal accuracy check; slow).
 
 TRL runs as a subprocess in its own venv (see ../shared/peers/trl/README.md for the install);
 this file is also the worker script (``--trl-worker JOB``), importing nothing of rlhfkit then.
@@ -36,7 +42,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HH_DEV = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 DEFAULT_TRL_PYTHON = Path.home() / "scratch" / "trlenv" / "bin" / "python"
+SCORE_BATCH = 64
 
 
 def _offline_env() -> None:
@@ -52,11 +58,11 @@ def _offline_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def _loadavg() -> list[float]:
+def _loadavg() -> float | None:
     try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+        return float(Path("/proc/loadavg").read_text().split()[0])
     except OSError:
-        return []
+        return None
 
 
 def _accuracy(r_c: list[float], r_r: list[float]) -> float:
@@ -76,7 +82,7 @@ def trl_worker(job_path: str) -> None:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, set_seed
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
     torch.set_num_threads(job["threads"])
@@ -84,62 +90,51 @@ def trl_worker(job_path: str) -> None:
     tok = AutoTokenizer.from_pretrained(job["backbone"])
     model = AutoModelForSequenceClassification.from_pretrained(job["backbone"], num_labels=1, dtype=torch.float32)
     rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in job["train"]]
+    extra = {}
     if job["group_by_length"]:  # the sampler reads a "length" column, which must survive column pruning
         rows = [{**row, "length": max(len(row["chosen_ids"]), len(row["rejected_ids"]))} for row in rows]
-    train_ds = Dataset.from_list(rows)
-
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.times, self.last = [], None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.last = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
-            self.times.append(now - self.last)
-            self.last = now
-
-    timer = StepTimes()
-    extra = {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False} if job["group_by_length"] else {}
+        extra = {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False}
     with tempfile.TemporaryDirectory() as out:
         cfg = RewardConfig(
-            output_dir=out, per_device_train_batch_size=job["batch_size"], num_train_epochs=job["epochs"],
+            output_dir=out, per_device_train_batch_size=job["batch_size"], num_train_epochs=1,
             learning_rate=job["lr"], warmup_steps=job["warmup_steps"], lr_scheduler_type="linear",
             weight_decay=0.0, max_grad_norm=1.0, max_length=job["max_length"],
-            gradient_checkpointing=job["gradient_checkpointing"], bf16=job["bf16"], use_cpu=True, seed=job["seed"],
+            gradient_checkpointing=job["gradient_checkpointing"], bf16=False, use_cpu=True, seed=job["seed"],
             report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True, dataloader_num_workers=0,
             **extra,
         )
-        trainer = RewardTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok, callbacks=[timer])
+        trainer = RewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok)
         kept = len(trainer.train_dataset)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         trainer.train()
-        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        train_s = time.perf_counter() - t0
     model = trainer.model
     model.eval()
-    rows = [c for c, _ in job["eval"]] + [r for _, r in job["eval"]]
-    pad = tok.pad_token_id
-    rewards: list[float] = []
-    t0 = time.perf_counter()
+
+    def forward(batch_rows):  # plain transformers: right-pad to the longest row of the batch
+        T = max(len(r) for r in batch_rows)
+        ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in batch_rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in batch_rows])
+        return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).tolist()
+
+    result = {"trl": md.version("trl"), "transformers": md.version("transformers"), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "pairs_kept": kept, "train_s": train_s,
+              "pairs_per_s": kept / train_s}
     with torch.no_grad():
-        for lo in range(0, len(rows), 64):
-            chunk = rows[lo : lo + 64]
-            T = max(len(r) for r in chunk)
-            ids = torch.tensor([r + [pad] * (T - len(r)) for r in chunk])
-            mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in chunk])
-            rewards += model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).tolist()
-    score_s = time.perf_counter() - t0
-    n = len(job["eval"])
-    times = timer.times[3:] or timer.times
-    result = {
-        "trl": md.version("trl"), "transformers": md.version("transformers"), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "pairs_kept": kept, "train_s": train_s, "train_cpu_s": train_cpu_s,
-        "pairs_per_s": kept * job["epochs"] / train_s, "pairs_per_cpu_s": kept * job["epochs"] / train_cpu_s,
-        "steps": len(timer.times),
-        "median_step_s": sorted(times)[len(times) // 2], "heldout_accuracy": _accuracy(rewards[:n], rewards[n:]),
-        "score_texts_per_s": len(rows) / score_s, "loadavg": _loadavg(),
-    }
+        if job["score_rows"]:
+            forward(job["score_rows"][:SCORE_BATCH])  # warm-up, as on rlhfkit's side
+            t0 = time.perf_counter()
+            for lo in range(0, len(job["score_rows"]), SCORE_BATCH):
+                forward(job["score_rows"][lo : lo + SCORE_BATCH])
+            result["score_texts_per_s"] = len(job["score_rows"]) / (time.perf_counter() - t0)
+        if job["eval"]:
+            rewards = []
+            texts = [c for c, _ in job["eval"]] + [r for _, r in job["eval"]]
+            for lo in range(0, len(texts), SCORE_BATCH):
+                rewards += forward(texts[lo : lo + SCORE_BATCH])
+            n = len(job["eval"])
+            result["heldout_accuracy"] = _accuracy(rewards[:n], rewards[n:])
+    result["loadavg"] = _loadavg()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -182,6 +177,23 @@ def run_trl(python: str, job: dict) -> dict:
     raise RuntimeError(f"TRL worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+def run_ours(pairs, a, out: Path, score_rows=None, eval_fraction: float = 0.0) -> dict:
+    from rlhfkit.train.reward import RewardModel, train_reward_model
+
+    report = train_reward_model(pairs, backbone=a.backbone, out_dir=out, epochs=1, batch_size=a.batch_size, lr=a.lr,
+                                max_length=a.max_length, eval_fraction=eval_fraction, seed=a.seed, patience=0,
+                                warmup_ratio=a.warmup_ratio, progress=False, device="cpu")
+    result = {"pairs_per_s": report["pairs_per_s"], "train_s": report["train_seconds"], "report": report}
+    if score_rows:
+        rm = RewardModel.load(out, device="cpu")
+        rm.raw_scores(score_rows[:SCORE_BATCH], SCORE_BATCH)  # warm-up
+        t0 = time.perf_counter()
+        rm.raw_scores(score_rows, SCORE_BATCH)
+        result["score_texts_per_s"] = len(score_rows) / (time.perf_counter() - t0)
+    result["loadavg"] = _loadavg()
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trl-worker", help=argparse.SUPPRESS)
@@ -189,12 +201,15 @@ def main() -> None:
                     help="python of a venv with trl 1.16 (default $RLHFKIT_TRL_PYTHON or ~/scratch/trlenv)")
     ap.add_argument("--trl-variant", default="default", choices=["default", "tuned", "both", "none"],
                     help="TRL runs: its defaults (grad. checkpointing, random batches), tuned (neither), both, none")
+    ap.add_argument("--trl-accuracy", action="store_true", help="also train TRL on the full split (slow)")
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--data", default=str(HH_DEV), help="HH-RLHF JSONL(.gz); synthetic pairs when absent")
-    ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0 = all)")
+    ap.add_argument("--rounds", type=int, default=2, help="speed rounds (each: rlhfkit, then TRL)")
+    ap.add_argument("--speed-pairs", type=int, default=160, help="training pairs per speed round")
+    ap.add_argument("--score-texts", type=int, default=192, help="held-out texts scored per speed round")
+    ap.add_argument("--no-accuracy", action="store_true", help="skip part 2 (training on the full split)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--warmup-ratio", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
@@ -206,11 +221,13 @@ def main() -> None:
         return
     _offline_env()
 
+    import random
+
     import torch
 
     from rlhfkit.data.formats import load_pairs
     from rlhfkit.models.load import resolve
-    from rlhfkit.train.reward import RewardModel, check_pairs, split_by_prompt, train_reward_model
+    from rlhfkit.train.reward import RewardModel, check_pairs, length_grouped_batches, split_by_prompt
 
     torch.set_num_threads(a.threads)
     if Path(a.data).exists():
@@ -220,100 +237,109 @@ def main() -> None:
     else:
         pairs = synthetic_pairs(1500, a.seed)
         source = f"synthetic ({a.data} absent)"
-    if a.limit:
-        pairs = pairs[: a.limit]
     pairs = check_pairs(pairs)
     train_idx, eval_idx = split_by_prompt(pairs, 0.2, a.seed)
     print(f"data: {source}: {len(pairs)} pairs, {len(train_idx)} train / {len(eval_idx)} held-out (split by prompt)")
-    print(f"settings: backbone {a.backbone}, batch {a.batch_size} pairs, max_length {a.max_length}, "
-          f"{a.epochs} epoch(s), lr {a.lr}, warm-up {a.warmup_ratio}, fp32, {a.threads} threads; load {_loadavg()}")
-    results: dict = {"data": source, "pairs": len(pairs), "train_pairs": len(train_idx), "heldout_pairs": len(eval_idx),
-                     "batch_size": a.batch_size, "max_length": a.max_length, "epochs": a.epochs, "lr": a.lr,
-                     "threads": a.threads, "backbone": a.backbone}
+    print(f"settings: backbone {a.backbone}, batch {a.batch_size} pairs, max_length {a.max_length}, 1 epoch, "
+          f"lr {a.lr}, warm-up {a.warmup_ratio}, fp32, {a.threads} threads, torch {torch.__version__}")
+    results: dict = {"data": source, "pairs": len(pairs), "train_pairs": len(train_idx),
+                     "heldout_pairs": len(eval_idx), "batch_size": a.batch_size, "max_length": a.max_length, "lr": a.lr, "threads": a.threads,
+                     "backbone": a.backbone, "speed_pairs": a.speed_pairs, "rounds": []}
 
-    # rlhfkit
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rm"
-        report = train_reward_model(pairs, backbone=a.backbone, out_dir=out, epochs=a.epochs, batch_size=a.batch_size,
-                                    lr=a.lr, max_length=a.max_length, eval_fraction=0.2, seed=a.seed, patience=0,
-                                    warmup_ratio=a.warmup_ratio, progress=False, device="cpu")
-        rm = RewardModel.load(out, device="cpu")
-        held = [pairs[i] for i in eval_idx]
-        prompts = [p.prompt for p in held] * 2
-        completions = [p.chosen for p in held] + [p.rejected for p in held]
-        rows = rm.encode(prompts, completions)
-        rm.raw_scores(rows[:64])  # warm-up
-        t0 = time.perf_counter()
-        rm.raw_scores(rows, batch_size=64)
-        score_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rm.score(prompts, completions, batch_size=64)
-        score_tok_s = time.perf_counter() - t0
-    ours = {"pairs_per_s": report["pairs_per_s"], "train_s": report["train_seconds"], "steps": report["steps"],
-            "pairs_per_cpu_s": len(train_idx) * a.epochs / report["train_cpu_seconds"],
-            "heldout_accuracy": report["heldout"]["accuracy"], "heldout_ece": report["heldout"]["ece"],
-            "score_texts_per_s": len(rows) / score_s, "score_texts_per_s_incl_tokenize": len(rows) / score_tok_s,
-            "loadavg": _loadavg()}
-    results["rlhfkit"] = ours
-    print(f"rlhfkit: {ours['pairs_per_s']:.1f} pairs/s ({ours['pairs_per_cpu_s']:.2f} per CPU-second; "
-          f"{ours['train_s']:.0f} s, {ours['steps']} steps), held-out "
-          f"accuracy {ours['heldout_accuracy']:.3f}, scoring {ours['score_texts_per_s']:.0f} texts/s "
-          f"({ours['score_texts_per_s_incl_tokenize']:.0f} with tokenisation); load {ours['loadavg']}", flush=True)
+    enc = RewardModel.from_backbone(a.backbone, max_length=a.max_length, device="cpu")
+    ids_c = [r["input_ids"] for r in enc.encode([p.prompt for p in pairs], [p.chosen for p in pairs])]
+    ids_r = [r["input_ids"] for r in enc.encode([p.prompt for p in pairs], [p.rejected for p in pairs])]
+    speed_idx = train_idx[: a.speed_pairs]
+    held_texts = [ids_c[i] for i in eval_idx] + [ids_r[i] for i in eval_idx]
+    score_ids = held_texts[: a.score_texts]
+    score_rows = enc.encode([pairs[i].prompt for i in eval_idx] * 2,
+                            [pairs[i].chosen for i in eval_idx] + [pairs[i].rejected for i in eval_idx])[: a.score_texts]
 
-    # Work per epoch, independent of other load on the machine: tokens in the padded (2B, T) batches.
-    import random
-
-    from rlhfkit.train.reward import length_grouped_batches
-
-    enc_rm = RewardModel.from_backbone(a.backbone, max_length=a.max_length, device="cpu")
-    enc_c = enc_rm.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
-    enc_r = enc_rm.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
-    pair_len = [max(len(enc_c[i]["input_ids"]), len(enc_r[i]["input_ids"])) for i in train_idx]
+    # Work per epoch of the speed pairs, which other load cannot skew: tokens in the (2B, T) batches.
+    pair_len = [max(len(ids_c[i]), len(ids_r[i])) for i in speed_idx]
 
     def padded_tokens(batches: list[list[int]]) -> int:
         return sum(2 * len(b) * max(pair_len[i] for i in b) for b in batches)
 
     grouped = padded_tokens(length_grouped_batches(pair_len, a.batch_size, random.Random(a.seed * 1_000_003)))
     shuffled = []
-    for s in range(5):
+    for s in range(20):
         order = list(range(len(pair_len)))
         random.Random(s).shuffle(order)
         shuffled.append(padded_tokens([order[j : j + a.batch_size] for j in range(0, len(order), a.batch_size)]))
-    real = sum(len(enc_c[i]["input_ids"]) + len(enc_r[i]["input_ids"]) for i in train_idx)
-    results["padded_tokens_per_epoch"] = {"real": real, "length_grouped": grouped, "random_mean_of_5": sum(shuffled) / 5}
-    print(f"tokens per epoch incl. padding: length-grouped batches {grouped:,}, random batches "
-          f"{sum(shuffled) / 5:,.0f} (without padding: {real:,})")
+    real = sum(len(ids_c[i]) + len(ids_r[i]) for i in speed_idx)
+    results["tokens_per_epoch"] = {"no_padding": real, "length_grouped": grouped, "random_mean": sum(shuffled) / 20}
+    print(f"speed pairs: {len(speed_idx)}; tokens per epoch with padding: length-grouped batches {grouped:,}, "
+          f"random batches {sum(shuffled) / 20:,.0f} (mean of 20 orders), no padding {real:,}")
 
-    # TRL, on the very same token ids
     variants = {"default": [("default", True, False)], "tuned": [("tuned", False, True)],
                 "both": [("default", True, False), ("tuned", False, True)], "none": []}[a.trl_variant]
-    if variants and not Path(a.trl_python).exists():
+    if (variants or a.trl_accuracy) and not Path(a.trl_python).exists():
         print(f"TRL not available: no python at {a.trl_python} (set --trl-python or RLHFKIT_TRL_PYTHON; "
               "install per ../shared/peers/trl/README.md)")
-        variants = []
-    if variants:
-        steps = -(-len(train_idx) // a.batch_size) * a.epochs
-        ids = [[c["input_ids"], r["input_ids"]] for c, r in zip(enc_c, enc_r)]
-        job = {"backbone": resolve(a.backbone), "train": [ids[i] for i in train_idx], "eval": [ids[i] for i in eval_idx], "batch_size": a.batch_size,
-               "epochs": a.epochs, "lr": a.lr, "warmup_steps": int(a.warmup_ratio * steps), "max_length": a.max_length,
-               "seed": a.seed, "threads": a.threads, "bf16": False}
-    for name, grad_ckpt, grouped in variants:
-        try:
-            trl = run_trl(a.trl_python, {**job, "gradient_checkpointing": grad_ckpt, "group_by_length": grouped})
-        except RuntimeError as exc:
-            print(f"TRL ({name}) failed: {exc}")
-            continue
-        trl["settings"] = {"gradient_checkpointing": grad_ckpt, "group_by_length": grouped, "bf16": False}
-        results[f"trl_{name}"] = trl
-        print(f"TRL {trl['trl']} ({name}: gradient checkpointing {'on' if grad_ckpt else 'off'}, "
-              f"{'length-grouped' if grouped else 'random'} batches): {trl['pairs_per_s']:.1f} pairs/s "
-              f"({trl['pairs_per_cpu_s']:.2f} per CPU-second; {trl['train_s']:.0f} s, {trl['steps']} steps, "
-              f"{trl['pairs_kept']} pairs kept), held-out accuracy "
-              f"{trl['heldout_accuracy']:.3f}, scoring {trl['score_texts_per_s']:.0f} texts/s; load {trl['loadavg']}",
-              flush=True)
-        print(f"  rlhfkit / TRL ({name}): training {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}× "
-              f"(per CPU-second {ours['pairs_per_cpu_s'] / trl['pairs_per_cpu_s']:.2f}×), "
-              f"scoring {ours['score_texts_per_s'] / trl['score_texts_per_s']:.2f}×")
+        variants, a.trl_accuracy = [], False
+    job = {"backbone": resolve(a.backbone), "batch_size": a.batch_size, "lr": a.lr, "max_length": a.max_length,
+           "seed": a.seed, "threads": a.threads}
+
+    def trl_job(idx, eval_pairs, score, grad_ckpt, grouped_batches):
+        steps = -(-len(idx) // a.batch_size)
+        return {**job, "train": [[ids_c[i], ids_r[i]] for i in idx], "eval": eval_pairs, "score_rows": score,
+                "warmup_steps": int(a.warmup_ratio * steps), "gradient_checkpointing": grad_ckpt,
+                "group_by_length": grouped_batches}
+
+    # 1. speed rounds
+    speed_pairs = [pairs[i] for i in speed_idx]
+    best: dict[str, dict] = {}
+    for rnd in range(1, a.rounds + 1):
+        row = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = run_ours(speed_pairs, a, Path(tmp) / "rm", score_rows)
+        ours.pop("report")
+        row["rlhfkit"] = ours
+        print(f"round {rnd}: rlhfkit {ours['pairs_per_s']:.2f} pairs/s, scoring {ours['score_texts_per_s']:.1f} "
+              f"texts/s (load {ours['loadavg']})", flush=True)
+        for name, grad_ckpt, grouped_batches in variants:
+            try:
+                trl = run_trl(a.trl_python, trl_job(speed_idx, [], score_ids, grad_ckpt, grouped_batches))
+            except RuntimeError as exc:
+                print(f"TRL ({name}) failed: {exc}")
+                continue
+            row[f"trl_{name}"] = trl
+            print(f"round {rnd}: TRL {trl['trl']} {name} {trl['pairs_per_s']:.2f} pairs/s, scoring "
+                  f"{trl['score_texts_per_s']:.1f} texts/s (load {trl['loadavg']})", flush=True)
+        results["rounds"].append(row)
+        for side, r in row.items():
+            best.setdefault(side, {})
+            for key in ("pairs_per_s", "score_texts_per_s"):
+                best[side][key] = max(best[side].get(key, 0.0), r[key])
+    results["best"] = best
+    print(f"best of {a.rounds} rounds:")
+    for side, b in best.items():
+        print(f"  {side:12s} training {b['pairs_per_s']:6.2f} pairs/s   scoring {b['score_texts_per_s']:6.1f} texts/s")
+    for side in best:
+        if side != "rlhfkit":
+            print(f"  rlhfkit / {side}: training {best['rlhfkit']['pairs_per_s'] / best[side]['pairs_per_s']:.2f}×, "
+                  f"scoring {best['rlhfkit']['score_texts_per_s'] / best[side]['score_texts_per_s']:.2f}×")
+
+    # 2. accuracy on the full split
+    if not a.no_accuracy:
+        with tempfile.TemporaryDirectory() as tmp:
+            full = run_ours(pairs, a, Path(tmp) / "rm", eval_fraction=0.2)
+        rep = full.pop("report")
+        held = {k: rep["heldout"][k] for k in ("accuracy", "margin", "ece", "loss", "pairs")}
+        results["accuracy"] = {"rlhfkit": {**held, "train_accuracy": rep["train"]["accuracy"], **full}}
+        h = rep["heldout"]
+        print(f"accuracy: rlhfkit trained on {rep['pairs']['train']} pairs ({full['train_s']:.0f} s, "
+              f"{full['pairs_per_s']:.2f} pairs/s, load {full['loadavg']}): held-out accuracy {h['accuracy']:.3f} on "
+              f"{h['pairs']} pairs, margin {h['margin']:.3f}, ECE {h['ece']:.3f}; train accuracy "
+              f"{rep['train']['accuracy']:.3f}", flush=True)
+        if a.trl_accuracy:
+            eval_pairs = [[ids_c[i], ids_r[i]] for i in eval_idx]
+            trl = run_trl(a.trl_python, trl_job(train_idx, eval_pairs, [], True, False))
+            results["accuracy"]["trl_default"] = trl
+            print(f"accuracy: TRL {trl['trl']} default trained on {trl['pairs_kept']} pairs ({trl['train_s']:.0f} s, "
+                  f"{trl['pairs_per_s']:.2f} pairs/s, load {trl['loadavg']}): held-out accuracy "
+                  f"{trl['heldout_accuracy']:.3f}", flush=True)
     if a.json:
         with open(a.json, "a") as f:
             f.write(json.dumps(results) + "\n")

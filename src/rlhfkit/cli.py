@@ -211,12 +211,10 @@ def ppo(cfg: PPOConfig) -> None:
     """PPO with a per-token KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
     from rlhfkit.train.ppo import run_ppo
 
+    from rlhfkit.pipeline import describe
+
     s = run_ppo(cfg)
-    gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
-    typer.echo(
-        f"ppo stopped: {s['stop_reason']} after {s['iterations']} iterations in {s['seconds']:.0f} s; "
-        f"score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}, KL {s['kl_last']:.2f} → {s['path']}"
-    )
+    typer.echo(f"ppo: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
 
 
 @stage_command("eval", EvalConfig)
