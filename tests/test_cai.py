@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rlhfkit.cai import ai_labeler as AI
-from rlhfkit.cai.config import CaiReviseConfig, SftConfig
+from rlhfkit.config import CaiReviseConfig, SftConfig
 from rlhfkit.cai.constitution import Constitution, Principle, draw_principles, load_constitution
 from rlhfkit.cai.revise import clean_output, run_revise
 from rlhfkit.config import load_config
@@ -440,7 +440,7 @@ def test_loop_with_ai_feedback_end_to_end(tmp_path, tiny_llama):
                    batch_size=4, max_length=64, eval_fraction=0.0, device="cpu")
     try:
         from rlhfkit.train.reward import run_train_rm
-        from rlhfkit.train.reward_config import RewardConfig
+        from rlhfkit.config import RewardConfig
     except ImportError:  # the reward-model stage is not there yet: PPO on the gold scorer instead
         reward_model = "gold"
     else:

@@ -10,6 +10,7 @@ from rlhfkit.feedback import gold
 from rlhfkit.feedback.gold import (
     FAIL_SCORE,
     GoldScorer,
+    complete,
     content_words,
     fail_reason,
     length_score,
@@ -62,6 +63,29 @@ def test_relevance_hand_values():
     # No content words in the prompt: every reply gets the same neutral value.
     assert relevance("Hi! How are you?", "I'm great, thanks!") == gold.REL_NEUTRAL
     assert relevance("Hi! How are you?", "Bananas.") == gold.REL_NEUTRAL
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Boil it for eight minutes.", 1.0),
+        ("Really? ", 1.0),  # trailing space ignored
+        ('He said "stop."', 1.0),
+        ("Boil it for eight", 0.0),  # cut off at the token limit
+        ("Here are the steps: first, boil the", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_complete_reads_the_last_character(text, expected):
+    assert complete(text) == expected
+
+
+def test_cut_off_reply_loses_exactly_w_complete(scorer):
+    # Same words, same prompt: only the final period differs (VADER, profanity-check, length and
+    # relevance ignore it), so the gap is the completeness weight.
+    cut, done = scorer.score([EGG] * 2, ["Put the egg in boiling water for about eight minutes then cool it",
+                                         "Put the egg in boiling water for about eight minutes then cool it."])
+    assert done - cut == pytest.approx(gold.W_COMPLETE, abs=0.02)
 
 
 def test_length_score_is_a_bump():
@@ -187,7 +211,7 @@ def test_components_shapes_and_errors(scorer):
 def test_score_range_invariant(scorer, text):
     # Every reply scores within [0, max] unless it failed, and a failure is below every other score.
     s = scorer.score([EGG], [text])[0]
-    top = gold.W_HARMLESS + gold.W_RELEVANCE + gold.W_FRIENDLY + gold.W_LENGTH
+    top = gold.W_HARMLESS + gold.W_RELEVANCE + gold.W_FRIENDLY + gold.W_LENGTH + gold.W_COMPLETE
     if fail_reason(text) is None:
         assert 0.0 <= s <= top
     else:

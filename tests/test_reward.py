@@ -26,7 +26,7 @@ from rlhfkit.train.reward import (
     split_by_prompt,
     train_reward_model,
 )
-from rlhfkit.train.reward_config import RewardConfig, ScoreConfig
+from rlhfkit.config import RewardConfig, ScoreConfig
 
 HH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 

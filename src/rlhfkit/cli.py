@@ -16,10 +16,10 @@ from typing import Callable, Optional
 
 import typer
 
-from rlhfkit.cai.config import CaiLabelConfig, CaiReviseConfig, SftConfig
+from rlhfkit.config import CaiLabelConfig, CaiReviseConfig, SftConfig
 from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
 from rlhfkit.data.errors import RlhfkitError
-from rlhfkit.train.reward_config import RewardConfig, ScoreConfig
+from rlhfkit.config import RewardConfig, ScoreConfig
 
 app = typer.Typer(
     help="rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval.",

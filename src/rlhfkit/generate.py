@@ -135,7 +135,7 @@ def run_generate(cfg) -> dict:
     prompts = select_prompts(read_prompts(prompts_file), cfg.split, cfg.num_prompts)
     if not prompts:
         raise RlhfkitError(f"{prompts_file}: no prompts in split '{cfg.split}'")
-    model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device))
+    model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     completions, stats = generate_completions(
         model, tokenizer, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
         top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, model_name=cfg.model, system_prompt=cfg.system_prompt,

@@ -315,7 +315,7 @@ def run_ai_label(cfg, *, progress: bool = True) -> dict:
     if not completions.exists():
         raise RlhfkitError(f"{completions}: no completions (run `rlhfkit generate` first)")
     constitution = load_constitution(cfg.constitution)
-    model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device))
+    model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     labeler = AILabeler(model, tokenizer, constitution, name=cfg.name or default_name(cfg.model), model_name=cfg.model,
                         seed=cfg.seed, batch_size=cfg.batch_size, max_reply_tokens=cfg.max_reply_tokens,
                         tie_eps=cfg.tie_eps)

@@ -154,7 +154,7 @@ def run_revise(cfg, *, progress: bool = True) -> dict:
     prompts = select_prompts(read_prompts(source), cfg.split, cfg.num_prompts)
     if not prompts:
         raise RlhfkitError(f"{source}: no prompts in split '{cfg.split}'")
-    model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device))
+    model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     records, stats = revise(
         model, tokenizer, prompts, constitution, rounds=cfg.rounds, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -99,6 +99,27 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    """The weights' precision: 'auto' → bfloat16 where the hardware runs it natively, else float32.
+
+    bfloat16 is native on CUDA GPUs that report it and on CPUs with AVX512-BF16 or AMX (measured on a
+    2-core EPYC with AVX512-BF16, SmolLM2-135M: sampling 2.2× faster, a matmul 4.6×). Elsewhere torch
+    emulates it, slower than float32, so 'auto' keeps float32 there.
+    """
+    import torch
+
+    from rlhfkit.config import DTYPES
+
+    if dtype not in DTYPES:
+        raise RlhfkitError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if cpu_bf16 else "float32"
+
+
 def load_tokenizer(name_or_path: str, *, padding_side: str = "left"):
     """The tokenizer, with a pad token that is not the EOS token.
 
@@ -124,13 +145,15 @@ def load_tokenizer(name_or_path: str, *, padding_side: str = "left"):
 
 
 def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"):
-    """A causal LM in eval mode (dropout off: rollouts and log-prob passes must agree)."""
+    """A causal LM in eval mode (dropout off: rollouts and log-prob passes must agree).
+
+    ``dtype``: float32, bfloat16, or auto (``resolve_dtype``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype, device)))
     except OSError as exc:
         raise RlhfkitError(f"{name_or_path}: cannot load model ({exc})") from None
     model.to(device)

@@ -494,11 +494,16 @@ def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> 
     return state
 
 
-def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, lora_layers: int = 0):
-    """(PolicyWithValue, tokenizer): LoRA over the base (reference = adapters off), or full FT + frozen copy."""
+def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, lora_layers: int = 0,
+                 dtype: str = "float32"):
+    """(PolicyWithValue, tokenizer): LoRA over the base (reference = adapters off), or full FT + frozen copy.
+
+    ``dtype`` is the base weights' precision (LoRA only; full fine-tuning is float32). peft keeps the
+    adapters in float32 over a bfloat16 base; the value head and all losses are float32.
+    """
     from rlhfkit.models.load import add_lora, load_policy
 
-    lm, tokenizer = load_policy(model_name, device=device)
+    lm, tokenizer = load_policy(model_name, device=device, dtype=dtype if lora_r > 0 else "float32")
     if lora_r > 0:
         lm = add_lora(lm, r=lora_r, alpha=lora_alpha, dropout=0.0, top_layers=lora_layers)  # dropout 0: rollout and update must agree
         model = PolicyWithValue(lm)
@@ -511,7 +516,7 @@ def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, 
     return model, tokenizer
 
 
-def load_scorer(spec: str, run_dir: Path, device: str) -> tuple[Scorer, str]:
+def load_scorer(spec: str, run_dir: Path, device: str, dtype: str = "auto") -> tuple[Scorer, str]:
     """The reward: a trained reward model folder (scores normalised with its stored statistics) or 'gold'."""
     if spec == "gold":
         from rlhfkit.feedback.gold import GoldScorer
@@ -523,7 +528,7 @@ def load_scorer(spec: str, run_dir: Path, device: str) -> tuple[Scorer, str]:
         raise RlhfkitError(f"{path}: no reward model (run `rlhfkit train-rm` first, or pass --reward-model)")
     from rlhfkit.train.reward import RewardModel
 
-    rm = RewardModel.load(path, device=device)
+    rm = RewardModel.load(path, device=device, dtype=dtype)
     # Normalise to mean 0, std 1 over the reference policy's completions ([N-det], [lmhp] reward normalisation)
     return (lambda prompts, texts: rm.score(prompts, texts, normalize=True)), str(path)
 
@@ -551,7 +556,7 @@ def run_ppo(cfg) -> dict:
     from rlhfkit import defaults
     from rlhfkit.config import save_resolved
     from rlhfkit.data.io import read_prompts
-    from rlhfkit.models.load import pick_device
+    from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.train.metrics import MetricsLog
 
     console = Console(stderr=True)
@@ -568,8 +573,9 @@ def run_ppo(cfg) -> dict:
         raise RlhfkitError(f"{prompts_file}: no prompts in the train split")
 
     seed_everything(cfg.seed)
+    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device) if cfg.lora_r > 0 else "float32")
     model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,
-                                    lora_layers=cfg.lora_layers)
+                                    lora_layers=cfg.lora_layers, dtype=cfg.dtype)
     score_fn, scorer_name = load_scorer(cfg.reward_model, run_dir, device)
     gold_fn = None
     if cfg.gold:

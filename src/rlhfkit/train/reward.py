@@ -7,7 +7,11 @@ eq. 1, with two candidates), so σ(r_a − r_b) is the predicted probability tha
 How (prompt, completion) becomes the model's input — the ``format`` stored with the model:
 
 - ``"pair"`` (encoders: BERT, MiniLM, RoBERTa, …): the tokenizer's text pair
-  ``[CLS] prompt [SEP] completion [SEP]``, segment ids telling the two apart, read at [CLS]. Over
+  ``[CLS] prompt [SEP] completion [SEP]``, segment ids telling the two apart, read by the mean of
+  the last hidden states over the real tokens (``pooling="mean"``, the default where the head is a
+  plain linear layer: sentence encoders such as all-MiniLM-L6-v2 were trained to mean-pool, and on
+  the demo's 1,400 pairs it gives 69–70% held-out accuracy against 65% read at [CLS]) or by the
+  model's own head at [CLS] (``pooling="cls"``). Over
   ``max_length`` the prompt is cut first (``truncation="only_first"``): the completion is what is
   judged. A completion too long even alone is cut too (``"longest_first"``), row by row.
 - ``"concat"`` (causal LMs: Llama, GPT-2, Qwen2, …): ``prompt + "\\n\\n" + completion`` and the EOS
@@ -149,6 +153,21 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _encoder_and_head(model):
+    """(the encoder, the linear scalar head) of a sequence classifier, through a peft wrapper; None if
+    the head is not one nn.Linear over the hidden size (e.g. RoBERTa's two-layer head reads [CLS] itself)."""
+    from torch import nn
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(inner, "classifier", None)
+    if hasattr(head, "modules_to_save"):  # peft trains a copy of the head
+        head = head.modules_to_save["default"]
+    encoder = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    if isinstance(head, nn.Linear) and encoder is not None and head.in_features == inner.config.hidden_size:
+        return encoder, head
+    return None
+
+
 def _head_name(model) -> str:
     for name in ("score", "classifier"):  # decoders' heads / encoders' heads in transformers
         if hasattr(model, name):
@@ -160,8 +179,12 @@ class RewardModel:
     """A scalar-head model with its tokenizer, input format and normalisation statistics."""
 
     def __init__(self, model, tokenizer, *, fmt: str, max_length: int, backbone: str, mean: float = 0.0,
-                 std: float = 1.0):
+                 std: float = 1.0, dtype: str = "float32", pooling: str = "cls"):
         self.model = model
+        self.pooling = pooling  # "mean" (encoders with a linear head) or "cls": the model's own head
+        # Weights stay float32; with "bfloat16" the forward runs under autocast (matmuls in bfloat16,
+        # reductions and the loss in float32): on a CPU with AVX512-BF16 training is ~2× faster.
+        self.compute_dtype = dtype
         self.tokenizer = tokenizer
         self.format = fmt
         self.max_length = max_length
@@ -181,16 +204,23 @@ class RewardModel:
 
     @classmethod
     def from_backbone(cls, backbone: str, *, max_length: int = 256, lora_r: int = 0, device: str = "cpu",
-                      seed: int = 0) -> "RewardModel":
+                      seed: int = 0, dtype: str = "float32", pooling: str = "auto") -> "RewardModel":
         """A fresh scalar head (seeded) on ``backbone``: a folder, a hub id, or 'minilm'.
+
+        ``pooling``: for encoders, "mean" (mean of the last hidden states; needs a linear head),
+        "cls" (the model's own head at [CLS]) or "auto" (mean where possible); causal LMs always
+        read the last token.
+
+        ``dtype``: compute precision (float32, bfloat16 autocast, or auto: ``resolve_dtype``).
 
         ``lora_r`` > 0 trains LoRA adapters (rank r, α = 2r) and the head; the backbone stays frozen.
         """
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from rlhfkit.models.load import load_tokenizer, resolve
+        from rlhfkit.models.load import load_tokenizer, resolve, resolve_dtype
 
+        dtype = resolve_dtype(dtype, device)
         path = resolve(backbone)
         try:
             config = AutoConfig.from_pretrained(path)
@@ -229,16 +259,26 @@ class RewardModel:
                 model = get_peft_model(model, lora)
         model.to(device)
         model.eval()
-        return cls(model, tokenizer, fmt=fmt, max_length=max_length, backbone=backbone)
+        if fmt == "concat" or pooling == "cls":
+            pooling = "cls"
+        elif _encoder_and_head(model) is not None:
+            pooling = "mean"
+        elif pooling == "mean":
+            raise RlhfkitError(f"{backbone}: mean pooling needs a single linear head over the hidden states (use pooling cls)")
+        else:
+            pooling = "cls"
+        return cls(model, tokenizer, fmt=fmt, max_length=max_length, backbone=backbone, dtype=dtype, pooling=pooling)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> "RewardModel":
-        """A trained reward-model folder (written by :meth:`save`)."""
+    def load(cls, path: str | os.PathLike, *, device: str = "auto", dtype: str = "float32") -> "RewardModel":
+        """A trained reward-model folder (written by :meth:`save`); ``dtype`` as in :meth:`from_backbone`."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from rlhfkit.models.load import pick_device
+        from rlhfkit.models.load import pick_device, resolve_dtype
 
+        device = pick_device(device)
+        dtype = resolve_dtype(dtype, device)
         folder = Path(path)
         meta_path = folder / REWARD_FILE
         if not meta_path.exists():
@@ -252,10 +292,16 @@ class RewardModel:
         except (OSError, ValueError) as exc:
             raise RlhfkitError(f"{folder}: cannot load reward model ({exc})") from None
         tokenizer.padding_side = "right"
-        model.to(pick_device(device))
+        model.to(device)
+        # Fresh (aligned) copies of the weights: tensors read from the file can sit at addresses where the
+        # CPU matmul takes another code path and the scores differ in the last bits from the saved model's.
+        with torch.no_grad():
+            for param in model.parameters():
+                param.data = param.data.clone()
         model.eval()
         return cls(model, tokenizer, fmt=meta["format"], max_length=int(meta["max_length"]),
-                   backbone=meta["backbone"], mean=float(meta["mean"]), std=float(meta["std"]))
+                   backbone=meta["backbone"], mean=float(meta["mean"]), std=float(meta["std"]), dtype=dtype,
+                   pooling=meta.get("pooling", "cls"))
 
     def save(self, path: str | os.PathLike, *, report: dict | None = None) -> Path:
         """Write the model folder atomically (temp folder + rename); ``report`` becomes eval.json.
@@ -272,7 +318,7 @@ class RewardModel:
                 self.model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
             meta = {"backbone": self.backbone, "format": self.format, "max_length": self.max_length,
-                    "mean": self.mean, "std": self.std}
+                    "pooling": self.pooling, "mean": self.mean, "std": self.std}
             (tmp / REWARD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             if report is not None:
                 (tmp / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -296,8 +342,18 @@ class RewardModel:
 
     def forward(self, rows: Sequence[Row]) -> "torch.Tensor":
         """(N,) raw rewards of encoded rows, one forward pass, with gradient if enabled."""
+        import torch
+
         batch = {k: v.to(self.device) for k, v in pad_rows(rows, self.pad_id).items()}  # each (N, T)
-        return self.model(**batch).logits.squeeze(-1).float()  # (N, 1) → (N,)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
+            if self.pooling == "mean":
+                encoder, head = _encoder_and_head(self.model)
+                hidden = encoder(**batch).last_hidden_state  # (N, T, H)
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
+                logits = head((hidden * mask).sum(1) / mask.sum(1))  # mean over real tokens → (N, 1)
+            else:
+                logits = self.model(**batch).logits  # (N, 1)
+        return logits.squeeze(-1).float()  # (N,)
 
     def raw_scores(self, rows: Sequence[Row], batch_size: int = 64) -> list[float]:
         """Raw rewards in input order; batches of similar length (little padding), no gradient."""
@@ -594,6 +650,8 @@ def train_reward_model(
     patience: int = 2,
     lora_r: int = 0,
     device: str = "auto",
+    dtype: str = "float32",
+    pooling: str = "auto",
     progress: bool = True,
     run_dir: str | os.PathLike | None = None,
     checkpoint_path: str | os.PathLike | None = None,
@@ -630,9 +688,11 @@ def train_reward_model(
     ckpt = Path(checkpoint_path) if checkpoint_path else out_dir.with_name(out_dir.name + ".ckpt")
     fingerprint = _fingerprint(pairs, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
                                max_length=max_length, eval_fraction=eval_fraction, eval_every=eval_every,
-                               seed=seed, weight_decay=weight_decay, warmup_ratio=warmup_ratio, lora_r=lora_r)
+                               seed=seed, weight_decay=weight_decay, warmup_ratio=warmup_ratio, lora_r=lora_r,
+                               dtype=dtype, pooling=pooling)
 
-    rm = RewardModel.from_backbone(backbone, max_length=max_length, lora_r=lora_r, device=device, seed=seed)
+    rm = RewardModel.from_backbone(backbone, max_length=max_length, lora_r=lora_r, device=device, seed=seed, dtype=dtype,
+                                   pooling=pooling)
     _disable_dropout(rm.model)
     # Encode each distinct (prompt, completion) once: a prompt's K completions recur across its pairs.
     texts = sorted({(p.prompt, c) for p in pairs for c in (p.chosen, p.rejected)})
@@ -812,7 +872,8 @@ def run_train_rm(cfg, *, gold_scorer: Callable[[list[str], list[str]], list[floa
         pairs, backbone=cfg.backbone, out_dir=out, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         max_length=cfg.max_length, eval_fraction=cfg.eval_fraction, eval_every=cfg.eval_every, seed=cfg.seed,
         weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, patience=cfg.patience, lora_r=cfg.lora_r,
-        device=cfg.device, progress=progress, run_dir=run_dir, checkpoint_path=ckpt,
+        device=cfg.device, dtype=cfg.dtype, pooling=cfg.pooling, progress=progress, run_dir=run_dir,
+        checkpoint_path=ckpt,
         resume=cfg.resume, gold_scorer=gold_scorer,
     )
     save_resolved(run_dir, "train_rm", cfg)
@@ -855,7 +916,7 @@ def run_score(cfg, *, stdin=None, stdout=None) -> dict:
     import sys
 
     model_dir = Path(cfg.model) if cfg.model else Path(cfg.run_dir) / "reward_model"
-    rm = RewardModel.load(model_dir, device=cfg.device)
+    rm = RewardModel.load(model_dir, device=cfg.device, dtype=cfg.dtype)
     if cfg.input == "-":
         items = read_score_input(iter(stdin or sys.stdin))
     else:
