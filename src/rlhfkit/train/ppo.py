@@ -573,9 +573,9 @@ def run_ppo(cfg) -> dict:
         raise RlhfkitError(f"{prompts_file}: no prompts in the train split")
 
     seed_everything(cfg.seed)
-    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device) if cfg.lora_r > 0 else "float32")
+    dtype = resolve_dtype(cfg.dtype, device) if cfg.lora_r > 0 else "float32"
     model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,
-                                    lora_layers=cfg.lora_layers, dtype=cfg.dtype)
+                                    lora_layers=cfg.lora_layers, dtype=dtype)
     score_fn, scorer_name = load_scorer(cfg.reward_model, run_dir, device)
     gold_fn = None
     if cfg.gold:
@@ -631,7 +631,7 @@ def run_ppo(cfg) -> dict:
     seconds = time.perf_counter() - t_start
     first, final = history[0], history[-1]
     summary = {"path": str(out), "iterations": len(history), "stop_reason": stop_reason, "seconds": seconds,
-               "reward_model": scorer_name,
+               "reward_model": scorer_name, "dtype": dtype,
                "score_first": first["objective/score"], "score_last": final["objective/score"],
                "kl_last": final["objective/kl"], "beta_last": kl_ctl.value}
     if gold_fn is not None:

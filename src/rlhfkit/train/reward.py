@@ -40,13 +40,13 @@ import random
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
+from rlhfkit.models.load import quiet_transformers
 
 REWARD_FILE = "rlhfkit_reward.json"
 EVAL_FILE = "eval.json"
@@ -137,22 +137,6 @@ def pad_rows(rows: Sequence[Row], pad_id: int) -> dict[str, "torch.Tensor"]:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence the load report and progress bar (a fresh head is *meant* to be missing)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _encoder_and_head(model):
     """(the encoder, the linear scalar head) of a sequence classifier, through a peft wrapper; None if
     the head is not one nn.Linear over the hidden size (e.g. RoBERTa's two-layer head reads [CLS] itself)."""
@@ -240,7 +224,7 @@ class RewardModel:
         max_length = min(max_length, getattr(config, "max_position_embeddings", max_length) or max_length)
         torch.manual_seed(seed)  # the head's initial weights
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise RlhfkitError(f"{backbone}: cannot load as a sequence classifier ({exc})") from None
@@ -254,8 +238,7 @@ class RewardModel:
 
             lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear",
                               bias="none", task_type="SEQ_CLS", modules_to_save=[_head_name(model)])
-            with warnings.catch_warnings():  # peft calls a transformers method deprecated in 5.x
-                warnings.simplefilter("ignore", FutureWarning)
+            with quiet_transformers():  # peft calls a transformers method deprecated in 5.x
                 model = get_peft_model(model, lora)
         model.to(device)
         model.eval()
@@ -287,7 +270,7 @@ class RewardModel:
         meta = json.loads(meta_path.read_text())
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            with _quiet_transformers():
+            with quiet_transformers():
                 model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise RlhfkitError(f"{folder}: cannot load reward model ({exc})") from None
@@ -314,7 +297,7 @@ class RewardModel:
             self.model = self.model.merge_and_unload()
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
             meta = {"backbone": self.backbone, "format": self.format, "max_length": self.max_length,
