@@ -1,7 +1,9 @@
-"""New tokens/s of `rlhfkit generate` on the default model at batch 1 and batch 16, beside plain
-`model.generate` (the reference) on the same prompts, settings and seed, in one process.
+"""New tokens/s of `rlhfkit generate` on the default model at batch 1, 16 and 64, beside plain
+`model.generate` (the reference) on the same prompts, settings, seed and weights, in one process;
+once with float32 weights and once with bfloat16 (what ``dtype: auto`` picks on a CPU with
+AVX512-BF16 or AMX, and on a GPU).
 
-    python bench/generate.py [--model smollm2] [--prompts 16] [--max-new-tokens 32] [--device auto]
+    python bench/generate.py [--model smollm2] [--prompts 64] [--max-new-tokens 32] [--device auto]
 """
 
 from __future__ import annotations
@@ -42,29 +44,34 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = pick_device(args.device)
-    model, tok = load_policy(args.model, device=device)
     prompts = read_prompts(defaults.prompts_path())[: args.prompts]
-    texts = [format_prompt(tok, p.prompt) for p in prompts]
     print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), {len(prompts)} prompts, "
           f"{args.max_new_tokens} new tokens max, temperature 0.7; load average {os.getloadavg()[0]:.2f}")
-    # warm-up (first calls allocate)
-    generate_completions(model, tok, prompts[:2], k=1, max_new_tokens=4, temperature=0.7, top_p=1.0, batch_size=2,
-                         seed=0, model_name=args.model, progress=False)
-    for batch in (1, 16):
-        t = time.perf_counter()
-        _, stats = generate_completions(model, tok, prompts, k=1, max_new_tokens=args.max_new_tokens, temperature=0.7,
-                                        top_p=1.0, batch_size=batch, seed=0, model_name=args.model, progress=False)
-        ours = stats["tokens"] / (time.perf_counter() - t)
-        t = time.perf_counter()
-        n = plain_generate(model, tok, texts, batch, args.max_new_tokens, 0.7, 0)
-        plain = n / (time.perf_counter() - t)
-        print(f"batch {batch:>2}: rlhfkit generate {ours:7.1f} new tokens/s | plain model.generate {plain:7.1f} new tokens/s "
-              f"| ratio {ours / plain:.2f}")
+    first = {}
+    for dtype in ("float32", "bfloat16"):
+        model, tok = load_policy(args.model, device=device, dtype=dtype)
+        texts = [format_prompt(tok, p.prompt) for p in prompts]
+        # warm-up (first calls allocate)
+        generate_completions(model, tok, prompts[:2], k=1, max_new_tokens=4, temperature=0.7, top_p=1.0, batch_size=2,
+                             seed=0, model_name=args.model, progress=False)
+        for batch in (1, 16, 64):
+            n_prompts = prompts if batch > 1 else prompts[:16]  # batch 1 is slow: 16 prompts suffice
+            t = time.perf_counter()
+            _, stats = generate_completions(model, tok, n_prompts, k=1, max_new_tokens=args.max_new_tokens,
+                                            temperature=0.7, top_p=1.0, batch_size=batch, seed=0,
+                                            model_name=args.model, progress=False)
+            ours = stats["tokens"] / (time.perf_counter() - t)
+            t = time.perf_counter()
+            n = plain_generate(model, tok, texts[: len(n_prompts)], batch, args.max_new_tokens, 0.7, 0)
+            plain = n / (time.perf_counter() - t)
+            first.setdefault(batch, ours)
+            print(f"{dtype:>8} batch {batch:>2}: rlhfkit generate {ours:7.1f} new tokens/s | plain model.generate "
+                  f"{plain:7.1f} new tokens/s | ratio {ours / plain:.2f} | vs float32 rlhfkit {ours / first[batch]:.2f}×")
 
 
 if __name__ == "__main__":

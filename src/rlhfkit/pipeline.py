@@ -34,8 +34,7 @@ class Stage:
 
 def stages(feedback: str = "simulated") -> dict[str, Stage]:
     """The stages in order. ``feedback``: 'simulated' labelers, or 'ai' (the constitution's AI labeler, RLAIF)."""
-    from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig
-    from rlhfkit.config import RewardConfig
+    from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, RewardConfig
     from rlhfkit.eval.run import run_eval
     from rlhfkit.feedback.label import run_label, run_pairs
     from rlhfkit.generate import run_generate
@@ -43,7 +42,7 @@ def stages(feedback: str = "simulated") -> dict[str, Stage]:
 
     if feedback == "ai":
         from rlhfkit.cai.ai_labeler import run_ai_label
-        from rlhfkit.config import CaiLabelConfig
+        from rlhfkit.config import CaiLabelConfig  # noqa: I001 (only needed for AI feedback)
 
         label = Stage("label", CaiLabelConfig, run_ai_label, lambda d: (d / "feedback.db").exists())
     elif feedback == "simulated":
