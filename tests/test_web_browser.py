@@ -88,6 +88,8 @@ def test_keyboard_only_ranking_reaches_the_store_and_the_dashboard(tmp_path):
 
             page.goto(alice_link)
             page.wait_for_url(f"{base}/guideline")
+            # autofocus lands after "load": a key pressed before it goes nowhere (seen as a flaky timeout)
+            page.wait_for_function("document.activeElement && document.activeElement.type === 'submit'")
             page.keyboard.press("Enter")  # the confirm button has the focus
             page.wait_for_url(f"{base}/rank")
             assert page.locator(".prompt .text").inner_text() == "A task to skip"
