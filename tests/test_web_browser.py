@@ -95,6 +95,7 @@ def test_keyboard_only_ranking_reaches_the_store_and_the_dashboard(tmp_path):
             assert page.locator(".prompt .text").inner_text() == "A task to skip"
             page.keyboard.press("s")  # skip: it goes to someone else
             page.wait_for_selector("text=What is the capital of France?")
+            page.wait_for_load_state("load")  # rank.js has bound its keys
 
             shown = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.cid)")
             A, B, C, D = shown
