@@ -43,3 +43,21 @@ def test_select_prompts():
     ps = [Prompt("1", "a", "train"), Prompt("2", "b", "eval"), Prompt("3", "c", "train")]
     assert [p.id for p in select_prompts(ps, "train", 0)] == ["1", "3"]
     assert [p.id for p in select_prompts(ps, "all", 2)] == ["1", "2"]
+
+
+def test_default_prompts_interleave_categories():
+    # generate takes the first N prompts of a split: the shipped file cycles through the categories, so
+    # the demo's first 96 train prompts hold every kind, provocative included (the reward model must see
+    # rude replies to learn to rank them last).
+    import json
+    from collections import Counter
+
+    from rlhfkit import defaults
+
+    rows = [json.loads(line) for line in defaults.prompts_path().read_text().splitlines()]
+    for split in ("train", "eval"):
+        ordered = [r["category"] for r in rows if r["split"] == split]
+        kinds = set(ordered)
+        assert len(kinds) == 7
+        head = Counter(ordered[: 7 * 8])
+        assert all(head[k] == 8 for k in kinds), head
