@@ -363,8 +363,10 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
         steps.append(("PPO", "not run"))
 
     if ev:
+        per = int(ev.get("samples_per_prompt") or 1)
+        times = f" ({per} samples each)" if per > 1 else ""
         text = (f"The reference and the aligned policy answered the same {fmt_num(ev.get('n_prompts'))} "
-                "held-out prompts with the same sampling settings; both were scored and compared.")
+                f"held-out prompts{times} with the same sampling settings; both were scored and compared.")
         steps.append(("Evaluate", text))
     else:
         steps.append(("Evaluate", "not run"))
