@@ -16,10 +16,21 @@ from typing import Callable, Optional
 
 import typer
 
-from rlhfkit.config import CaiLabelConfig, CaiReviseConfig, SftConfig
-from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, field_types, load_config
+from rlhfkit.config import (
+    CaiLabelConfig,
+    CaiReviseConfig,
+    EvalConfig,
+    GenerateConfig,
+    LabelConfig,
+    PairsConfig,
+    PPOConfig,
+    RewardConfig,
+    ScoreConfig,
+    SftConfig,
+    field_types,
+    load_config,
+)
 from rlhfkit.data.errors import RlhfkitError
-from rlhfkit.config import RewardConfig, ScoreConfig
 
 app = typer.Typer(
     help="rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval.",
@@ -189,11 +200,9 @@ def pairs(cfg: PairsConfig) -> None:
 @stage_command("train-rm", RewardConfig, section="train_rm")
 def train_rm(cfg: RewardConfig) -> None:
     """Train the reward model on pairs (−log σ(r_chosen − r_rejected)) → RUN_DIR/reward_model/ with eval.json."""
-    from rlhfkit.feedback.gold import GoldScorer
-    from rlhfkit.pipeline import describe
-    from rlhfkit.train.reward import run_train_rm
+    from rlhfkit.pipeline import describe, train_rm_with_gold
 
-    s = run_train_rm(cfg, gold_scorer=GoldScorer().score)
+    s = train_rm_with_gold(cfg)
     typer.echo(describe("train_rm", s))
 
 
@@ -209,9 +218,8 @@ def score(cfg: ScoreConfig) -> None:
 @stage_command("ppo", PPOConfig)
 def ppo(cfg: PPOConfig) -> None:
     """PPO with a per-token KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
-    from rlhfkit.train.ppo import run_ppo
-
     from rlhfkit.pipeline import describe
+    from rlhfkit.train.ppo import run_ppo
 
     s = run_ppo(cfg)
     typer.echo(f"ppo: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")

@@ -53,14 +53,15 @@ def stages(feedback: str = "simulated") -> dict[str, Stage]:
         "generate": Stage("generate", GenerateConfig, run_generate, lambda d: (d / "completions.jsonl").exists()),
         "label": label,
         "pairs": Stage("pairs", PairsConfig, run_pairs, lambda d: (d / "pairs.jsonl").exists()),
-        "train_rm": Stage("train_rm", RewardConfig, _train_rm_with_gold, lambda d: (d / "reward_model" / "eval.json").exists()),
+        "train_rm": Stage("train_rm", RewardConfig, train_rm_with_gold, lambda d: (d / "reward_model" / "eval.json").exists()),
         "ppo": Stage("ppo", PPOConfig, run_ppo, lambda d: (d / "policy" / "trainable.safetensors").exists()),
         "eval": Stage("eval", EvalConfig, run_eval, lambda d: (d / "eval" / "eval.json").exists()),
     }
 
 
-def _train_rm_with_gold(cfg) -> dict:
-    """train-rm, also measuring the gold scorer on the same held-out pairs (the bound labeler noise sets)."""
+def train_rm_with_gold(cfg) -> dict:
+    """train-rm, also measuring the gold scorer on the same held-out pairs (the bound labeler noise sets);
+    the pipeline's stage and the ``train-rm`` command both run this."""
     from rlhfkit.feedback.gold import GoldScorer
     from rlhfkit.train.reward import run_train_rm
 

@@ -125,7 +125,8 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
     """The weights' precision: 'auto' → bfloat16 where the hardware runs it natively, else float32.
 
     bfloat16 is native on CUDA GPUs that report it and on CPUs with AVX512-BF16 or AMX (measured on a
-    2-core EPYC with AVX512-BF16, SmolLM2-135M: sampling 2.2× faster, a matmul 4.6×). Elsewhere torch
+    2-core EPYC with AVX512-BF16, SmolLM2-135M: sampling 1.7–1.8× faster at batch 16–64 in
+    bench/generate.py, a matmul 4.6×). Elsewhere torch
     emulates it, slower than float32, so 'auto' keeps float32 there.
     """
     import torch

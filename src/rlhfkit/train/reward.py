@@ -167,7 +167,7 @@ class RewardModel:
         self.model = model
         self.pooling = pooling  # "mean" (encoders with a linear head) or "cls": the model's own head
         # Weights stay float32; with "bfloat16" the forward runs under autocast (matmuls in bfloat16,
-        # reductions and the loss in float32): on a CPU with AVX512-BF16 training is ~2× faster.
+        # reductions and the loss in float32): on a CPU with AVX512-BF16 training is ~1.7× faster.
         self.compute_dtype = dtype
         self.tokenizer = tokenizer
         self.format = fmt
