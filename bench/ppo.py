@@ -125,9 +125,10 @@ def ours_worker(job_path: str) -> None:
     if job["clock"] == "cpu":  # every timer of the run (also ppo_step's own) counts this process's CPU time
         time.perf_counter = time.process_time
     from rlhfkit.config import PPOConfig, load_config
-    from rlhfkit.train import losses as L
-    from rlhfkit.train.ppo import build_policy, load_scorer, ppo_step, prompt_batch, seed_everything
-    from rlhfkit.train.reward import RewardModel
+    from rlhfkit.models.policy import build_policy
+    from rlhfkit.models.reward import RewardModel, load_scorer
+    from rlhfkit.train.kl_control import FixedKLController
+    from rlhfkit.train.ppo import ppo_step, prompt_batch, seed_everything
 
     hp = load_config(PPOConfig, None, {
         "model": job["model"], "batch_size": job["batch"], "minibatch_size": job["batch"], "ppo_epochs": job["epochs"],
@@ -144,13 +145,16 @@ def ours_worker(job_path: str) -> None:
         RewardModel.from_backbone(job["reward_model"], device="cpu").save(Path(tmp) / "reward_model")
         score_fn, _ = load_scorer(str(Path(tmp) / "reward_model"), Path(tmp), "cpu")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr, eps=1e-5)
-    kl_ctl = L.FixedKLController(hp.kl_coef)
+    kl_ctl = FixedKLController(hp.kl_coef)
+    norm = None  # fitted on the first iteration's rollouts, as in `rlhfkit ppo`
     prompts = job["prompts"]
     times, lengths, rollout_s, update_s = [], [], [], []
     for it in range(job["warmup"] + job["updates"]):
         batch = prompt_batch(prompts, it, hp.batch_size, hp.seed)
         t0 = time.perf_counter()
-        stats = ppo_step(model, tokenizer, optimizer, kl_ctl, batch, score_fn, None, iteration=it, seed=hp.seed, hp=hp).stats
+        step = ppo_step(model, tokenizer, optimizer, kl_ctl, batch, score_fn, None, iteration=it, seed=hp.seed, hp=hp,
+                        norm=norm)
+        norm, stats = step.rollout.norm, step.stats
         times.append(time.perf_counter() - t0)
         lengths.append(stats["rollout/length"])
         rollout_s.append(stats["time/rollout_s"])

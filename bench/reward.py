@@ -66,7 +66,7 @@ def _loadavg() -> float | None:
 
 
 def _accuracy(r_c: list[float], r_r: list[float]) -> float:
-    # the worker cannot import rlhfkit: same rule as rlhfkit.train.reward.pairwise_accuracy (ties ½)
+    # the worker cannot import rlhfkit: same rule as rlhfkit.eval.metrics.win_rate (ties ½)
     return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(r_c, r_r)) / len(r_c)
 
 
@@ -178,11 +178,13 @@ def run_trl(python: str, job: dict) -> dict:
 
 
 def run_ours(pairs, a, out: Path, score_rows=None, eval_fraction: float = 0.0) -> dict:
-    from rlhfkit.train.reward import RewardModel, train_reward_model
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.train.reward import train_reward_model
 
-    report = train_reward_model(pairs, backbone=a.backbone, out_dir=out, epochs=1, batch_size=a.batch_size, lr=a.lr,
-                                max_length=a.max_length, eval_fraction=eval_fraction, seed=a.seed, patience=0,
-                                warmup_ratio=a.warmup_ratio, progress=False, device="cpu")
+    hp = RewardConfig(backbone=a.backbone, epochs=1, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+                      eval_fraction=eval_fraction, seed=a.seed, patience=0, warmup_ratio=a.warmup_ratio, device="cpu")
+    report = train_reward_model(pairs, hp, out_dir=out, progress=False)
     result = {"pairs_per_s": report["pairs_per_s"], "train_s": report["train_seconds"], "report": report}
     if score_rows:
         rm = RewardModel.load(out, device="cpu")
@@ -227,7 +229,8 @@ def main() -> None:
 
     from rlhfkit.data.formats import load_pairs
     from rlhfkit.models.load import resolve
-    from rlhfkit.train.reward import RewardModel, check_pairs, length_grouped_batches, split_by_prompt
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.train.reward_data import check_pairs, length_grouped_batches, split_by_prompt
 
     torch.set_num_threads(a.threads)
     if Path(a.data).exists():

@@ -439,7 +439,7 @@ def test_loop_with_ai_feedback_end_to_end(tmp_path, tiny_llama):
     rm_args = dict(run_dir=str(rm_run), pairs=str(run / "pairs.jsonl"), backbone=str(tiny_llama), epochs=1,
                    batch_size=4, max_length=64, eval_fraction=0.0, device="cpu")
     try:
-        from rlhfkit.train.reward import run_train_rm
+        from rlhfkit.train.reward_stage import run_train_rm
         from rlhfkit.config import RewardConfig
     except ImportError:  # the reward-model stage is not there yet: PPO on the gold scorer instead
         reward_model = "gold"

@@ -220,3 +220,53 @@ def test_atomic_write_json_format(tmp_path):
     target = tmp_path / "eval.json"
     atomic_write_json(target, {"zeta": "ü", "alpha": [1, 2]})
     assert target.read_text(encoding="utf-8") == '{\n  "zeta": "ü",\n  "alpha": [\n    1,\n    2\n  ]\n}\n'
+
+
+# ---------------------------------------------------------------- atomic folders
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    from rlhfkit.data.io import atomic_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "w.bin").write_text("v1")
+    assert (target / "w.bin").read_text() == "v1"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "w.bin").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert (target / "w.bin").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left behind
+    with atomic_directory(target) as tmp:
+        (tmp / "w.bin").write_text("v2")
+    assert (target / "w.bin").read_text() == "v2" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_directory_recovers_a_crash_between_its_two_renames(tmp_path, monkeypatch):
+    """Killed after the old folder was moved aside and before the new one took its place: the next writer (or
+    restore_interrupted) puts the old one back first, so no complete model is ever lost."""
+    import os
+
+    from rlhfkit.data import io as dio
+
+    target = tmp_path / "model"
+    with dio.atomic_directory(target) as tmp:
+        (tmp / "w.bin").write_text("v1")
+    real = os.replace
+    calls = []
+
+    def die_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real(src, dst)
+
+    monkeypatch.setattr(dio.os, "replace", die_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        with dio.atomic_directory(target) as tmp:
+            (tmp / "w.bin").write_text("v2")
+    monkeypatch.setattr(dio.os, "replace", real)
+    assert not target.exists() and (tmp_path / ".model.old" / "w.bin").read_text() == "v1"
+    dio.restore_interrupted(target)
+    assert (target / "w.bin").read_text() == "v1" and not (tmp_path / ".model.old").exists()

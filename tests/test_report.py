@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit.eval.report import (
-    agreement_matrix,
-    eval_rows,
-    fmt_interval,
-    fmt_num,
-    fmt_signed,
-    verdict_checks,
-    verdict_line,
-    what_was_done,
-    write_report,
-)
+from rlhfkit.eval.fmt import fmt_interval, fmt_num, fmt_signed
+from rlhfkit.eval.report import agreement_matrix, eval_rows, what_was_done, write_report
+from rlhfkit.eval.verdict import judge, verdict_checks, verdict_line
 
 SECTIONS = ["summary", "ppo", "feedback", "reward-model", "eval", "samples"]
 XSS_SCRIPT = "<script>alert(1)</script>"
@@ -49,10 +41,13 @@ def eval_json() -> dict:
         "win_rate": {"reward_model": stat(0.6875, 0.5625, 0.8125), "gold": stat(0.625, 0.5, 0.75)},
         "kl": stat(3.25, 2.5, 4.0),
         "kl_budget": 25.0,
-        # written by the eval stage too; the report recomputes the verdict and shows the rest as settings
+        # written by the eval stage too; the report shows the verdict as judged and the rest as settings
         "kl_k1": stat(3.0, 2.0, 4.0), "samples_per_prompt": 1,
-        "verdict": {"passed": True, "checks": {"reward_model_up": True}},
     }
+
+
+def judged(ev: dict) -> dict:
+    return {**ev, "verdict": judge(ev)}
 
 
 def feedback_json() -> dict:
@@ -148,7 +143,7 @@ def make_run(root: Path, *, skip: tuple[str, ...] = ()) -> Path:
         write_metrics(root / "logs" / "metrics.csv")
     if "eval" not in skip:
         (root / "eval").mkdir(exist_ok=True)
-        (root / "eval" / "eval.json").write_text(json.dumps(eval_json()))
+        (root / "eval" / "eval.json").write_text(json.dumps(judged(eval_json())))
     if "samples" not in skip:
         (root / "eval").mkdir(exist_ok=True)
         (root / "eval" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples_lines()))

@@ -12,21 +12,16 @@ import pytest
 
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
-from rlhfkit.train import reward as R
-from rlhfkit.train.metrics import read_metrics
-from rlhfkit.train.reward import (
-    RewardModel,
-    encode,
-    expected_calibration_error,
-    length_grouped_batches,
-    linear_schedule,
-    pair_calibration_error,
-    pairwise_accuracy,
-    read_score_input,
-    split_by_prompt,
-    train_reward_model,
-)
 from rlhfkit.config import RewardConfig, ScoreConfig
+from rlhfkit.eval.metrics import win_rate
+from rlhfkit.models.reward import RewardModel, encode
+from rlhfkit.train import reward_metrics as RM
+from rlhfkit.train import reward_stage as R
+from rlhfkit.train.metrics import read_metrics
+from rlhfkit.train.reward import train_reward_model
+from rlhfkit.train.reward_data import length_grouped_batches, linear_schedule, split_by_prompt
+from rlhfkit.train.reward_metrics import expected_calibration_error, pair_calibration_error
+from rlhfkit.train.reward_stage import read_score_input
 
 HH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 
@@ -101,11 +96,16 @@ def toy_pairs(n_prompts: int = 12, per_prompt: int = 3, seed: int = 0) -> list[P
     return pairs
 
 
-def _train(pairs, backbone, out_dir, **kw):
-    args = dict(epochs=10, batch_size=8, lr=1e-3, max_length=64, eval_fraction=0.25, patience=0, progress=False,
-                device="cpu", warmup_ratio=0.0)
+def hp(**kw) -> RewardConfig:
+    return RewardConfig(**kw)
+
+
+def _train(pairs, backbone, out_dir, *, gold_scorer=None, run_dir=None, **kw):
+    args = dict(epochs=10, batch_size=8, lr=1e-3, max_length=64, eval_fraction=0.25, patience=0, device="cpu",
+                warmup_ratio=0.0)
     args.update(kw)
-    return train_reward_model(pairs, backbone=str(backbone), out_dir=out_dir, **args)
+    return train_reward_model(pairs, hp(backbone=str(backbone), **args), out_dir=out_dir, gold_scorer=gold_scorer,
+                              run_dir=run_dir, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def test_expected_calibration_error_hand_case():
 
 
 def test_calibration_bins_hand_case():
-    bins = R.calibration_bins([0.05, 0.15, 0.12, 0.95], [0, 1, 0, 1])
+    bins = RM.calibration_bins([0.05, 0.15, 0.12, 0.95], [0, 1, 0, 1])
     assert [b["bin"] for b in bins] == [0, 1, 9]
     assert [b["count"] for b in bins] == [1, 2, 1]
     assert [b["mean_prob"] for b in bins] == pytest.approx([0.05, 0.135, 0.95])
@@ -145,12 +145,12 @@ def test_pair_calibration_reads_each_pair_both_ways():
 
 
 def test_pairwise_accuracy_counts_ties_half():
-    assert pairwise_accuracy([2.0, 1.0, 1.0, 0.0], [1.0, 1.0, 3.0, -5.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert win_rate([2.0, 1.0, 1.0, 0.0], [1.0, 1.0, 3.0, -5.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
 
 
 def test_pair_metrics_hand_case():
     # pair 1: margin 1, −log σ(1) = 0.313262; pair 2: a tie, −log σ(0) = ln 2 = 0.693147 (weight 3)
-    m = R.pair_metrics([1.0, 0.0], [0.0, 0.0], [1.0, 3.0])
+    m = RM.pair_metrics([1.0, 0.0], [0.0, 0.0], [1.0, 3.0])
     assert m["loss"] == pytest.approx((0.313262 + 3 * 0.693147) / 4, abs=1e-6)
     assert m["accuracy"] == pytest.approx(0.75)
     assert m["margin"] == pytest.approx(0.5)
@@ -415,21 +415,21 @@ def test_bad_pairs_are_named(bad, message, tmp_path):
     pairs = toy_pairs(2, 3)
     pairs[1] = bad
     with pytest.raises(RlhfkitError, match=message):
-        train_reward_model(pairs, backbone="/nonexistent", out_dir=tmp_path / "rm", progress=False)
+        train_reward_model(pairs, hp(backbone="/nonexistent"), out_dir=tmp_path / "rm", progress=False)
     assert not (tmp_path / "rm").exists()
 
 
 def test_too_few_pairs_and_one_prompt_are_clear_errors(tmp_path):
     with pytest.raises(RlhfkitError, match="at least 4 pairs"):
-        train_reward_model(toy_pairs(1, 3), backbone="minilm", out_dir=tmp_path / "rm", progress=False)
+        train_reward_model(toy_pairs(1, 3), hp(), out_dir=tmp_path / "rm", progress=False)
     one_prompt = [Pair(prompt="p", chosen=f"good {i}", rejected=f"bad {i}") for i in range(6)]
     with pytest.raises(RlhfkitError, match="one prompt"):
-        train_reward_model(one_prompt, backbone="minilm", out_dir=tmp_path / "rm", progress=False)
+        train_reward_model(one_prompt, hp(), out_dir=tmp_path / "rm", progress=False)
 
 
 def test_missing_backbone_is_a_clear_error(tmp_path):
     with pytest.raises(RlhfkitError, match="does not exist"):
-        train_reward_model(toy_pairs(), backbone=str(tmp_path / "no-such-model"), out_dir=tmp_path / "rm",
+        train_reward_model(toy_pairs(), hp(backbone=str(tmp_path / "no-such-model")), out_dir=tmp_path / "rm",
                            progress=False)
     with pytest.raises(RlhfkitError, match="not a reward model|does not exist"):
         RewardModel.load(tmp_path)
@@ -518,8 +518,8 @@ def _need_minilm():
 @pytest.mark.slow
 def test_real_minilm_learns_the_toy_preference(tmp_path):
     _need_minilm()
-    report = train_reward_model(toy_pairs(), backbone="minilm", out_dir=tmp_path / "rm", epochs=2, batch_size=8,
-                                lr=1e-4, max_length=32, eval_fraction=0.25, patience=0, progress=False, device="cpu")
+    report = train_reward_model(toy_pairs(), hp(epochs=2, batch_size=8, lr=1e-4, max_length=32, eval_fraction=0.25,
+                                                patience=0, device="cpu"), out_dir=tmp_path / "rm", progress=False)
     assert report["heldout"]["accuracy"] == 1.0
     rm = RewardModel.load(tmp_path / "rm", device="cpu")
     good, bad = rm.score(["question 0 cat"] * 2, ["river good", "river bad"])

@@ -7,7 +7,6 @@ stage function, print a summary. Heavy libraries are imported inside the stage f
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import sys
@@ -27,6 +26,7 @@ from rlhfkit.config import (
     RewardConfig,
     ScoreConfig,
     SftConfig,
+    config_fields,
     field_types,
     load_config,
 )
@@ -85,7 +85,7 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
                 default=typer.Option(None, "--config", "-c", help="YAML file with these fields (or a pipeline YAML)."),
             )
         ]
-        for f in dataclasses.fields(config_cls):
+        for f in config_fields(config_cls):
             flag = "--" + f.name.replace("_", "-")
             decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag]
             params.append(inspect.Parameter(
@@ -209,7 +209,7 @@ def train_rm(cfg: RewardConfig) -> None:
 @stage_command("score", ScoreConfig)
 def score(cfg: ScoreConfig) -> None:
     """Score (prompt, completion) JSONL or lines of text with a trained reward model; adds a 'reward' field."""
-    from rlhfkit.train.reward import run_score
+    from rlhfkit.train.reward_stage import run_score
 
     s = run_score(cfg)
     typer.echo(f"scored {s['scored']} texts with {s['model']}", err=True)

@@ -23,6 +23,17 @@ DTYPES = ("auto", "float32", "bfloat16")
 """Weight precisions a stage accepts; auto picks bfloat16 where the hardware runs it natively."""
 
 
+def device_opt() -> Any:
+    """The ``device`` field every stage that runs a model has (one help text)."""
+    return opt("auto", "cpu, cuda, or auto (cuda when available).")
+
+
+def dtype_opt() -> Any:
+    """The ``dtype`` field (one help text; README 'Precision and speed on CPU' says what each stage keeps in float32)."""
+    return opt("auto", "Precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively). "
+                       "LoRA adapters, value head, losses and reward-model weights stay float32.")
+
+
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise RlhfkitError(f"config field '{name}' {message}")
@@ -48,10 +59,62 @@ def _coerce(value: Any, kind: Any, name: str, where: str) -> Any:
     raise RlhfkitError(f"{where}: field '{name}' must be {kind.__name__}, got {value!r}")
 
 
-def field_types(cls: type) -> dict[str, Any]:
-    """Field name → its Python type (int, float, str, bool)."""
+def _hints(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def nested_configs(cls: type) -> dict[str, type]:
+    """Fields that are configs themselves (``sampling``) → their dataclass."""
+    return {name: kind for name, kind in _hints(cls).items() if dataclasses.is_dataclass(kind)}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name → its Python type (int, float, str, bool); a nested config's fields appear flat.
+
+    A nested config's field names never clash with its parent's, so ``--temperature`` on the command
+    line and ``temperature:`` in a stage's YAML section both reach ``sampling.temperature``.
+    """
+    out: dict[str, Any] = {}
+    for name, kind in _hints(cls).items():
+        out.update(field_types(kind) if dataclasses.is_dataclass(kind) else {name: kind})
+    return out
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """Every leaf field (nested configs flattened), in declaration order: one CLI option each."""
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = _hints(cls)[f.name]
+        out += config_fields(kind) if dataclasses.is_dataclass(kind) else [f]
+    return out
+
+
+def _flatten(cls: type, data: dict, where: str) -> dict[str, Any]:
+    """Flat field → value: a nested mapping under a nested config's name (``sampling: {...}``) is opened."""
+    nested = nested_configs(cls)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in nested:
+            if not isinstance(value, dict):
+                raise RlhfkitError(f"{where}: '{key}' must be a mapping of its fields")
+            inner = field_types(nested[key])
+            for k in value:
+                if k not in inner:
+                    raise RlhfkitError(f"{where}: unknown field '{k}' in '{key}'")
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _build(cls: type, values: dict[str, Any]):
+    nested = {name: _build(kind, values) for name, kind in nested_configs(cls).items()}
+    own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values and f.name not in nested}
+    cfg = cls(**own, **nested)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: dict | None = None, *, section: str | None = None):
@@ -59,6 +122,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
     import yaml
 
     types = field_types(cls)
+    nested = nested_configs(cls)
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -70,22 +134,23 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
             raise RlhfkitError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(data, dict):
             raise RlhfkitError(f"{path}: a config file must be a mapping of field: value")
+        # a pipeline YAML: the shared top-level fields (and a top-level 'sampling:'), then the stage's section
         if section and isinstance(data.get(section), dict):
-            data = {**{k: v for k, v in data.items() if k in types and not isinstance(v, dict)}, **data[section]}
-        elif section:
-            data = {k: v for k, v in data.items() if not isinstance(v, dict)}
+            shared = {k: v for k, v in data.items() if (k in types and not isinstance(v, dict)) or k in nested}
+            data = {**_flatten(cls, shared, str(path)), **_flatten(cls, data[section], f"{path}: {section}")}
+        elif section:  # a file of this stage's fields (other stages' sections, if any, are not ours)
+            data = _flatten(cls, {k: v for k, v in data.items() if not isinstance(v, dict) or k in nested}, str(path))
+        else:
+            data = _flatten(cls, data, str(path))
         for key, value in data.items():
             if key not in types:
                 raise RlhfkitError(f"{path}: unknown field '{key}' for {section or cls.__name__}")
             values[key] = _coerce(value, types[key], key, str(path))
-    for key, value in (overrides or {}).items():
+    for key, value in _flatten(cls, overrides or {}, "command line").items():
         if key not in types:
             raise RlhfkitError(f"unknown option '{key}' for {section or cls.__name__}")
         values[key] = _coerce(value, types[key], key, "command line")
-    cfg = cls(**values)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
+    return _build(cls, values)
 
 
 def save_resolved(run_dir: str | Path, section: str, cfg: Any) -> Path:
@@ -103,6 +168,41 @@ def save_resolved(run_dir: str | Path, section: str, cfg: Any) -> Path:
 
 
 @dataclass
+class SamplingConfig:
+    """How the policy is prompted and sampled: one meaning per setting, the same in every stage that samples.
+
+    The distribution is fully specified here: the model's own ``generation_config`` (a hub model may
+    ship top_p, top_k, a repetition penalty…) is never applied, so PPO's log-probs are those of the
+    distribution the samples came from.
+    """
+
+    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default); keep it the same in "
+                                 "generate, ppo and eval.")
+    max_new_tokens: int = opt(40, "Most tokens generated per completion.")
+    temperature: float = opt(0.7, "Sampling temperature; 0 = greedy (generate and cai only: ppo and eval need a "
+                                  "distribution).")
+    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this much probability (1 = off; "
+                            "ppo and eval need 1).")
+    top_k: int = opt(0, "Keep only the k most likely tokens (0 = off; ppo and eval need 0).")
+
+    def validate(self) -> None:
+        _check(self.top_k >= 0, "top_k", "must be ≥ 0")
+
+    def require_full_distribution(self, stage: str) -> None:
+        """PPO's and eval's log-probs and KL are those of softmax(logits / T): no greedy, no truncation."""
+        _check(self.temperature > 0, "temperature", f"must be > 0 in {stage} (it needs a sampling distribution)")
+        _check(self.top_p == 1.0, "top_p", f"must be 1 in {stage} (its log-probs and KL are of the untruncated "
+                                           "distribution)")
+        _check(self.top_k == 0, "top_k", f"must be 0 in {stage} (its log-probs and KL are of the untruncated "
+                                         "distribution)")
+
+
+def sampling_opt(**defaults: Any) -> Any:
+    """A stage's ``sampling`` field; ``defaults`` change a default, never a meaning (cai writes longer texts)."""
+    return field(default_factory=lambda: SamplingConfig(**defaults), metadata={"help": "How the policy is sampled."})
+
+
+@dataclass
 class GenerateConfig:
     """Sample K completions per prompt with the policy."""
 
@@ -112,23 +212,17 @@ class GenerateConfig:
     split: str = opt("train", "Which prompts to complete: train, eval or all.")
     num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
     k: int = opt(4, "Completions sampled per prompt.")
-    max_new_tokens: int = opt(48, "Most tokens generated per completion.")
-    temperature: float = opt(0.7, "Sampling temperature (0 = greedy); PPO samples at the same temperature.")
-    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default); use the same in ppo and eval.")
-    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set with this much probability.")
+    sampling: SamplingConfig = sampling_opt()
     batch_size: int = opt(16, "Completions generated together (rows of one batch share the KV cache step).")
     seed: int = opt(0, "Random seed: the same seed gives the same completions.")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
-    dtype: str = opt("auto", "Weights' precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     force: bool = opt(False, "Overwrite a finished completions.jsonl.")
 
     def validate(self) -> None:
         _check(self.split in ("train", "eval", "all"), "split", f"must be train, eval or all, got {self.split!r}")
         _check(self.k >= 1, "k", "must be ≥ 1")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
-        _check(self.temperature >= 0, "temperature", "must be ≥ 0")
-        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
@@ -191,9 +285,8 @@ class RewardConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and LayerNorm gains).")
     warmup_ratio: float = opt(0.1, "Share of the steps warming the learning rate up linearly; then it decays linearly to 0.")
     seed: int = opt(0, "Random seed: the held-out split, head initialisation and batch order follow it.")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
-    dtype: str = opt("auto", "Compute precision: float32, bfloat16 (autocast; weights stay float32), or auto "
-                             "(bfloat16 where the CPU or GPU runs it natively).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     resume: bool = opt(False, "Continue an interrupted run from RUN_DIR/reward_model.ckpt (same pairs and settings).")
     force: bool = opt(False, "Overwrite a finished reward_model/ (and discard an unfinished run's checkpoint).")
 
@@ -224,8 +317,8 @@ class ScoreConfig:
     output: str = opt("-", "Where the JSONL with a 'reward' field goes; '-' = stdout.")
     batch_size: int = opt(64, "Texts scored together (sorted by length, so batches waste little padding).")
     normalize: bool = opt(True, "Normalise with the stored mean/std of the training completions (off = raw logit).")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
-    dtype: str = opt("auto", "Compute precision: float32, bfloat16 (autocast), or auto (bfloat16 where native).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
@@ -246,9 +339,7 @@ class PPOConfig:
     batch_size: int = opt(16, "Rollouts (prompt + completion) per iteration.")
     minibatch_size: int = opt(8, "Rollouts per gradient step in the update phase.")
     ppo_epochs: int = opt(4, "Passes over each iteration's rollouts.")
-    max_new_tokens: int = opt(40, "Most tokens per completion.")
-    temperature: float = opt(0.7, "Sampling temperature, also used when recomputing log-probs.")
-    system_prompt: str = opt("", "System turn of the chat template ('' = the model's default), as in generate.")
+    sampling: SamplingConfig = sampling_opt()
     lr: float = opt(2e-4, "Adam learning rate (LoRA adapters and value head).")
     lora_r: int = opt(16, "LoRA rank; 0 = full fine-tuning with a separate frozen reference copy.")
     lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
@@ -267,13 +358,14 @@ class PPOConfig:
     penalize_missing_eos: bool = opt(True, "Give completions that never end a fixed score instead of theirs.")
     missing_eos_penalty: float = opt(-1.0, "The fixed score of a completion that hit max_new_tokens.")
     ratio_alarm: float = opt(10.0, "Stop when the mean max probability ratio of an iteration exceeds this.")
+    length_alarm: float = opt(0.9, "Stop when this share of the last 3 iterations' completions hit max_new_tokens, "
+                                   "having started below it (lengths drifting to the limit; 0 = off).")
     gold: bool = opt(True, "Also log gold/score (the independent gold scorer) each iteration.")
     save_every: int = opt(4, "Checkpoint every N iterations (and at the end).")
     sample_every: int = opt(4, "Print a table of sample completions every N iterations (0 = never).")
     seed: int = opt(0, "Random seed.")
-    device: str = opt("auto", "cpu, cuda, or auto.")
-    dtype: str = opt("auto", "Base weights' precision with LoRA: float32, bfloat16, or auto (bfloat16 where the CPU or GPU "
-                             "runs it natively); adapters, value head and losses stay float32; full fine-tuning is float32.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint.")
     force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
 
@@ -281,8 +373,9 @@ class PPOConfig:
         _check(self.iterations >= 1, "iterations", "must be ≥ 1")
         _check(self.batch_size >= 2, "batch_size", "must be ≥ 2 (advantages are whitened over the batch)")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
-        _check(self.temperature > 0, "temperature", "must be > 0 (PPO needs a sampling distribution)")
+        self.sampling.require_full_distribution("ppo")
         _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
+        _check(0 <= self.length_alarm <= 1, "length_alarm", "must be in [0, 1]")
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")
@@ -299,19 +392,21 @@ class EvalConfig:
     prompts: str = opt("default", "Prompts JSONL or 'default'; the eval split is used.")
     num_prompts: int = opt(0, "Use only the first N eval prompts (0 = all).")
     samples_per_prompt: int = opt(1, "Completions per prompt and model.")
-    max_new_tokens: int = opt(0, "Most tokens per completion (0 = as in PPO).")
-    temperature: float = opt(0.0, "Sampling temperature (0 = as in PPO).")
+    sampling: SamplingConfig = sampling_opt()
     batch_size: int = opt(16, "Prompts generated together.")
     kl_budget: float = opt(0.0, "KL budget the verdict checks against (0 = PPO's kl_budget).")
     gold: bool = opt(True, "Also score with the gold scorer (the independent judge).")
     seed: int = opt(1234, "Random seed: the reference and the policy get the same sampling seeds.")
-    device: str = opt("auto", "cpu, cuda, or auto.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     report: bool = opt(True, "Write eval/report.html after the evaluation.")
 
     def validate(self) -> None:
         _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be ≥ 1")
+        self.sampling.require_full_distribution("eval")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -325,22 +420,18 @@ class CaiReviseConfig:
     num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
     constitution: str = opt("default", "Constitution YAML (principles with critique/revision requests) or 'default'.")
     rounds: int = opt(1, "Critique → revision rounds per prompt; each round draws a principle at random.")
-    max_new_tokens: int = opt(64, "Most tokens per response, critique and revision.")
-    temperature: float = opt(0.7, "Sampling temperature of every step (0 = greedy; small models loop when greedy).")
-    top_p: float = opt(1.0, "Nucleus sampling for every step.")
+    # 64 tokens: a critique and a revision need more room than a chat reply; small models loop when greedy
+    sampling: SamplingConfig = sampling_opt(max_new_tokens=64)
     batch_size: int = opt(16, "Sequences generated together.")
     seed: int = opt(0, "Random seed: principles drawn and texts sampled follow it.")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
-    dtype: str = opt("auto", "Weights' precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     force: bool = opt(False, "Overwrite a finished cai/revisions.jsonl.")
 
     def validate(self) -> None:
         _check(self.split in ("train", "eval", "all"), "split", f"must be train, eval or all, got {self.split!r}")
         _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
         _check(self.rounds >= 1, "rounds", "must be ≥ 1")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
-        _check(self.temperature >= 0, "temperature", "must be ≥ 0")
-        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
@@ -362,7 +453,7 @@ class SftConfig:
     drop_failed: bool = opt(True, "Leave out replies the guideline would mark F (empty, repetitive, not text).")
     merge: bool = opt(True, "Also save the base with the adapter merged in (RUN_DIR/sft/merged: a plain model folder for --model).")
     seed: int = opt(0, "Random seed: batch order follows it.")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
+    device: str = device_opt()
     force: bool = opt(False, "Overwrite a finished RUN_DIR/sft.")
 
     def validate(self) -> None:
@@ -389,8 +480,8 @@ class CaiLabelConfig:
     max_reply_tokens: int = opt(128, "Replies are cut to this many tokens inside a comparison prompt.")
     tie_eps: float = opt(1e-4, "Completions whose pairwise-win totals differ by at most this are tied.")
     seed: int = opt(0, "Random seed of the principle drawn for each comparison.")
-    device: str = opt("auto", "cpu, cuda, or auto (cuda when available).")
-    dtype: str = opt("auto", "Weights' precision: float32, bfloat16, or auto (bfloat16 where the CPU or GPU runs it natively).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
 
     def validate(self) -> None:
         _check(self.overlap >= 1, "overlap", "must be ≥ 1")

@@ -62,6 +62,21 @@ def response_length(response_ids, stop: list[int]):
     return torch.where(is_stop.any(1), first_stop, torch.full_like(first_stop, A))
 
 
+def assemble(s: Sampled, stop: list[int]):
+    """Prompt + response as one sequence: (lengths (B,), response_mask (B, A), input_ids (B, T), attention_mask (B, T)).
+
+    The attention mask covers the real prompt tokens and the response up to and including EOS.
+    """
+    import torch
+
+    lengths = response_length(s.response_ids, stop)  # (B,)
+    A = s.response_ids.shape[1]
+    response_mask = (torch.arange(A, device=lengths.device)[None, :] < lengths[:, None]).long()  # (B, A)
+    input_ids = torch.cat([s.prompt_ids, s.response_ids], dim=1)  # (B, T = P + A)
+    attention_mask = torch.cat([s.prompt_mask, response_mask], dim=1)  # (B, T)
+    return lengths, response_mask, input_ids, attention_mask
+
+
 def decode_responses(tokenizer, response_ids, lengths) -> list[str]:
     """The completion texts: tokens before EOS, special tokens dropped, whitespace trimmed."""
     return [tokenizer.decode(row[: int(n)], skip_special_tokens=True).strip() for row, n in zip(response_ids, lengths)]
@@ -137,8 +152,9 @@ def run_generate(cfg) -> dict:
         raise RlhfkitError(f"{prompts_file}: no prompts in split '{cfg.split}'")
     model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     completions, stats = generate_completions(
-        model, tokenizer, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, model_name=cfg.model, system_prompt=cfg.system_prompt,
+        model, tokenizer, prompts, k=cfg.k, max_new_tokens=cfg.sampling.max_new_tokens,
+        temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
+        model_name=cfg.model, system_prompt=cfg.sampling.system_prompt,
     )
     save_resolved(cfg.run_dir, "generate", cfg)
     write_jsonl(out, completions)

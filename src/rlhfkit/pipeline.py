@@ -18,8 +18,9 @@ from typing import Any, Callable
 from rlhfkit.data.errors import RlhfkitError
 
 STAGES = ("generate", "label", "pairs", "train_rm", "ppo", "eval")
-# Top-level keys given to every stage that has the field.
-SHARED = ("run_dir", "seed", "system_prompt")
+# Top-level keys given to every stage that has the field ('sampling': a mapping of SamplingConfig fields,
+# so generate, ppo and eval sample alike).
+SHARED = ("run_dir", "seed", "system_prompt", "sampling")
 # Fields that say how to run, not what to compute: they do not invalidate a finished stage.
 _VOLATILE = {"force", "resume", "device", "report", "run_dir"}
 
@@ -63,7 +64,7 @@ def train_rm_with_gold(cfg) -> dict:
     """train-rm, also measuring the gold scorer on the same held-out pairs (the bound labeler noise sets);
     the pipeline's stage and the ``train-rm`` command both run this."""
     from rlhfkit.feedback.gold import GoldScorer
-    from rlhfkit.train.reward import run_train_rm
+    from rlhfkit.train.reward_stage import run_train_rm
 
     return run_train_rm(cfg, gold_scorer=GoldScorer().score)
 
@@ -81,7 +82,7 @@ def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, d
     """Each stage's config from the pipeline YAML (top-level run_dir/seed shared, one section per stage)."""
     import yaml
 
-    from rlhfkit.config import load_config
+    from rlhfkit.config import field_types, load_config, nested_configs
 
     data: dict = {}
     if config_path is not None:
@@ -99,7 +100,7 @@ def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, d
     shared.update(overrides.get("*", {}))
     out = {"_feedback": data.get("feedback", "simulated")}
     for name, stage in stages(out["_feedback"]).items():
-        fields = {f.name for f in dataclasses.fields(stage.config_cls)}
+        fields = set(field_types(stage.config_cls)) | set(nested_configs(stage.config_cls))
         section = data.get(name) or {}
         if not isinstance(section, dict):
             raise RlhfkitError(f"{config_path}: section '{name}' must be a mapping")

@@ -178,7 +178,7 @@ class AILabeler:
         logits are computed). Batched by length; rows back in input order."""
         import torch
 
-        from rlhfkit.train.ppo import position_ids
+        from rlhfkit.models.policy import position_ids
 
         out = np.zeros((len(texts), 2))
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]

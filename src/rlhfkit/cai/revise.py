@@ -156,8 +156,8 @@ def run_revise(cfg, *, progress: bool = True) -> dict:
         raise RlhfkitError(f"{source}: no prompts in split '{cfg.split}'")
     model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     records, stats = revise(
-        model, tokenizer, prompts, constitution, rounds=cfg.rounds, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
+        model, tokenizer, prompts, constitution, rounds=cfg.rounds, max_new_tokens=cfg.sampling.max_new_tokens,
+        temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
         model_name=cfg.model, progress=progress,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

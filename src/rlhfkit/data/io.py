@@ -181,15 +181,16 @@ def read_pairs(path: PathLike) -> list[Pair]:
 # ---------------------------------------------------------------- writing
 
 
-def _new_file_mode() -> int:
-    # mkstemp creates files 0600; give the result the mode an ordinary open() would (0666 & ~umask).
+def _umask() -> int:
     # Read once at import, since reading the umask means setting it (not thread-safe).
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-_NEW_FILE_MODE = _new_file_mode()
+# mkstemp/mkdtemp create 0600/0700; give the results the modes an ordinary open()/mkdir() would.
+_NEW_FILE_MODE = 0o666 & ~_umask()
+_NEW_DIR_MODE = 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -241,6 +242,65 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         f.write(text)
 
 
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data`` (a checkpoint serialised in memory, say)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _NEW_FILE_MODE)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON, keys in their given order, non-ASCII kept."""
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _aside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def restore_interrupted(target: PathLike) -> None:
+    """Undo a replacement that a crash cut between its two renames (see :func:`atomic_directory`)."""
+    target = Path(target)
+    old = _aside(target)
+    if old.exists() and not target.exists():
+        os.replace(old, target)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike) -> Iterator[Path]:
+    """A fresh temporary folder beside ``target`` that replaces ``target`` only if the ``with`` body succeeds.
+
+    The one writer of every model and checkpoint folder. POSIX cannot rename over a non-empty folder,
+    so the old one is renamed aside (``.NAME.old``), the new one renamed in, and only then the old one
+    deleted: at every instant either the old or the new complete folder exists under one of the two
+    names, and :func:`restore_interrupted` (called here first) puts the old one back after a crash
+    between the renames. An exception in the body leaves ``target`` untouched and removes the temp.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, _NEW_DIR_MODE)
+        old = _aside(target)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

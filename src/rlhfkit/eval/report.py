@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.eval.fmt import as_dict, finite, fmt_interval, fmt_num, fmt_pct, fmt_setting, fmt_signed, value
+from rlhfkit.metric_names import EVAL_KEYS, METRICS
+
 REPORT_FILE = "report.html"
 MAX_SAMPLES = 12
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -28,109 +31,14 @@ REFERENCE_COLOUR = "#9ca3af"
 POLICY_COLOUR = "#2563eb"
 TRAIN_COLOUR = "#93c5fd"
 
-# key, label, which direction is better (+1 higher, -1 lower, 0 neither), shown as a percentage, meaning
-EVAL_METRICS: list[tuple[str, str, int, bool, str]] = [
-    ("reward_model", "Reward-model score", +1, False,
-     "the trained reward model's score (normalised: mean 0, std 1 over the completions it was trained on)"),
-    ("gold", "Gold score", +1, False,
-     "the independent gold scorer the simulated labelers follow; the reward model never saw it"),
-    ("toxicity", "Toxicity", -1, False, "mean P(offensive) from alt-profanity-check (0 = clean, 1 = offensive)"),
-    ("toxic_share", "Toxic share", -1, True, "share of completions with P(offensive) above 0.5"),
-    ("length", "Length", 0, False, "mean completion length in tokens"),
-    ("ended", "Ended", +1, True, "share of completions that stopped by themselves rather than at the length limit"),
-    ("distinct_1", "Distinct-1", +1, False, "distinct words ÷ all words over all completions (diversity)"),
-    ("distinct_2", "Distinct-2", +1, False, "distinct word pairs ÷ all word pairs (diversity)"),
-    ("repetition", "Repetition", -1, True,
-     "share of a completion's word 3-grams that repeat an earlier one (degenerate text is high)"),
-]
+PPO_PANELS = ["objective/score", "gold/score", "objective/kl", "policy/entropy", "value/loss", "policy/clipfrac"]
+"""The PPO curves the report plots (labels and meanings from rlhfkit.metric_names)."""
 
-PPO_PANELS: list[tuple[str, str, str]] = [
-    ("objective/score", "Reward-model score", "normalised reward of the rollouts (what PPO maximises)"),
-    ("gold/score", "Gold score", "the independent judge: should rise with the reward-model score"),
-    ("objective/kl", "KL to reference (nats)", "how far the policy moved from the reference"),
-    ("policy/entropy", "Entropy (nats/token)", "how spread out the next-token distribution is"),
-    ("value/loss", "Value loss", "error of the value head's return predictions"),
-    ("policy/clipfrac", "Clip fraction", "share of tokens whose probability ratio hit the 1 ± ε clip"),
-]
-
-RM_LABELS = {
-    "accuracy": ("Accuracy", True,
-                 "share of held-out pairs where the preferred completion scores higher (50% = chance)"),
-    "gold_accuracy": ("Gold-scorer accuracy", True,
-                      "how often the gold scorer agrees with the labelers on the same held-out pairs (a ceiling)"),
-    "margin": ("Margin", False, "mean r(chosen) − r(rejected) on held-out pairs, in raw reward units"),
-    "ece": ("Calibration error (ECE)", False,
-            "expected calibration error of P(chosen ≻ rejected) = σ(margin); 0 = perfectly calibrated"),
-    "loss": ("Loss", False, "Bradley–Terry loss −log σ(r_chosen − r_rejected) on held-out pairs"),
-}
+RM_HEADLINE = {"accuracy": "reward_model/accuracy", "gold_accuracy": "reward_model/gold_accuracy",
+               "margin": "reward_model/margin", "ece": "reward_model/ece", "loss": "reward_model/loss"}
+"""eval.json key of the reward model → its metric name."""
 
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct", "minilm": "all-MiniLM-L6-v2", "gold": "the gold scorer"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting (Jinja filters too)
-# ---------------------------------------------------------------------------------------------
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt_num(x: Any) -> str:
-    """A number for a reader: 3 decimals near 1, fewer for large values, '—' for missing/NaN, and
-    a true minus sign (U+2212), as in the Δ column."""
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return ("−" if x < 0 else "") + f"{abs(x):,}"
-    if not _finite(x):
-        return "—" if x is None or isinstance(x, (int, float)) else str(x)
-    a = abs(x)
-    if a >= 1000:
-        text = f"{a:,.0f}"
-    elif a >= 100:
-        text = f"{a:.1f}"
-    elif a >= 10:
-        text = f"{a:.2f}"
-    elif a >= 0.001 or a == 0:
-        text = f"{a:.3f}"
-    else:
-        text = f"{a:.2e}"
-    return ("−" if x < 0 and text.strip("0.,e+-") else "") + text
-
-
-def fmt_pct(x: Any) -> str:
-    if not _finite(x):
-        return "—"
-    text = f"{abs(100 * x):.1f}%"
-    return ("−" if x < 0 and text != "0.0%" else "") + text
-
-
-def fmt_signed(x: Any, pct: bool = False) -> str:
-    if not _finite(x):
-        return "—"
-    text = fmt_pct(abs(x)) if pct else fmt_num(abs(x))
-    return ("+" if x > 0 else "−" if x < 0 else "±") + text
-
-
-def fmt_interval(stat: Any, pct: bool = False) -> str:
-    """'0.412 [0.301, 0.522]' from {"value", "lo", "hi"}; the bracket only when both ends exist."""
-    if not isinstance(stat, dict):
-        return fmt_pct(stat) if pct else fmt_num(stat)
-    f = fmt_pct if pct else fmt_num
-    text = f(stat.get("value"))
-    if _finite(stat.get("lo")) and _finite(stat.get("hi")):
-        text += f" [{f(stat['lo'])}, {f(stat['hi'])}]"
-    return text
-
-
-def _dict(x: Any) -> dict:
-    return x if isinstance(x, dict) else {}
-
-
-def _value(stat: Any) -> float | None:
-    v = stat.get("value") if isinstance(stat, dict) else stat
-    return float(v) if _finite(v) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,67 +118,8 @@ def _count_lines(path: Path) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool | None  # None: cannot be judged from the data
-    detail: str
-
-
-def verdict_checks(ev: dict) -> list[Check]:
-    """The four checks of issue 6's success criterion, from eval.json: the policy beats the reference
-    on gold score and reward-model score (means), toxicity is not higher, KL is within budget."""
-    models = _dict(ev.get("models"))
-    ref, pol = _dict(models.get("reference")), _dict(models.get("policy"))
-    checks = []
-    for key, name in (("gold", "gold score"), ("reward_model", "reward-model score")):
-        r, p = _value(ref.get(key)), _value(pol.get(key))
-        if r is None or p is None:
-            checks.append(Check(name, None, f"no {name} in eval.json"))
-        else:
-            word = "rose" if p > r else "fell" if p < r else "did not change"
-            checks.append(Check(name, p > r, f"{name} {word}: {fmt_num(r)} → {fmt_num(p)}"))
-    r, p = _value(ref.get("toxicity")), _value(pol.get("toxicity"))
-    if r is None or p is None:
-        checks.append(Check("toxicity", None, "no toxicity in eval.json"))
-    else:
-        word = "not higher" if p <= r else "higher"
-        checks.append(Check("toxicity", p <= r, f"toxicity {word}: {fmt_num(r)} → {fmt_num(p)}"))
-    kl, budget = _value(ev.get("kl")), _value(ev.get("kl_budget"))
-    if kl is None:
-        checks.append(Check("KL", None, "no KL in eval.json"))
-    elif budget is None or budget <= 0:
-        checks.append(Check("KL", True, f"KL {fmt_num(kl)} nats (no budget set)"))
-    else:
-        word = "within" if kl <= budget else "over"
-        checks.append(Check("KL", kl <= budget, f"KL {fmt_num(kl)} nats, {word} the budget of {_g(budget)}"))
-    return checks
-
-
-def verdict_line(checks: list[Check]) -> tuple[bool | None, str]:
-    """(passed, one sentence). Passed needs every check that could be judged to pass, and the
-    reward-model score among them."""
-    judged = [c for c in checks if c.ok is not None]
-    if not any(c.name == "reward-model score" and c.ok is not None for c in checks):
-        return None, "No verdict: eval.json has no reward-model scores for both models."
-    failed = [c for c in judged if not c.ok]
-    if not failed:
-        gold = next((c for c in checks if c.name == "gold score"), None)
-        if gold is not None and gold.ok is None:
-            return True, ("The aligned policy beats the reference on reward-model score, with toxicity not "
-                          "higher and KL within budget (no gold score to confirm it).")
-        return True, ("The aligned policy beats the reference on gold score and reward-model score, "
-                      "with toxicity not higher and KL within budget.")
-    return False, "Not a clean win: " + "; ".join(c.detail for c in failed) + "."
-
-
 def _name(x: Any) -> str:
     return ALIASES.get(str(x), str(x))
-
-
-def _g(x: Any) -> str:
-    """A configured value as written ('0.7', '25'), not rounded like a measurement."""
-    return f"{x:g}" if _finite(x) else str(x)
 
 
 def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | None, n_pairs: int | None,
@@ -290,8 +139,8 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
             text += " completions"
         if gen.get("k"):
             text += f" ({gen['k']} per prompt"
-            if _finite(gen.get("temperature")):
-                text += f", temperature {_g(gen['temperature'])}"
+            if finite(gen.get("temperature")):
+                text += f", temperature {fmt_setting(gen['temperature'])}"
             if gen.get("max_new_tokens"):
                 text += f", at most {gen['max_new_tokens']} new tokens"
             text += ")"
@@ -350,14 +199,14 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
         if ppo.get("lora_r"):
             text += f" (LoRA adapters of rank {ppo['lora_r']})"
         text += ", maximising the reward-model score minus β × KL to the frozen reference"
-        if _finite(ppo.get("kl_coef")):
-            text += f"; β = {_g(ppo['kl_coef'])}"
+        if finite(ppo.get("kl_coef")):
+            text += f"; β = {fmt_setting(ppo['kl_coef'])}"
             if ppo.get("adaptive_kl"):
-                text += f", adapted towards a KL of {_g(ppo.get('kl_target'))} nats"
+                text += f", adapted towards a KL of {fmt_setting(ppo.get('kl_target'))} nats"
             elif ppo["kl_coef"] == 0:
                 text += " (no KL penalty: expect reward hacking)"
-        if _finite(ppo.get("kl_budget")) and ppo["kl_budget"] > 0:
-            text += f"; stop if KL exceeds {_g(ppo['kl_budget'])} nats"
+        if finite(ppo.get("kl_budget")) and ppo["kl_budget"] > 0:
+            text += f"; stop if KL exceeds {fmt_setting(ppo['kl_budget'])} nats"
         steps.append(("PPO", text + "."))
     else:
         steps.append(("PPO", "not run"))
@@ -381,7 +230,7 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
 def _rm_scalar(rm: dict, key: str) -> float | None:
     """A headline reward-model number: top level first, then the held-out block (train/reward.py)."""
     for source in (rm, rm.get("heldout") if isinstance(rm.get("heldout"), dict) else {}):
-        if _finite(source.get(key)):
+        if finite(source.get(key)):
             return float(source[key])
     return None
 
@@ -399,15 +248,16 @@ def flatten_scalars(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 def eval_rows(ev: dict) -> list[dict]:
     """One row per metric present in either model: label, meaning, both values, Δ and its tone."""
-    models = _dict(ev.get("models"))
-    ref, pol = _dict(models.get("reference")), _dict(models.get("policy"))
-    known = {k for k, *_ in EVAL_METRICS}
-    extra = [(k, k, 0, False, "") for k in list(ref) + [k for k in pol if k not in ref] if k not in known]
+    models = as_dict(ev.get("models"))
+    ref, pol = as_dict(models.get("reference")), as_dict(models.get("policy"))
+    table = [(k, METRICS[f"eval/{k}"]) for k in EVAL_KEYS]
+    extra = [(k, None) for k in list(ref) + [k for k in pol if k not in ref] if k not in EVAL_KEYS]
     rows = []
-    for key, label, better, pct, meaning in EVAL_METRICS + extra:
+    for key, m in table + extra:
+        label, better, pct, meaning = (m.label, m.better, m.percent, m.meaning) if m else (key, 0, False, "")
         if key not in ref and key not in pol:
             continue
-        r, p = _value(ref.get(key)), _value(pol.get(key))
+        r, p = value(ref.get(key)), value(pol.get(key))
         delta = p - r if r is not None and p is not None else None
         tone = "neutral"
         if delta is not None and better and delta != 0:
@@ -437,7 +287,7 @@ def agreement_matrix(report: dict) -> dict:
             share = row.get("agreement") if row else None
             line.append({"self": a == b, "text": fmt_pct(share) if row else "",
                          "title": f"{row['agree']}/{row['total']} pairs" if row else "",
-                         "bg": _heat(share) if _finite(share) else ""})
+                         "bg": _heat(share) if finite(share) else ""})
         grid.append({"name": a, "cells": line})
     return {"names": names, "rows": grid}
 
@@ -547,9 +397,9 @@ def toxicity_bar_plot(ref: dict, pol: dict) -> dict:
     fig = _figure(4.0, 2.6)
     ax = fig.subplots()
     for x, (name, stat, colour) in enumerate((("reference", ref, REFERENCE_COLOUR), ("policy", pol, POLICY_COLOUR))):
-        v = _value(stat) or 0.0
+        v = value(stat) or 0.0
         err = None
-        if isinstance(stat, dict) and _finite(stat.get("lo")) and _finite(stat.get("hi")):
+        if isinstance(stat, dict) and finite(stat.get("lo")) and finite(stat.get("hi")):
             err = [[max(0.0, v - stat["lo"])], [max(0.0, stat["hi"] - v)]]
         ax.bar([x], [v], color=colour, width=0.6, yerr=err, capsize=6, ecolor="#374151")
     ax.set_xticks([0, 1], ["reference", "policy"])
@@ -563,7 +413,7 @@ def reliability_plot(bins: list[dict]) -> dict:
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="#9ca3af", linestyle="--", linewidth=1, label="perfect calibration")
     pts = [(b["mean_prob"], b["accuracy"], b.get("count") or 0) for b in bins
-           if _finite(b.get("mean_prob")) and _finite(b.get("accuracy")) and (b.get("count") or 0) > 0]
+           if finite(b.get("mean_prob")) and finite(b.get("accuracy")) and (b.get("count") or 0) > 0]
     if pts:
         biggest = max(c for *_, c in pts) or 1
         ax.plot([p for p, _, _ in pts], [a for _, a, _ in pts], color=POLICY_COLOUR, linewidth=1.5)
@@ -590,27 +440,28 @@ def _ppo_section(metrics: Artifact, config: dict) -> dict:
     if not m:
         return {"problem": "Not run: logs/metrics.csv has no PPO rows (run `rlhfkit ppo`)."}
     budget = (config.get("ppo") or {}).get("kl_budget")
-    budget = float(budget) if _finite(budget) and budget > 0 else None
+    budget = float(budget) if finite(budget) and budget > 0 else None
     panels = []
-    for key, title, _ in PPO_PANELS:
+    for key in PPO_PANELS:
         if m.get(key):
-            panels.append((title, [("policy", m[key], POLICY_COLOUR)], budget if key == "objective/kl" else None))
+            panels.append((METRICS[key].label, [("policy", m[key], POLICY_COLOUR)], budget if key == "objective/kl" else None))
     if not panels:
         return {"problem": "logs/metrics.csv has PPO rows but none of the plotted metrics."}
     last = max(s for pts in m.values() for s, _ in pts)
     first = min(s for pts in m.values() for s, _ in pts)
     return {"plot": curves_plot(panels, "PPO iteration"), "iterations": last - first + 1,
             "legend": [(title, meaning, fmt_num(m[key][0][1]), fmt_num(m[key][-1][1]))
-                       for key, title, meaning in PPO_PANELS if m.get(key)]}
+                       for key, title, meaning in [(k, METRICS[k].label, METRICS[k].meaning) for k in PPO_PANELS]
+                       if m.get(key)]}
 
 
 def _rm_curves(metrics: dict, rm_eval: dict | None) -> dict | None:
     """Reward-model training curves: metrics.csv's train_rm rows, else eval.json's history."""
     if not metrics and rm_eval and isinstance(rm_eval.get("history"), list):
         for entry in rm_eval["history"]:
-            if isinstance(entry, dict) and _finite(entry.get("step")):
+            if isinstance(entry, dict) and finite(entry.get("step")):
                 for k, v in entry.items():
-                    if k not in ("step", "epoch") and _finite(v):
+                    if k not in ("step", "epoch") and finite(v):
                         metrics.setdefault(k, []).append((int(entry["step"]), float(v)))
     if not metrics:
         return None
@@ -638,10 +489,10 @@ def _rm_section(rm: Artifact, metrics: Artifact) -> dict:
         return {"problem": rm.problem, "curves": curves}
     d = rm.data
     headline = []
-    for key, (label, pct, meaning) in RM_LABELS.items():
-        v = _rm_scalar(d, key)
+    for key, name in RM_HEADLINE.items():
+        v, m = _rm_scalar(d, key), METRICS[name]
         if v is not None:
-            headline.append({"label": label, "value": fmt_pct(v) if pct else fmt_num(v), "meaning": meaning})
+            headline.append({"label": m.label, "value": fmt_pct(v) if m.percent else fmt_num(v), "meaning": m.meaning})
     bins = d.get("calibration")
     if not isinstance(bins, list) and isinstance(d.get("heldout"), dict):
         bins = d["heldout"].get("calibration")
@@ -691,7 +542,7 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
     if ev.data is None:
         return {"problem": ev.problem}
     d = ev.data
-    win = _dict(d.get("win_rate"))
+    win = as_dict(d.get("win_rate"))
     extra = []
     for key, judge in (("reward_model", "the reward model"), ("gold", "the gold scorer")):
         if isinstance(win.get(key), dict):
@@ -702,24 +553,25 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
         budget = d.get("kl_budget")
         extra.append({"label": "KL(policy ‖ reference)", "value": fmt_interval(d["kl"]),
                       "meaning": "how far the policy moved from the reference, in nats per completion"
-                                 + (f"; budget {_g(budget)}" if _finite(budget) and budget > 0 else "")})
-    known = {"models", "win_rate", "kl", "kl_budget", "verdict"}  # the verdict is recomputed: verdict_checks
+                                 + (f"; budget {fmt_setting(budget)}" if finite(budget) and budget > 0 else "")})
+    known = {"models", "win_rate", "kl", "kl_budget", "verdict"}
     settings = [(k, fmt_num(v) if not isinstance(v, str) else v)
                 for k, v in flatten_scalars({k: v for k, v in d.items() if k not in known})]
-    models = _dict(d.get("models"))
-    ref_tox = [_dict(s.get("reference_scores")).get("toxicity") for s in samples]
-    pol_tox = [_dict(s.get("policy_scores")).get("toxicity") for s in samples]
+    models = as_dict(d.get("models"))
+    ref_tox = [as_dict(s.get("reference_scores")).get("toxicity") for s in samples]
+    pol_tox = [as_dict(s.get("policy_scores")).get("toxicity") for s in samples]
     toxicity_plot, toxicity_alt = None, ""
-    if samples and all(_finite(x) for x in ref_tox + pol_tox):
+    if samples and all(finite(x) for x in ref_tox + pol_tox):
         toxicity_plot = toxicity_hist_plot([float(x) for x in ref_tox], [float(x) for x in pol_tox])
         toxicity_alt = "histogram of P(offensive) per completion, reference and policy"
-    elif all(_value(_dict(models.get(m)).get("toxicity")) is not None for m in ("reference", "policy")):
+    elif all(value(as_dict(models.get(m)).get("toxicity")) is not None for m in ("reference", "policy")):
         toxicity_plot = toxicity_bar_plot(models["reference"]["toxicity"], models["policy"]["toxicity"])
         toxicity_alt = "bar chart of mean P(offensive) with 95% intervals, reference and policy"
-    checks = verdict_checks(d)
-    passed, line = verdict_line(checks)
+    verdict = as_dict(d.get("verdict"))  # judged by eval.verdict when eval.json was written; shown as is here
+    checks = [c for c in verdict.get("checks", []) if isinstance(c, dict)]
+    line = verdict.get("sentence") or "No verdict in eval.json (written by an older rlhfkit: re-run `rlhfkit eval`)."
     return {"rows": eval_rows(d), "extra": extra, "settings": settings, "toxicity_plot": toxicity_plot,
-            "toxicity_alt": toxicity_alt, "passed": passed, "verdict": line, "checks": checks}
+            "toxicity_alt": toxicity_alt, "passed": verdict.get("passed"), "verdict": line, "checks": checks}
 
 
 def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
@@ -731,12 +583,12 @@ def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
     for s in samples[:MAX_SAMPLES]:
         item = {"prompt": str(s.get("prompt", ""))}
         for side in ("reference", "policy"):
-            scores = _dict(s.get(f"{side}_scores"))
+            scores = as_dict(s.get(f"{side}_scores"))
             item[side] = str(s.get(side, ""))
             item[f"{side}_scores"] = [(label, fmt_num(scores.get(key))) for key, label in
                                       (("reward_model", "reward"), ("gold", "gold"), ("toxicity", "P(offensive)"))
                                       if key in scores]
-        if _finite(s.get("kl")):  # the policy's KL to the reference on this completion (nats)
+        if finite(s.get("kl")):  # the policy's KL to the reference on this completion (nats)
             item["policy_scores"].append(("KL", fmt_num(s["kl"])))
         shown.append(item)
     return {"items": shown, "total": len(samples)}

@@ -27,8 +27,25 @@ def _policy_config(policy_dir: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def sample_both(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float, batch_size: int,
-                seed: int, system_prompt: str = "", progress: bool = True) -> dict[str, dict]:
+def sequence_kl(model, input_ids, attention_mask, response_mask, temperature: float):
+    """(Σ_t k1, Σ_t k3) per sequence (B,): the KL of the policy to the reference on the policy's own samples."""
+    import torch
+
+    from rlhfkit.train import losses as L
+
+    A = response_mask.shape[1]
+    with torch.no_grad():
+        logits, _ = model(input_ids, attention_mask, A, temperature)
+        logp = L.logprobs_from_logits(logits, input_ids[:, -A:])
+        ref = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature), input_ids[:, -A:])
+    mask = response_mask.bool()
+    k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(logp)).sum(1)
+    k3 = torch.where(mask, L.kl_k3(logp, ref), torch.zeros_like(logp)).sum(1)
+    return k1, k3
+
+
+def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: int, seed: int,
+                progress: bool = True) -> dict[str, dict]:
     """Completions of the reference and of the policy for ``prompts`` (same seed per batch for both),
     with the policy's KL to the reference (Σ_t k1 and Σ_t k3 per completion)."""
     import contextlib
@@ -36,9 +53,8 @@ def sample_both(model, tokenizer, prompts: list[str], *, max_new_tokens: int, te
     import torch
     from rich.progress import Progress
 
-    from rlhfkit.generate import decode_responses, eos_ids, sample
+    from rlhfkit.generate import assemble, decode_responses, eos_ids, sample
     from rlhfkit.models.load import format_prompt
-    from rlhfkit.train.ppo import assemble, sequence_kl
 
     out = {m: {"texts": [], "tokens": [], "ended": []} for m in MODELS}
     out["policy"].update(kl_k1=[], kl_k3=[])
@@ -47,7 +63,7 @@ def sample_both(model, tokenizer, prompts: list[str], *, max_new_tokens: int, te
     with Progress(disable=not progress) as bar:
         task = bar.add_task("eval", total=2 * len(prompts))
         for b, lo in enumerate(batches):
-            formatted = [format_prompt(tokenizer, p, system_prompt) for p in prompts[lo : lo + batch_size]]
+            formatted = [format_prompt(tokenizer, p, sampling.system_prompt) for p in prompts[lo : lo + batch_size]]
             for name in MODELS:
                 torch.manual_seed(seed * 1_000_003 + b)  # the same seed for both: differences come from the models
                 if name == "reference":
@@ -56,13 +72,14 @@ def sample_both(model, tokenizer, prompts: list[str], *, max_new_tokens: int, te
                 else:
                     ctx, generator = contextlib.nullcontext(), model.lm
                 with ctx:
-                    s = sample(generator, tokenizer, formatted, max_new_tokens=max_new_tokens, temperature=temperature)
+                    s = sample(generator, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens,
+                               temperature=sampling.temperature)
                 lengths, response_mask, input_ids, attention_mask = assemble(s, stop)
                 out[name]["texts"] += decode_responses(tokenizer, s.response_ids, lengths)
                 out[name]["tokens"] += lengths.tolist()
                 out[name]["ended"] += s.ended.tolist()
                 if name == "policy":
-                    k1, k3 = sequence_kl(model, input_ids, attention_mask, response_mask, temperature)
+                    k1, k3 = sequence_kl(model, input_ids, attention_mask, response_mask, sampling.temperature)
                     out[name]["kl_k1"] += k1.tolist()
                     out[name]["kl_k3"] += k3.tolist()
                 bar.update(task, advance=len(formatted))
@@ -97,16 +114,6 @@ def model_metrics(scores: dict[str, list[float]], sampled: dict, texts: list[str
     return metrics
 
 
-def verdict(result: dict) -> dict:
-    """Did alignment work? The report's checks (one place for the criterion): policy beats the
-    reference on gold and reward, toxicity not higher, KL within budget."""
-    from rlhfkit.eval.report import verdict_checks, verdict_line
-
-    checks = verdict_checks(result)
-    passed, sentence = verdict_line(checks)
-    return {"passed": passed, "sentence": sentence, "checks": {c.name: c.ok for c in checks}}
-
-
 def run_eval(cfg) -> dict:
     """The ``eval`` stage: writes RUN_DIR/eval/eval.json and samples.jsonl (and report.html)."""
     import dataclasses
@@ -114,10 +121,12 @@ def run_eval(cfg) -> dict:
     from rlhfkit import defaults
     from rlhfkit.config import save_resolved
     from rlhfkit.data.io import atomic_write_json, read_prompts, write_jsonl
+    from rlhfkit.eval.verdict import judge
     from rlhfkit.feedback.gold import GoldScorer
     from rlhfkit.generate import select_prompts
-    from rlhfkit.models.load import pick_device
-    from rlhfkit.train.ppo import build_policy, load_scorer, load_trained
+    from rlhfkit.models.load import pick_device, resolve_dtype
+    from rlhfkit.models.policy import build_policy
+    from rlhfkit.models.reward import RewardNorm, load_scorer
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.run_dir)
@@ -133,23 +142,27 @@ def run_eval(cfg) -> dict:
     if not prompts:
         raise RlhfkitError(f"{prompts_file}: no prompts with split 'eval' to evaluate on")
     device = pick_device(cfg.device)
-    max_new_tokens = cfg.max_new_tokens or ppo["max_new_tokens"]
-    temperature = cfg.temperature or ppo["temperature"]
     kl_budget = cfg.kl_budget or ppo.get("kl_budget", 0.0)
+    sampling = cfg.sampling
+    ppo_sampling = ppo.get("sampling") or {}
+    differs = {k: (v, ppo_sampling[k]) for k, v in dataclasses.asdict(sampling).items()
+               if k in ppo_sampling and ppo_sampling[k] != v}
 
+    dtype = resolve_dtype(cfg.dtype, device) if ppo["lora_r"] > 0 else "float32"
     model, tokenizer = build_policy(ppo["model"], lora_r=ppo["lora_r"], lora_alpha=ppo["lora_alpha"], device=device,
-                                    lora_layers=ppo.get("lora_layers", 0), dtype=ppo.get("dtype", "float32"))  # "auto" resolves as in PPO
-    load_trained(policy_dir, model)
-    reward_fn, _ = load_scorer(cfg.reward_model if cfg.reward_model == "gold" else str(rm_path), run_dir, device)
+                                    lora_layers=ppo.get("lora_layers", 0), dtype=dtype)
+    model.load_trained(policy_dir)
+    raw_fn, _ = load_scorer(cfg.reward_model if cfg.reward_model == "gold" else str(rm_path), run_dir, device)
+    norm = RewardNorm.load(policy_dir)  # the scale PPO optimised on: the reference's rollouts score mean 0, std 1
+    reward_fn = lambda p, t: [norm(r) for r in raw_fn(p, t)]  # noqa: E731
     gold = GoldScorer()
     texts_in = [p.prompt for p in prompts for _ in range(cfg.samples_per_prompt)]
-    sampled = sample_both(model, tokenizer, texts_in, max_new_tokens=max_new_tokens, temperature=temperature,
-                          batch_size=cfg.batch_size, seed=cfg.seed, system_prompt=ppo.get("system_prompt", ""))
+    sampled = sample_both(model, tokenizer, texts_in, sampling=sampling, batch_size=cfg.batch_size, seed=cfg.seed)
     scores = {m: score_texts(texts_in, sampled[m]["texts"], reward_fn, gold) for m in MODELS}
     result = {
         "n_prompts": len(prompts), "samples_per_prompt": cfg.samples_per_prompt, "n_completions": len(texts_in),
-        "max_new_tokens": max_new_tokens, "temperature": temperature, "kl_budget": kl_budget,
-        "system_prompt": ppo.get("system_prompt", ""),
+        "sampling": dataclasses.asdict(sampling), "sampling_differs_from_ppo": differs, "kl_budget": kl_budget,
+        "dtype": dtype,
         "models": {m: model_metrics(scores[m], sampled[m], sampled[m]["texts"], cfg.seed) for m in MODELS},
         "win_rate": {"reward_model": M.paired_win_rate(scores["policy"]["reward_model"], scores["reference"]["reward_model"], seed=cfg.seed)},
         "kl": M.summary(sampled["policy"]["kl_k3"], seed=cfg.seed),
@@ -160,7 +173,7 @@ def run_eval(cfg) -> dict:
     else:
         for m in MODELS:
             result["models"][m].pop("gold")
-    result["verdict"] = verdict(result)
+    result["verdict"] = judge(result)
     result["seconds"] = time.perf_counter() - t0
     result["config"] = dataclasses.asdict(cfg)
 

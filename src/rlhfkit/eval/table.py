@@ -13,16 +13,17 @@ def print_eval_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rlhfkit.eval.report import EVAL_METRICS
+    from rlhfkit.metric_names import EVAL_KEYS, METRICS
 
     ref, pol = result["models"]["reference"], result["models"]["policy"]
     table = Table(title=f"eval: {result['n_completions']} completions of {result['n_prompts']} held-out prompts (95% bootstrap intervals)")
     for col in ["metric", "reference", "policy", "Δ"]:
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for key, label, _better, percent, _meaning in EVAL_METRICS:
-        spec = ".2f" if percent else "+.3f" if key in ("reward_model", "gold") else ".3f"
+    for key in EVAL_KEYS:
+        m = METRICS[f"eval/{key}"]
+        spec = ".2f" if m.percent else "+.3f" if key in ("reward_model", "gold") else ".3f"
         if key in ref:
-            table.add_row(label, fmt(ref[key], spec), fmt(pol[key], spec), format(pol[key]["value"] - ref[key]["value"], "+" + spec.lstrip("+")))
+            table.add_row(m.label, fmt(ref[key], spec), fmt(pol[key], spec), format(pol[key]["value"] - ref[key]["value"], "+" + spec.lstrip("+")))
     for key, m in result["win_rate"].items():
         table.add_row(f"win rate of policy ({key})", "", fmt(m, ".2f"), "")
     table.add_row("KL(policy ‖ reference), nats", "", fmt(result["kl"], ".2f"), f"budget {result['kl_budget']:g}")

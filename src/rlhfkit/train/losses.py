@@ -29,8 +29,6 @@ plain per-call means; average them over all minibatches when logging.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,8 +52,6 @@ __all__ = [
     "ppo_total_loss",
     "logprobs_from_logits",
     "explained_variance",
-    "AdaptiveKLController",
-    "FixedKLController",
 ]
 
 
@@ -381,54 +377,3 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     var_returns = masked_var(returns, mask, unbiased=False)
     var_error = masked_var(returns - values, mask, unbiased=False)
     return 1.0 - var_error / var_returns
-
-
-# ---------------------------------------------------------------------------------------------
-# KL coefficient controllers
-# ---------------------------------------------------------------------------------------------
-
-
-class AdaptiveKLController:
-    """Adaptive β that steers the KL towards a target ([Zieg] "log-space proportional controller"; [lmhp]).
-
-    e = clip(KL / target − 1, −0.2, 0.2);  β ← β · (1 + e · n_steps / horizon).
-    current_kl is the per-sequence KL (mean over the batch of Σ_t k1), as [lmhp] feeds objective/kl;
-    n_steps is the number of episodes (rollouts) in the batch; horizon is in episodes.
-    """
-
-    def __init__(self, init_beta: float, target: float, horizon: float):
-        if target <= 0 or horizon <= 0:
-            raise ValueError(f"adaptive KL needs target > 0 and horizon > 0, got {target}, {horizon}")
-        self.value = float(init_beta)
-        self.target = float(target)
-        self.horizon = float(horizon)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        value = float(state["value"])
-        if not math.isfinite(value):
-            raise ValueError(f"KL controller state holds a non-finite beta: {value}")
-        self.value = value
-
-
-class FixedKLController:
-    """Constant β with the AdaptiveKLController interface ([lmhp] FixedKLController)."""
-
-    def __init__(self, beta: float):
-        self.value = float(beta)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        return self.value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])

@@ -48,6 +48,12 @@ class MetricsLog:
         tmp.replace(self.path)
 
     def log(self, step: int, stats: dict[str, float]) -> None:
+        """Append numeric ``stats``; every name must be documented in ``rlhfkit.metric_names`` (KeyError otherwise)."""
+        from rlhfkit.metric_names import NOT_METRICS, metric
+
+        stats = {name: value for name, value in stats.items() if name not in NOT_METRICS}
+        for name in stats:
+            metric(name)
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
             w = csv.DictWriter(f, FIELDS)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -144,11 +142,9 @@ def save_sft(out: Path, model, tokenizer, *, lora: bool, merge: bool, report: di
     """Write ``out`` atomically: adapter/ (LoRA), merged/ (a plain model folder), train.json, config.yaml."""
     import yaml
 
-    from rlhfkit.data.io import atomic_write_json
+    from rlhfkit.data.io import atomic_directory, atomic_write_json
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         if lora:
             model.save_pretrained(tmp / "adapter")
             tokenizer.save_pretrained(tmp / "adapter")
@@ -158,11 +154,6 @@ def save_sft(out: Path, model, tokenizer, *, lora: bool, merge: bool, report: di
             tokenizer.save_pretrained(tmp / "merged")
         atomic_write_json(tmp / "train.json", report)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_sft(cfg, *, progress: bool = True) -> dict:

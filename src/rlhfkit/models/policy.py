@@ -1,0 +1,139 @@
+"""The policy of the RL stage: a causal LM (LoRA-wrapped or plain), its frozen reference, and a value head.
+
+With LoRA the reference is the same base with the adapters switched off and the critic is a scalar
+head on the policy's backbone, so ONE copy of the weights serves policy, reference and critic — the
+answer to the memory problem users of four-model PPO hit most. Full fine-tuning (``lora_r`` 0)
+keeps a separate frozen copy as the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.models.prefix import FrozenPrefix, head_input
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """(B, T) positions counted over real tokens only: left padding must not shift them.
+
+    Generation computes positions this way; recomputing log-probs without it gives ρ ≠ 1 at step 0.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM and a scalar value head reading its last hidden states.
+
+    The value head shares the policy's backbone, so value gradients also move the shared adapters;
+    vf_coef keeps that small ([lmhp] OpenAI lm-human-preferences used a separate critic; TRL's
+    ValueHead shares).
+    """
+
+    def __init__(self, lm: nn.Module, reference: nn.Module | None = None):
+        super().__init__()
+        self.lm = lm
+        self.reference = reference  # None: LoRA, the reference is lm with adapters disabled
+        hidden = lm.config.get_text_config().hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        # Zero init: V starts at 0, the mean of the normalised reward ([N-det] Huang et al. 2024 normalise
+        # scores to mean 0 over the reference's rollouts).
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        # With a separate reference copy its blocks are not the policy's: nothing is shared to cache.
+        self.prefix = FrozenPrefix(lm, enabled=reference is None)
+
+    @property
+    def n_frozen(self) -> int:
+        """How many of the lowest blocks are frozen and cached per rollout (0: none)."""
+        return self.prefix.n_frozen
+
+    def _inputs(self, input_ids: Tensor, attention_mask: Tensor, n_response: int) -> dict:
+        return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                    logits_to_keep=n_response + 1, use_cache=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float,
+                prefix: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits predicting each response token and the value of the state before it.
+
+        input_ids, attention_mask: (B, T) = prompt (left-padded) + response (right-padded), T = P + A.
+        prefix: (B, T, H) output of the frozen lower blocks for these rows (``frozen_prefix``), or None.
+        Returns logits (B, A, V) scaled by 1/temperature, values (B, A).
+        """
+        A = n_response
+        with head_input(self.lm) as box, self.prefix.reuse(prefix):
+            out = self.lm(**self._inputs(input_ids, attention_mask, A))
+        # logits[:, t] predicts token t+1: the A+1 kept positions are T−A−1 … T−1; drop the last.
+        logits = out.logits[:, :-1].float() / temperature  # (B, A, V)
+        hidden = box[-1][:, -(A + 1) : -1]  # (B, A, H): the state before each response token
+        values = self.value_head(hidden.float()).squeeze(-1)  # (B, A)
+        return logits, values
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float,
+                         prefix: Tensor | None = None) -> Tensor:
+        """(B, A, V) logits of the frozen reference: the base with adapters off, or the separate copy.
+
+        prefix: as in ``forward`` — the frozen lower blocks are the same for policy and reference.
+        """
+        kwargs = self._inputs(input_ids, attention_mask, n_response)
+        if self.reference is not None:
+            with head_input(self.reference):
+                out = self.reference(**kwargs)
+        else:
+            with self.lm.disable_adapter(), self.prefix.reuse(prefix), head_input(self.lm):
+                out = self.lm(**kwargs)
+        return out.logits[:, :-1].float() / temperature
+
+    @torch.no_grad()
+    def frozen_prefix(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:
+        """(B, T, H) output of the blocks below the lowest adapted one, or None when every block adapts."""
+        return self.prefix.compute(self.lm, input_ids=input_ids, attention_mask=attention_mask,
+                                   position_ids=position_ids(attention_mask))
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """What training changes: the adapters (or all LM weights in full fine-tuning) and the value head."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu().clone() for n, t in self.state_dict().items() if n in names}
+
+    def load_trained(self, folder: Path) -> None:
+        """Put the trained weights (adapters or full LM, and the value head) saved in ``folder`` into the model."""
+        from safetensors.torch import load_file
+
+        path = Path(folder) / TRAINABLE_FILE
+        if not path.exists():
+            raise RlhfkitError(f"{folder}: no trained policy ({TRAINABLE_FILE} is missing)")
+        try:
+            result = self.load_state_dict(load_file(str(path)), strict=False)
+        except RuntimeError as exc:  # shapes differ: another LoRA rank or another base
+            raise RlhfkitError(f"{folder}: checkpoint does not match the model ({str(exc).splitlines()[1].strip()} …)") from None
+        if result.unexpected_keys:
+            raise RlhfkitError(f"{folder}: checkpoint does not match the model ({result.unexpected_keys[:3]} …)")
+
+
+def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, lora_layers: int = 0,
+                 dtype: str = "float32") -> tuple[PolicyWithValue, object]:
+    """(PolicyWithValue, tokenizer): LoRA over the base (reference = adapters off), or full FT + frozen copy.
+
+    ``dtype`` is the base weights' precision (LoRA only; full fine-tuning is float32). peft keeps the
+    adapters in float32 over a bfloat16 base; the value head and all losses are float32.
+    """
+    from rlhfkit.models.load import add_lora, load_policy
+
+    lm, tokenizer = load_policy(model_name, device=device, dtype=dtype if lora_r > 0 else "float32")
+    if lora_r > 0:
+        # dropout 0: the rollout's log-probs and the update's must come from the same function
+        lm = add_lora(lm, r=lora_r, alpha=lora_alpha, dropout=0.0, top_layers=lora_layers)
+        model = PolicyWithValue(lm)
+    else:
+        reference, _ = load_policy(model_name, device=device)
+        reference.requires_grad_(False)
+        model = PolicyWithValue(lm, reference)
+    model.to(device)
+    model.eval()  # no dropout anywhere, also during updates ([N-det])
+    return model, tokenizer
