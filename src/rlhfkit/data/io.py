@@ -194,14 +194,14 @@ _NEW_DIR_MODE = 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
-def _atomic_open(path: PathLike) -> Iterator[IO[str]]:
-    """A text file handle whose content replaces ``path`` only if the ``with`` body succeeds."""
+def _atomic_open(path: PathLike, binary: bool = False) -> Iterator[IO]:
+    """A file handle (text, or bytes) whose content replaces ``path`` only if the ``with`` body succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Same directory as the target, so os.replace is a rename within one filesystem (atomic).
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -244,20 +244,8 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (a checkpoint serialised in memory, say)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _NEW_FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _atomic_open(path, binary=True) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
