@@ -200,6 +200,9 @@ def test_mean_kendall_tau_b():
     # p2: X/Y: conc ac, bc = 2, X ties ab → 2 / sqrt((3 − 1)(3 − 0)) = 2/sqrt(6).
     expected = (1 / 3 + 1 / 3 - 1 / 3 + 2 / math.sqrt(6)) / 4
     assert mean_kendall_tau_b([*P1, *P2]) == pytest.approx(expected)
+    # A task where one labeler tied everything has no τ-b (NaN): it is left out, not counted as 0.
+    all_tied = [R("X", "p3", {"a": 1, "b": 1}), R("Y", "p3", {"a": 1, "b": 2})]
+    assert mean_kendall_tau_b([*P1, *P2, *all_tied]) == pytest.approx(expected)
 
 
 def test_mid_ranks_and_consensus():
@@ -391,16 +394,41 @@ def test_simulation_flags_a_labeler_who_fails_everything():
 # --- report -------------------------------------------------------------------------------------
 
 
-def test_agreement_report_is_plain_json_and_consistent():
-    rankings = _simulate(1, {**{f"careful{i}": 0.8 for i in range(5)}, "random": None})
-    rankings.append(R("solo", "only-mine", {"a": 1, "b": 2}))  # shares no task: NaN fields → None
-    report = agreement_report(rankings)
+def test_agreement_report_hand_worked():
+    # P1, P2 and a stale re-ranking (tests above), plus a labeler who shares no task.
+    solo = R("solo", "only-mine", {"a": 1, "b": 2})
+    report = agreement_report([STALE, *P1, *P2, solo])
     json.dumps(report, allow_nan=False)
-    assert report["n_rankings"] == 241 and report["n_tasks"] == 41 and report["n_labelers"] == 7
-    assert report["n_overlap_tasks"] == 40
-    assert report["pairwise_agreement"] == pytest.approx(overall_agreement(pairwise_agreement_table(rankings)))
-    assert len(report["pairwise_table"]) == 15  # C(6, 2); solo shares nothing
-    assert -1 <= report["kendall_tau_b_mean"] <= 1 and 0 < report["krippendorff_alpha_ordinal"] < 1
+    # one ranking per (labeler, task): X, Y, Z on p1, X, Y on p2, solo on its own task
+    assert (report["n_rankings"], report["n_tasks"], report["n_labelers"], report["n_overlap_tasks"]) == (6, 3, 4, 2)
+    assert report["pairwise_agreement"] == pytest.approx(7 / 11)  # test_pairwise_agreement_table_hand_worked
+    assert report["pairwise_table"] == [
+        {"labelers": ["X", "Y"], "agree": 4, "total": 5, "agreement": 0.8},
+        {"labelers": ["X", "Z"], "agree": 2, "total": 3, "agreement": pytest.approx(2 / 3)},
+        {"labelers": ["Y", "Z"], "agree": 1, "total": 3, "agreement": pytest.approx(1 / 3)},
+    ]
+    assert report["kendall_tau_b_mean"] == pytest.approx((1 / 3 + 1 / 3 - 1 / 3 + 2 / math.sqrt(6)) / 4)
+    # Krippendorff units (competition ranks, F = 4): p1 a [1,1,2] b [2,3,1] c [3,2,3]; p2 a [1,1] b [1,2] c [4,4];
+    # solo's units hold one value each (not pairable). Coincidences o11 3, o12 2.5, o13 .5, o23 1.5, o33 1, o44 2
+    # → n_c (6, 4, 3, 2), n 15. Ordinal δ²: 12 25, 13 72.25, 14 121, 23 12.25, 24 36, 34 6.25.
+    # Σ o δ² = 2(2.5·25 + .5·72.25 + 1.5·12.25) = 234; Σ n n δ² = 2(24·25 + 18·72.25 + 12·121 + 12·12.25 + 8·36
+    # + 6·6.25) = 7650; α = 1 − 14·234/7650.
+    assert report["krippendorff_alpha_ordinal"] == pytest.approx(1 - 14 * 234 / 7650)
+    rows = {row["labeler"]: row for row in report["labelers"]}
+    assert list(rows) == ["X", "Y", "Z", "solo"]
+    assert [rows[k]["consensus_agreement"] for k in "XYZ"] == pytest.approx([11 / 12, 3 / 4, 1 / 2])
+    assert [rows[k]["score"] for k in "XYZ"] == pytest.approx([5 / 6, 1 / 2, 0.0])
+    assert rows["solo"]["consensus_agreement"] is None and rows["solo"]["score"] is None  # NaN → None
+    # Tie rates X 1/4 (p2's a = b), everyone else 0: median 0, spread floored at .04 → z 6.25 > 3.5.
+    assert [lab for lab, row in rows.items() if row["flagged"]] == ["X"]
+    assert len(rows["X"]["reasons"]) == 1 and rows["X"]["reasons"][0].startswith("ties 25% (median labeler 0%")
+
+
+def test_agreement_report_flags_the_random_labeler_of_a_simulation():
+    rankings = _simulate(1, {**{f"careful{i}": 0.8 for i in range(5)}, "random": None})
+    report = agreement_report(rankings)
+    assert report["n_rankings"] == 240 and report["n_tasks"] == 40 and report["n_labelers"] == 6
+    assert len(report["pairwise_table"]) == 15  # C(6, 2)
     rows = {row["labeler"]: row for row in report["labelers"]}
     assert [lab for lab, row in rows.items() if row["flagged"]] == ["random"]
-    assert rows["random"]["reasons"] and rows["solo"]["consensus_agreement"] is None and rows["solo"]["score"] is None
+    assert rows["random"]["reasons"][0].startswith("agrees with the other labelers' consensus on")

@@ -59,23 +59,55 @@ def _prompts(tmp_path, eval_split=True):
     return path
 
 
+def _zero_adapters(policy_dir):
+    """The trained policy with every LoRA B set to 0: the adapters then add exactly nothing, so this policy
+    IS the reference (the value head and the A matrices are left as trained)."""
+    from safetensors.torch import load_file, save_file
+
+    path = policy_dir / "trainable.safetensors"
+    state = load_file(str(path))
+    lora_b = [k for k in state if "lora_B" in k]
+    assert lora_b  # the policy trained LoRA adapters: there is something to switch off
+    save_file({k: (v.zero_() if k in lora_b else v) for k, v in state.items()}, str(path))
+
+
 def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     prompts = _prompts(tmp_path)
     run = tmp_path / "run"
+    # lr 1e-2: one iteration moves the adapters far enough that the policy's KL to the reference is clearly > 0
     run_ppo(load_config(PPOConfig, None, dict(run_dir=str(run), model=str(tiny_llama), reward_model="gold", prompts=str(prompts),
                                               iterations=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6,
-                                              sample_every=0, device="cpu", lora_layers=0)))
-    result = run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), reward_model="gold", prompts=str(prompts), device="cpu",
-                                                         samples_per_prompt=2, report=False)))
+                                              sample_every=0, device="cpu", lora_layers=0, lr=1e-2)))
+    eval_cfg = dict(run_dir=str(run), reward_model="gold", prompts=str(prompts), device="cpu", samples_per_prompt=2,
+                    report=False)
+    result = run_eval(load_config(EvalConfig, None, eval_cfg))
     assert result["n_prompts"] == 4 and result["n_completions"] == 8
-    for m in ("reference", "policy"):
-        for key in ("reward_model", "gold", "toxicity", "length", "distinct_1", "repetition"):
-            assert key in result["models"][m]
-    assert 0.0 <= result["win_rate"]["gold"]["value"] <= 1.0
-    assert result["kl"]["value"] >= 0.0  # k3 is non-negative
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 8 and set(samples[0]) >= {"prompt", "reference", "policy", "reference_scores", "policy_scores"}
+    eval_prompts = [f"why does the cat {i} run?" for i in (1, 3, 5, 7)]
+    assert [s["prompt"] for s in samples] == [p for p in eval_prompts for _ in range(2)]
+    # The summary is of the samples written, each model's own: a swap of reference and policy would show.
+    for m in ("reference", "policy"):
+        gold = [s[f"{m}_scores"]["gold"] for s in samples]
+        assert result["models"][m]["gold"]["value"] == pytest.approx(np.mean(gold))
+    ref_gold = [s["reference_scores"]["gold"] for s in samples]
+    pol_gold = [s["policy_scores"]["gold"] for s in samples]
+    assert result["win_rate"]["gold"]["value"] == pytest.approx(M.win_rate(pol_gold, ref_gold))
+    kls = [s["kl"] for s in samples]
+    assert result["kl"]["value"] == pytest.approx(np.mean(kls))
+    assert min(kls) >= 0.0 and result["kl"]["value"] > 1e-3  # k3 ≥ 0 per sample; a trained policy is not the reference
     assert json.loads((run / "eval" / "eval.json").read_text())["verdict"]["checks"]
+
+    # The same policy with its adapters switched off is the reference itself. With the same seeds both
+    # models must then write the same texts, the KL must be 0 for every sample, every win rate ½, and the
+    # reference's numbers must not move: the reference never depends on the policy's weights.
+    _zero_adapters(run / "policy")
+    same = run_eval(load_config(EvalConfig, None, eval_cfg))
+    samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [s["policy"] for s in samples] == [s["reference"] for s in samples]
+    assert all(s["kl"] == 0.0 for s in samples) and same["kl"]["value"] == 0.0
+    assert same["win_rate"]["gold"]["value"] == 0.5 and same["win_rate"]["reward_model"]["value"] == 0.5
+    assert same["models"]["reference"] == result["models"]["reference"]
+    assert same["models"]["policy"] == same["models"]["reference"]
 
 
 def test_eval_errors(tiny_llama, tmp_path):
