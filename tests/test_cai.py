@@ -110,38 +110,49 @@ def write_prompts(path: Path, texts: list[str], split: str = "train") -> Path:
 
 def test_revise_chains_every_step_and_saves_it(tmp_path, tiny_llama, monkeypatch):
     """Each critique quotes the text of the previous step, each revision quotes its critique, with the
-    principle drawn for that prompt and round; every step is saved."""
+    principle drawn for that prompt and round; every step is saved, cleaned. The tiny model really generates;
+    a spy records what each step asked and got, puts a small model's lead-in before each text (which must
+    be cleaned off) and leaves one revision as the bare lead-in (which cleans up to nothing)."""
     import rlhfkit.cai.revise as R
 
-    calls = []
+    real = R._generate
+    calls = []  # (user turns, raw outputs) of each generation step
 
-    def fake_generate(model, tokenizer, user_turns, *, seed, **kw):
-        step = len(calls)
-        calls.append(user_turns)
-        outputs = [f"Revision: text {step}.{i}" for i in range(len(user_turns))]  # the lead-in must go
-        if step == 4:
-            outputs[1] = "Revision:"  # cleans up to nothing: the round-1 text stays current
-        return outputs, 5 * len(user_turns)
+    def spy(model, tokenizer, user_turns, **kw):
+        outputs, n = real(model, tokenizer, user_turns, **kw)
+        outputs = [f"Revision: {o}" for o in outputs]
+        if len(calls) == 4:
+            outputs[1] = "Revision:"  # round 2's revision of prompt 1
+        calls.append((list(user_turns), outputs))
+        return outputs, n
 
-    monkeypatch.setattr(R, "_generate", fake_generate)
-    prompts = write_prompts(tmp_path / "p.jsonl", ["hello the cat", "why does the dog run?"])
+    monkeypatch.setattr(R, "_generate", spy)
+    texts = ["hello the cat", "why does the dog run?"]
+    prompts = write_prompts(tmp_path / "p.jsonl", texts)
     cfg = load_config(CaiReviseConfig, None, dict(run_dir=str(tmp_path / "run"), model=str(tiny_llama),
-                                                  prompts=str(prompts), rounds=2, device="cpu", seed=3))
+                                                  prompts=str(prompts), rounds=2, max_new_tokens=8, device="cpu", seed=3))
     summary = run_revise(cfg, progress=False)
     assert len(calls) == 5  # response, then (critique, revision) × 2
+    assert calls[0][0] == texts
     records = [json.loads(l) for l in (tmp_path / "run" / "cai" / "revisions.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in records] == ["q0", "q1"]
     c = load_constitution()
     for i, rec in enumerate(records):
         drawn = draw_principles(c, 2, seed=3, key=rec["prompt_id"])
         assert rec["principles"] == [p.id for p in drawn]
-        assert rec["response"] == f"text 0.{i}"
-        assert rec["critiques"] == [f"text 1.{i}", f"text 3.{i}"]
-        assert calls[1][i].endswith(drawn[0].critique_request) and f'"{rec["response"]}"' in calls[1][i]
-        assert f"Critique: text 1.{i}" in calls[2][i] and calls[2][i].endswith(drawn[0].revision_request)
-        assert f'"text 2.{i}"' in calls[3][i] and calls[3][i].endswith(drawn[1].critique_request)
-    assert records[0]["revisions"] == ["text 2.0", "text 4.0"] and records[0]["final"] == "text 4.0"
-    assert records[1]["revisions"] == ["text 2.1", ""] and records[1]["final"] == "text 2.1"
-    assert summary["empty_revisions"] == 1 and summary["changed"] == 2
+        out = [clean_output(raw[i]) for _, raw in calls]  # what each step produced for prompt i, cleaned
+        assert not any(o.startswith("Revision:") for o in out)
+        assert rec["response"] == out[0] and rec["critiques"] == [out[1], out[3]] and rec["revisions"] == [out[2], out[4]]
+        turn = [turns[i] for turns, _ in calls]
+        assert f'"{texts[i]}"' in turn[1] and f'"{out[0]}"' in turn[1] and turn[1].endswith(drawn[0].critique_request)
+        assert f'"{out[0]}"' in turn[2] and f"Critique: {out[1]}" in turn[2] and turn[2].endswith(drawn[0].revision_request)
+        current = out[2] or out[0]  # round 2 works on round 1's revision (the response if that came out empty)
+        assert f'"{current}"' in turn[3] and turn[3].endswith(drawn[1].critique_request)
+        assert f"Critique: {out[3]}" in turn[4] and turn[4].endswith(drawn[1].revision_request)
+        assert rec["final"] == (out[4] or current)
+    assert records[1]["revisions"][1] == "" and records[1]["final"] == (records[1]["revisions"][0] or records[1]["response"])
+    assert summary["empty_revisions"] == sum(not x for r in records for x in r["revisions"]) >= 1
+    assert summary["changed"] == sum(r["final"] != r["response"] for r in records)
     with pytest.raises(RlhfkitError, match="already exists"):
         run_revise(cfg, progress=False)
 
@@ -397,9 +408,12 @@ def test_label_with_ai_stores_rankings_like_any_labeler(tmp_path, tiny_judge):
         other = AI.AILabeler(model, tok, tiny_constitution(), name="ai-tiny", model_name="other-model")
         with pytest.raises(RlhfkitError, match="already in the store as a different labeler"):
             AI.label_with_ai(store, other, guideline_version=version, progress=False)
-    expected = lab.judge(tasks)
-    for r, (key, _, texts), j in zip(rankings, tasks, expected):
-        assert list(r.marks.values()) == j.marks
+    expected = dict(zip([key for key, _, _ in tasks], lab.judge(tasks)))
+    assert sorted(r.prompt_id for r in rankings) == sorted(expected)  # one ranking per task, no more, no fewer
+    for r in rankings:
+        key, j = r.prompt_id, expected[r.prompt_id]
+        assert r.labeler == "ai-tiny"
+        assert r.marks == {f"{key}-{i}": m for i, m in enumerate(j.marks)}
         audit = json.loads(history[key].comment)["ai_pairs"]
         assert {a["principle"] for a in audit} <= {"p0", "p1", "p2"} and len(audit) == len(j.pairs)
     assert history["t2"].fail_reasons == {"t2-1": "fails the guideline (empty)"}
@@ -415,11 +429,12 @@ def test_loop_with_ai_feedback_end_to_end(tmp_path, tiny_llama):
     from typer.testing import CliRunner
 
     from rlhfkit.cli import app
-    from rlhfkit.config import GenerateConfig, PairsConfig, PPOConfig
+    from rlhfkit.config import GenerateConfig, PairsConfig, PPOConfig, RewardConfig
     from rlhfkit.data.io import read_pairs
     from rlhfkit.feedback.label import run_pairs
     from rlhfkit.generate import run_generate
     from rlhfkit.train.ppo import run_ppo
+    from rlhfkit.train.reward_stage import run_train_rm
 
     run = tmp_path / "run"
     prompts = write_prompts(tmp_path / "p.jsonl", ["why does the dog run?", "hello the cat", "what is a good book?",
@@ -433,21 +448,14 @@ def test_loop_with_ai_feedback_end_to_end(tmp_path, tiny_llama):
     s = run_pairs(load_config(PairsConfig, None, dict(run_dir=str(run), drop_flagged=False)))
     pairs = read_pairs(run / "pairs.jsonl")
     assert s["pairs"] == len(pairs) > 0 and {p.source for p in pairs} == {"ai"}
-    # train-rm in a folder of its own, fed this run's pairs: it still writes logs/metrics.csv with its own
-    # columns (not MetricsLog's), which MetricsLog.start_fresh in ppo cannot rewrite (reported).
+    # train-rm in a folder of its own, fed this run's pairs through its `pairs` setting
     rm_run = tmp_path / "rm"
     rm_args = dict(run_dir=str(rm_run), pairs=str(run / "pairs.jsonl"), backbone=str(tiny_llama), epochs=1,
                    batch_size=4, max_length=64, eval_fraction=0.0, device="cpu")
-    try:
-        from rlhfkit.train.reward_stage import run_train_rm
-        from rlhfkit.config import RewardConfig
-    except ImportError:  # the reward-model stage is not there yet: PPO on the gold scorer instead
-        reward_model = "gold"
-    else:
-        run_train_rm(load_config(RewardConfig, None, rm_args), progress=False)
-        reward_model = str(rm_run / "reward_model")
+    rm = run_train_rm(load_config(RewardConfig, None, rm_args), progress=False)
+    assert rm["pairs"]["used"] == len(pairs)  # the AI labeler's pairs are what the reward model learnt from
     summary = run_ppo(load_config(PPOConfig, None, dict(
-        run_dir=str(run), model=str(tiny_llama), reward_model=reward_model, prompts=str(prompts), iterations=1,
+        run_dir=str(run), model=str(tiny_llama), reward_model=str(rm_run / "reward_model"), prompts=str(prompts), iterations=1,
         batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, sample_every=0, device="cpu", gold=False)))
     assert summary["iterations"] == 1 and math.isfinite(summary["score_last"])
     assert (run / "policy" / "adapter").exists()
