@@ -297,6 +297,22 @@ def test_damaged_artifacts_are_named_not_raised(tmp_path):
     assert "reward model training curves" in {a["alt"] for a in page.all("img")}
 
 
+def test_the_report_shows_the_stored_verdict_and_judges_nothing(tmp_path):
+    # Judge, then render (STYLE 15): numbers on which judge() passes, with a failing verdict stored beside
+    # them: the page must show the stored one.
+    run = make_run(tmp_path)
+    ev = eval_json()
+    assert judge(ev)["passed"] is True
+    ev["verdict"] = {"passed": False, "sentence": "Not a clean win: as stored by the eval stage.",
+                     "checks": [{"name": "KL", "ok": False, "detail": "KL as stored by the eval stage"}]}
+    (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    page = Page(write_report(run).read_text())
+    summary = " ".join(page.text["summary"].split())
+    assert "✗ Not a clean win: as stored by the eval stage." in summary and "KL as stored by the eval stage" in summary
+    assert "beats the reference" not in summary
+    assert [a["class"] for a in page.all("div") if "verdict" in a.get("class", "")] == ["verdict fail"]
+
+
 def test_verdict_passes_on_the_issue_criterion():
     checks = verdict_checks(eval_json())
     assert [c.ok for c in checks] == [True, True, True, True]
