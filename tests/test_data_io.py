@@ -254,19 +254,29 @@ def test_atomic_directory_recovers_a_crash_between_its_two_renames(tmp_path, mon
     with dio.atomic_directory(target) as tmp:
         (tmp / "w.bin").write_text("v1")
     real = os.replace
-    calls = []
 
-    def die_on_second(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the process dies here
-        real(src, dst)
+    def crash_between_the_renames():
+        calls = []
 
-    monkeypatch.setattr(dio.os, "replace", die_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        with dio.atomic_directory(target) as tmp:
-            (tmp / "w.bin").write_text("v2")
-    monkeypatch.setattr(dio.os, "replace", real)
-    assert not target.exists() and (tmp_path / ".model.old" / "w.bin").read_text() == "v1"
+        def die_on_second(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the process dies here
+            real(src, dst)
+
+        monkeypatch.setattr(dio.os, "replace", die_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            with dio.atomic_directory(target) as tmp:
+                (tmp / "w.bin").write_text("v2")
+        monkeypatch.setattr(dio.os, "replace", real)
+        assert not target.exists() and (tmp_path / ".model.old" / "w.bin").read_text() == "v1"
+
+    crash_between_the_renames()
     dio.restore_interrupted(target)
     assert (target / "w.bin").read_text() == "v1" and not (tmp_path / ".model.old").exists()
+    # the next writer restores too, before anything else: even if it then fails, v1 is back
+    crash_between_the_renames()
+    with pytest.raises(RuntimeError):
+        with dio.atomic_directory(target):
+            raise RuntimeError("the next run fails as well")
+    assert (target / "w.bin").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
