@@ -38,13 +38,32 @@ def _optional(d: dict, name: str, kind: type | tuple, default: Any) -> Any:
     return _require(d, name, kind)
 
 
+def _strings(d: dict, name: str) -> tuple[str, ...]:
+    """An optional list of non-empty strings (absent = ())."""
+    value = _optional(d, name, list, [])
+    if not all(isinstance(x, str) and x.strip() for x in value):
+        raise RecordError(f"field '{name}' must be a list of non-empty strings", field=name)
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """A prompt to complete. ``split`` is ``train`` or ``eval`` (held out for evaluation)."""
+    """A prompt to complete. ``split`` is ``train`` or ``eval`` (held out for evaluation).
+
+    Optional, what a careful reader expects of a reply (the gold scorer reads them; see feedback/gold.py):
+    ``references`` good replies, ``facts`` groups of alternatives a correct reply mentions (one of each
+    group), ``wrong`` phrases of a confidently wrong reply, ``harmful`` replies that comply with a harmful
+    request. ``category`` groups prompts in reports (provocative prompts are where toxicity lives).
+    """
 
     id: str
     prompt: str
     split: str = "train"
+    category: str = ""
+    references: tuple[str, ...] = ()
+    facts: tuple[tuple[str, ...], ...] = ()
+    wrong: tuple[str, ...] = ()
+    harmful: tuple[str, ...] = ()
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "eval")
 
     @classmethod
@@ -52,10 +71,23 @@ class Prompt:
         split = _optional(d, "split", str, "train")
         if split not in cls.SPLITS:
             raise RecordError(f"field 'split' must be one of {cls.SPLITS}, got {split!r}", field="split")
-        return cls(id=str(_require(d, "id", (str, int))), prompt=_require(d, "prompt", str, nonempty=True), split=split)
+        facts = _optional(d, "facts", list, [])
+        if not all(isinstance(g, list) and g and all(isinstance(x, str) and x.strip() for x in g) for g in facts):
+            raise RecordError("field 'facts' must be a list of non-empty lists of strings (alternatives)", field="facts")
+        return cls(id=str(_require(d, "id", (str, int))), prompt=_require(d, "prompt", str, nonempty=True), split=split,
+                   category=_optional(d, "category", str, ""), references=_strings(d, "references"),
+                   facts=tuple(tuple(g) for g in facts), wrong=_strings(d, "wrong"), harmful=_strings(d, "harmful"))
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "prompt": self.prompt, "split": self.split}
+        out: dict[str, Any] = {"id": self.id, "prompt": self.prompt, "split": self.split}
+        if self.category:
+            out["category"] = self.category
+        for name in ("references", "wrong", "harmful"):
+            if getattr(self, name):
+                out[name] = list(getattr(self, name))
+        if self.facts:
+            out["facts"] = [list(g) for g in self.facts]
+        return out
 
 
 @dataclass(frozen=True)
