@@ -1,11 +1,16 @@
-"""Load test of the labeling web app over loopback: many simulated labelers ranking at once.
+"""Load test of the labeling web app over loopback: many simulated labelers ranking at once, on
+SQLite and on PostgreSQL.
 
-    python bench/label_load.py [--labelers 100] [--per-labeler 20]
+    python bench/label_load.py [--labelers 100] [--per-labeler 20] [--backends sqlite,postgresql]
+                               [--postgres postgresql://USER:PASSWORD@127.0.0.1:5432/DB]
 
-The server is the real one (`rlhfkit label serve`, one process, SQLite store in a temporary folder)
-on 127.0.0.1. Each simulated labeler is an async HTTP client with its own cookie jar: it signs in with
-its invite link, confirms the guideline with the page's CSRF token, then loops GET /api/task →
-POST /api/rankings until it has its rankings acknowledged (201).
+The server is the real one (`rlhfkit label serve`, one process) on 127.0.0.1, its store a SQLite file
+in a temporary folder or a fresh schema on the PostgreSQL server (``--postgres``, else
+$RLHFKIT_TEST_POSTGRES, else the one `make postgres` sets up; a backend that cannot be reached is
+reported and skipped unless named in --backends). Each simulated labeler is an async HTTP client with
+its own cookie jar: it opens its invite link, signs in (POST /login with the page's pre-session
+cookie), confirms the guideline with its CSRF token, then loops GET /api/task → POST /api/rankings
+until it has its rankings acknowledged (201).
 
 1. steady: all labelers at once. Throughput (acknowledged rankings per second of wall time) and the
    p50/p99 latency of the submit and of fetching a task are printed. Checked in the store afterwards:
@@ -23,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import platform
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +49,52 @@ from rlhfkit.feedback.web.cli_support import invite
 
 K = 4
 OVERLAP = 3
+POSTGRES_DEFAULT = "postgresql://rlhfkit:rlhfkit@127.0.0.1:5432/rlhfkit_test"  # what `make postgres` creates
+
+
+@contextlib.contextmanager
+def postgres_store(url: str):
+    """A fresh schema on the PostgreSQL server at ``url``, dropped afterwards; yields its store URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    engine = create_engine(base, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        engine.dispose()
+
+
+def postgres_reachable(url: str) -> str | None:
+    """None if a server answers at ``url``, else why not."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    finally:
+        engine.dispose()
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        return f"{model}, {os.cpu_count()} CPUs"
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:
@@ -49,9 +103,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, port: int) -> subprocess.Popen:
+def start_server(run_dir: Path, store: str, port: int) -> subprocess.Popen:
     log = open(run_dir / "server.log", "a")
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "label", "serve", "--run", str(run_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "label", "serve", "--run", str(run_dir), "--store", store,
+           "--port", str(port)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -68,11 +123,11 @@ async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> 
                 await asyncio.sleep(0.05)
 
 
-def prepare(run_dir: Path, labelers: int, per_labeler: int, base: str) -> dict[str, str]:
+def prepare(run_dir: Path, store: str, labelers: int, per_labeler: int, base: str) -> dict[str, str]:
     """A store with the guideline, enough tasks that nobody runs out, and one invite link per labeler."""
     n_tasks = int(1.5 * labelers * per_labeler / OVERLAP)
-    links = {f"u{i:03d}": invite(str(run_dir), "", f"u{i:03d}", base_url=base) for i in range(labelers)}
-    with open_store(str(run_dir), "") as s:
+    links = {f"u{i:03d}": invite(str(run_dir), store, f"u{i:03d}", base_url=base) for i in range(labelers)}
+    with open_store(str(run_dir), store) as s:
         ensure_guideline(s)
         items = [(f"p{i}", f"prompt {i}", [(f"c{j}", f"reply {i}.{j}") for j in range(K)]) for i in range(n_tasks)]
         s.add_tasks(items, "helpful", overlap=OVERLAP)
@@ -93,7 +148,12 @@ async def labeler(base: str, name: str, link: str, n: int, tally: Tally, deadlin
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
         while True:  # sign in (retried: the server may be down at that moment in the crash phase)
             try:
-                (await c.get(link.removeprefix(base))).raise_for_status()
+                if "rlhfkit_session" not in c.cookies:  # signed in before the server was killed: the session lives on
+                    (await c.get(link.removeprefix(base))).raise_for_status()
+                    form = {"token": link.split("token=")[1], "csrf": c.cookies["rlhfkit_login"]}
+                    r = await c.post("/login", data=form)
+                    if r.status_code != 303:
+                        raise RuntimeError(f"{name}: signing in → {r.status_code} {r.text}")
                 csrf = (await c.get("/api/me")).json()["csrf_token"]
                 c.headers["x-csrf-token"] = csrf
                 r = await c.post("/guideline/confirm", data={"version": 1, "csrf": csrf})
@@ -132,8 +192,8 @@ async def labeler(base: str, name: str, link: str, n: int, tally: Tally, deadlin
                 raise RuntimeError(f"{name}: POST /api/rankings → {r.status_code} {r.text}")
 
 
-def check_store(run_dir: Path, tally: Tally) -> dict:
-    with open_store(str(run_dir), "", must_exist=True) as s:
+def check_store(run_dir: Path, store: str, tally: Tally) -> dict:
+    with open_store(str(run_dir), store, must_exist=True) as s:
         rows = s.history()
     stored = {r.ranking_id: r for r in rows}
     lost = [rid for rid, acked in tally.acked.items()
@@ -147,11 +207,11 @@ def ms(xs: list[float], q: float) -> str:
     return f"{1000 * float(np.percentile(xs, q)):.0f} ms"
 
 
-async def run_phase(args, run_dir: Path, crash: bool) -> tuple[dict, Tally, float]:
+async def run_phase(args, run_dir: Path, store: str, crash: bool) -> tuple[dict, Tally, float]:
     port = args.port or free_port()
     base = f"http://127.0.0.1:{port}"
-    links = prepare(run_dir, args.labelers, args.per_labeler, base)
-    proc = start_server(run_dir, port)
+    links = prepare(run_dir, store, args.labelers, args.per_labeler, base)
+    proc = start_server(run_dir, store, port)
     tally = Tally()
     restarts = []
     try:
@@ -168,7 +228,7 @@ async def run_phase(args, run_dir: Path, crash: bool) -> tuple[dict, Tally, floa
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             t_kill = time.perf_counter()
-            proc = start_server(run_dir, port)
+            proc = start_server(run_dir, store, port)
             await wait_ready(base, proc)
             restarts.append((acked_at_kill, time.perf_counter() - t_kill))
         await asyncio.gather(*clients)
@@ -176,7 +236,7 @@ async def run_phase(args, run_dir: Path, crash: bool) -> tuple[dict, Tally, floa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    result = check_store(run_dir, tally)
+    result = check_store(run_dir, store, tally)
     if restarts:
         result["killed_after_acks"], result["down_s"] = restarts[0][0], round(restarts[0][1], 2)
     return result, tally, wall
@@ -186,17 +246,29 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--labelers", type=int, default=100)
     parser.add_argument("--per-labeler", type=int, default=20)
+    parser.add_argument("--backends", default="", help="sqlite,postgresql (default: both, PostgreSQL if reachable)")
+    parser.add_argument("--postgres", default=os.environ.get("RLHFKIT_TEST_POSTGRES", POSTGRES_DEFAULT),
+                        help="PostgreSQL server to test on (a fresh schema per phase)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = a free one)")
     parser.add_argument("--deadline", type=float, default=600, help="seconds a phase may take at most")
     args = parser.parse_args()
+    backends = args.backends.split(",") if args.backends else ["sqlite", "postgresql"]
+    print(f"machine: {cpu_name()}; one server process (uvicorn), clients in this process; "
+          f"{args.labelers} labelers × {args.per_labeler} rankings, K={K}, overlap {OVERLAP}")
     ok = True
-    with tempfile.TemporaryDirectory() as tmp:
+    for backend in backends:
+        if backend == "postgresql" and (why := postgres_reachable(args.postgres)):
+            print(f"== postgresql: no server ({why}); `make postgres` starts one")
+            ok = ok and not args.backends  # skipped only when not asked for by name
+            continue
         for crash in (False, True):
-            run_dir = Path(tmp) / ("crash" if crash else "steady")
-            run_dir.mkdir()
-            result, tally, wall = await run_phase(args, run_dir, crash)
+            with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+                run_dir = Path(tmp)
+                store = (str(run_dir / "feedback.db") if backend == "sqlite"
+                         else stack.enter_context(postgres_store(args.postgres)))
+                result, tally, wall = await run_phase(args, run_dir, store, crash)
             name = "crash (SIGKILL + restart mid-load)" if crash else "steady"
-            print(f"== {name}: {args.labelers} labelers × {args.per_labeler} rankings")
+            print(f"== {backend}, {name}: {args.labelers} labelers × {args.per_labeler} rankings")
             n = len(tally.acked)
             print(f"   {n} rankings acknowledged in {wall:.1f} s = {n / wall:.0f} rankings/s")
             print(f"   POST /api/rankings p50 {ms(tally.submit_s, 50)}, p99 {ms(tally.submit_s, 99)};"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,102 @@ def chromium_path() -> str | None:
     if path is None and os.environ.get("CI"):
         pytest.fail("CI=true but Debian's chromium is missing (make browser installs it)")
     return path
+
+
+# ---- feedback stores: every store and web-app test runs on SQLite and on a real PostgreSQL server ----
+
+POSTGRES_ENV = "RLHFKIT_TEST_POSTGRES"
+POSTGRES_DEFAULT = "postgresql://rlhfkit:rlhfkit@127.0.0.1:5432/rlhfkit_test"  # what `make postgres` creates
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL (``RLHFKIT_TEST_POSTGRES``, else the one `make postgres` sets up). Without a
+    server the PostgreSQL half of the tests is skipped, except in CI, where that is a failure."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get(POSTGRES_ENV, POSTGRES_DEFAULT)
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001 — whatever keeps us from the server, say it
+        shown = make_url(url).render_as_string(hide_password=True)
+        message = f"no PostgreSQL server at {shown} ({type(e).__name__}); `make postgres` (as root) starts one"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return url
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str):
+    """A fresh, empty schema on the server at ``url`` for one test; yields a store URL that uses it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    engine = create_engine(base, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _postgres_test_schema(postgres_url) -> Iterator[str]:
+    """One schema with the store's tables for the whole session; emptied before each test (much faster
+    than creating and dropping a schema per test)."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with postgres_schema(postgres_url) as url:
+        FeedbackStore(url).close()
+        yield url
+
+
+def _empty_postgres_store(url: str) -> None:
+    """Delete every row and restart every id at 1, as in a new database."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from rlhfkit.feedback import db
+
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("SET lock_timeout = 5000"))  # a test that left a transaction open fails, not hangs
+        for table in reversed(db.Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+            if "id" in table.c:
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), 1, false)"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """Where a test's feedback store lives: a SQLite file in tmp_path, or an empty PostgreSQL schema.
+    A test must close what it opens on it (FeedbackStore.close)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "feedback.db")
+        return
+    url = request.getfixturevalue("_postgres_test_schema")
+    _empty_postgres_store(url)
+    yield url
+
+
+@pytest.fixture
+def fresh_store_url(request, store_url, tmp_path) -> Iterator[str]:
+    """A second store, not created yet, on the same database as ``store_url``."""
+    if store_url.startswith("postgresql"):
+        with postgres_schema(request.getfixturevalue("postgres_url")) as url:
+            yield url
+    else:
+        yield str(tmp_path / "fresh" / "feedback.db")
