@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,43 +58,21 @@ POSTGRES_DEFAULT = "postgresql://rlhfkit:rlhfkit@127.0.0.1:5432/rlhfkit_test"  #
 def postgres_url() -> str:
     """The test server's URL (``RLHFKIT_TEST_POSTGRES``, else the one `make postgres` sets up). Without a
     server the PostgreSQL half of the tests is skipped, except in CI, where that is a failure."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from rlhfkit.feedback.pg_scratch import unreachable
 
     url = os.environ.get(POSTGRES_ENV, POSTGRES_DEFAULT)
-    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"))
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as e:  # noqa: BLE001 — whatever keeps us from the server, say it
-        shown = make_url(url).render_as_string(hide_password=True)
-        message = f"no PostgreSQL server at {shown} ({type(e).__name__}); `make postgres` (as root) starts one"
+    if why := unreachable(url):
         if os.environ.get("CI"):
-            pytest.fail(f"CI=true but {message}")
-        pytest.skip(message)
-    finally:
-        engine.dispose()
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(f"{why}; `make postgres` (as root) starts one")
     return url
 
 
-@contextlib.contextmanager
 def postgres_schema(url: str):
-    """A fresh, empty schema on the server at ``url`` for one test; yields a store URL that uses it."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
+    """A fresh, empty schema for one test (a context manager yielding its store URL)."""
+    from rlhfkit.feedback.pg_scratch import scratch_schema
 
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    base = make_url(url).set(drivername="postgresql+psycopg")
-    engine = create_engine(base, poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {name}"))
-    try:
-        yield base.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(hide_password=False)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        engine.dispose()
+    return scratch_schema(url)
 
 
 @pytest.fixture(scope="session")

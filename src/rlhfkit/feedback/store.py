@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, exists, func, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, event, exists, func, insert, select, text, update
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -106,11 +106,17 @@ def _postgres_on_connect(busy_ms: int):
     return on_connect
 
 
-def _open_engine(url_or_path: str | Path, busy_timeout_s: float) -> Engine:
+def database_url(url_or_path: str | Path) -> URL:
+    """The SQLAlchemy URL of a store: a path is a SQLite file; ``postgresql://`` means psycopg 3."""
     text_ = str(url_or_path)
     url = make_url(text_) if "://" in text_ else make_url(f"sqlite:///{Path(text_).expanduser()}")
-    if url.drivername == "postgresql":  # SQLAlchemy's default PostgreSQL driver is psycopg2; ours is psycopg 3
+    if url.drivername == "postgresql":  # SQLAlchemy's default PostgreSQL driver is psycopg2
         url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _open_engine(url_or_path: str | Path, busy_timeout_s: float) -> Engine:
+    url = database_url(url_or_path)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
@@ -382,19 +388,18 @@ class FeedbackStore:
             if start:
                 time.sleep(IMPORT_PAUSE_S)  # let waiting writers in between two chunks
             with self._write() as s:
-                for prompt_id in self._not_stored(s, {pid: tasks[pid] for pid in new[start : start + IMPORT_CHUNK]}):
-                    prompt, completions = tasks[prompt_id]
-                    row = db.Task(
-                        prompt_id=prompt_id, prompt=prompt, criterion=criterion, overlap=overlap, created_at=now,
-                        is_gold=prompt_id in gold, gold=gold.get(prompt_id),
-                    )  # fmt: skip
-                    s.add(row)
-                    s.flush()  # row.id
-                    s.add_all(
-                        db.TaskCompletion(task_id=row.id, completion_id=cid, text=text_, position=i)
-                        for i, (cid, text_) in enumerate(completions)
-                    )
-                    added += 1
+                chunk = self._not_stored(s, {pid: tasks[pid] for pid in new[start : start + IMPORT_CHUNK]})
+                if not chunk:
+                    continue
+                # Core bulk inserts, not one ORM flush per task (~20× faster: the lock is held that much less).
+                rows = [dict(prompt_id=pid, prompt=tasks[pid][0], criterion=criterion, overlap=overlap, rankers=0,
+                             created_at=now, is_gold=pid in gold, gold=gold.get(pid)) for pid in chunk]
+                ids = dict(s.execute(insert(db.Task).returning(db.Task.prompt_id, db.Task.id), rows).all())
+                s.execute(insert(db.TaskCompletion), [
+                    dict(task_id=ids[pid], completion_id=cid, text=text_, position=i)
+                    for pid in chunk for i, (cid, text_) in enumerate(tasks[pid][1])
+                ])  # fmt: skip
+                added += len(chunk)
         return ImportCounts(added, len(tasks) - added)
 
     def _not_stored(self, s: Session, tasks: dict[str, tuple[str, list[tuple[str, str]]]]) -> list[str]:
