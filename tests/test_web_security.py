@@ -100,9 +100,9 @@ def test_2_an_invite_link_signs_in_once(site):
     link = site.link("alice")
     first = TestClient(site.app, follow_redirects=False)
     sign_in(first, link)
-    again = TestClient(site.app, follow_redirects=False)
+    again = TestClient(site.app, follow_redirects=False, cookies={LOGIN_COOKIE: "x"})
     assert again.get(link).status_code == 403  # used up
-    r = again.post("/login", data={"token": token_of(link), "csrf": "x"}, cookies={LOGIN_COOKIE: "x"})
+    r = again.post("/login", data={"token": token_of(link), "csrf": "x"})
     assert r.status_code == 403 and COOKIE not in again.cookies
     assert first.get("/api/me").json()["name"] == "alice"
 
@@ -241,7 +241,7 @@ def test_7_a_500_page_has_the_security_headers_and_no_details(tmp_path):
     app = create_app(str(tmp_path / "feedback.db"), Settings(allowed_hosts=["testserver"]))
     with app.state.store.engine.begin() as conn:  # a broken database: every request that reads it fails
         conn.execute(text("DROP TABLE web_session"))
-    r = TestClient(app, raise_server_exceptions=False).get("/rank", cookies={COOKIE: "s"})
+    r = TestClient(app, raise_server_exceptions=False, cookies={COOKIE: "s"}).get("/rank")
     assert r.status_code == 500 and r.headers["content-security-policy"] == CSP
     assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
     assert "web_session" not in r.text and "Traceback" not in r.text
