@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast browser bench clean
+# The store's and the web app's tests run on SQLite and on this PostgreSQL server (`make postgres`).
+export RLHFKIT_TEST_POSTGRES ?= postgresql://rlhfkit:rlhfkit@127.0.0.1:5432/rlhfkit_test
+
+.PHONY: setup demo test test-fast browser postgres bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +31,11 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: browser tests will be skipped (apt-get install chromium as root)"; fi; }
 
-test: setup browser
+# Debian's PostgreSQL server, started, with the role and database above (as root; see .ci/postgres).
+postgres:
+	bash .ci/postgres
+
+test: setup browser postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -7,12 +7,15 @@ import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event
+from conftest import postgres_schema
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Ranking
-from rlhfkit.feedback import db
-from rlhfkit.feedback.store import ConflictError, FeedbackStore, NotFoundError, Progress, StoreError
+from rlhfkit.feedback.store import (
+    IMPORT_CHUNK, BusyError, ConflictError, FeedbackStore, ImportCounts, NotFoundError, Progress, StoreError,
+)  # fmt: skip
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 ABC = [("a", "text a"), ("b", "text b"), ("c", "text c")]
@@ -20,8 +23,8 @@ FIRST = 1  # the id of ann's ranking in the `ranked` fixture
 
 
 @pytest.fixture
-def store(tmp_path):
-    with FeedbackStore(tmp_path / "feedback.db") as s:
+def store(store_url):
+    with FeedbackStore(store_url) as s:
         yield s
 
 
@@ -52,14 +55,39 @@ def test_open_creates_folder_and_sets_sqlite_pragmas(tmp_path):
         assert again.row_counts()["meta"] == 1
 
 
-def test_writes_begin_immediate_reads_do_not(store):
+def test_a_plain_postgresql_url_uses_psycopg_3(postgres_url):
+    with postgres_schema(postgres_url) as url:
+        assert url.startswith("postgresql+psycopg://")
+        plain = url.replace("postgresql+psycopg://", "postgresql://", 1)  # as a user would write it
+        with FeedbackStore(plain, busy_timeout_s=2.5) as store:
+            assert store.engine.dialect.driver == "psycopg"
+            with store.engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "2500ms"
+            assert store.row_counts()["meta"] == 1
+
+
+def test_writes_take_turns_reads_do_not(store):
+    """SQLite: writes BEGIN IMMEDIATE; PostgreSQL: writes take the schema's advisory lock."""
+    turn = "BEGIN IMMEDIATE" if store.engine.dialect.name == "sqlite" else "pg_advisory_xact_lock"
     seen = []
     event.listen(store.engine, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
     store.add_labeler("ann", "human")
-    assert "BEGIN IMMEDIATE" in seen
+    assert any(turn in stmt for stmt in seen)
     seen.clear()
     store.list_labelers()
-    assert "BEGIN DEFERRED" in seen and "BEGIN IMMEDIATE" not in seen
+    assert seen and not any(turn in stmt for stmt in seen)
+
+
+def test_a_writer_kept_waiting_gets_busy_error_and_writes_nothing(store_url):
+    """Issue 16 #4: a write that cannot get its turn in time is refused as busy (the app's 503), not an
+    OperationalError (a 500)."""
+    with FeedbackStore(store_url) as holder, FeedbackStore(store_url, busy_timeout_s=0.2) as store:
+        with holder._write() as other:  # another writer's transaction, open
+            other.execute(text("SELECT 1"))  # (SQLite begins it at its first statement)
+            with pytest.raises(BusyError, match="busy"):
+                store.add_labeler("ann", "human")
+        assert store.list_labelers() == []
+        store.add_labeler("ann", "human")  # its turn has come
 
 
 def test_refuses_a_database_of_another_schema_version(tmp_path):
@@ -71,18 +99,33 @@ def test_refuses_a_database_of_another_schema_version(tmp_path):
         FeedbackStore(path)
 
 
+def test_upgrades_a_version_2_database_keeping_its_rankings(tmp_path):
+    path = tmp_path / "feedback.db"
+    with FeedbackStore(path) as s:
+        s.add_labeler("ann", "human")
+        s.add_tasks([("p1", "one", ABC)], "helpful", 1)
+        s.submit_ranking("ann", 1, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"])
+    with sqlite3.connect(path) as conn:  # back to version 2: no sign-in tables, a token column on labeler
+        conn.executescript("DROP TABLE invite; DROP TABLE web_session; ALTER TABLE labeler ADD COLUMN token_hash TEXT;"
+                           "UPDATE labeler SET token_hash = 'old'; UPDATE meta SET value = '2';")
+    with FeedbackStore(path) as s:
+        assert s.row_counts()["ranking"] == 1 and s.row_counts()["invite"] == 0
+        s.add_invite("ann", "h", ttl_s=60)
+        assert s.invited("h").name == "ann" and s.invited("old") is None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == ("3",)
+
+
 # ---- labelers and guidelines --------------------------------------------------------------------
 
 
 def test_labelers(store):
-    store.add_labeler("ann", "human", token_hash="h1")
+    store.add_labeler("ann", "human")
     store.add_labeler("claude", "ai", role="admin", meta={"model": "m", "principle": "harmless"})
     assert store.get_labeler("claude").meta == {"model": "m", "principle": "harmless"}
-    assert store.labeler_by_token_hash("h1").name == "ann"
-    assert store.labeler_by_token_hash("nope") is None
-    assert [(l.name, l.kind, l.role, l.has_token) for l in store.list_labelers()] == [
-        ("ann", "human", "labeler", True),
-        ("claude", "ai", "admin", False),
+    assert [(l.name, l.kind, l.role) for l in store.list_labelers()] == [
+        ("ann", "human", "labeler"),
+        ("claude", "ai", "admin"),
     ]
     with pytest.raises(NotFoundError, match="'zed'"):
         store.get_labeler("zed")
@@ -95,15 +138,62 @@ def test_labelers(store):
         (dict(name="new", kind="robot"), StoreError, "kind 'robot'"),
         (dict(name="new", kind="human", role="boss"), StoreError, "role 'boss'"),
         (dict(name=" ", kind="human"), StoreError, "empty"),
-        (dict(name="new", kind="human", token_hash="h1"), ConflictError, "token"),
+        (dict(name="x" * 201, kind="human"), StoreError, "201 characters"),
+        (dict(name="a\x00b", kind="human"), StoreError, "NUL"),
     ],
 )
 def test_add_labeler_refusals_change_nothing(store, kwargs, error, message):
-    store.add_labeler("ann", "human", token_hash="h1")
+    store.add_labeler("ann", "human")
     before = store.row_counts()
     with pytest.raises(error, match=message):
         store.add_labeler(**kwargs)
     assert store.row_counts() == before
+
+
+# ---- sign-in: invites and sessions --------------------------------------------------------------
+
+
+def test_an_invite_is_a_one_time_exchange_for_a_session(store):
+    """Issue 16 #2: the link works once; the session it gives expires and can be ended."""
+    store.add_labeler("ann", "human")
+    expires = store.add_invite("ann", "inv1", ttl_s=3600, now=T0)
+    assert expires == T0 + timedelta(hours=1)
+    assert store.invited("inv1", now=T0).name == "ann" and store.invited("nope", now=T0) is None
+    assert store.redeem_invite("inv1", "sess1", ttl_s=60, now=T0).name == "ann"
+    assert store.invited("inv1", now=T0) is None  # used up
+    with pytest.raises(NotFoundError, match="not valid"):
+        store.redeem_invite("inv1", "sess2", ttl_s=60, now=T0)
+    assert store.session_labeler("sess1", now=T0 + timedelta(seconds=59)).name == "ann"
+    assert store.session_labeler("sess1", now=T0 + timedelta(seconds=60)) is None  # expired
+    store.end_session("sess1", now=T0)
+    assert store.session_labeler("sess1", now=T0) is None
+    assert store.session_labeler("sess2", now=T0) is None  # the refused exchange made none
+
+
+def test_an_invite_expires_and_a_reissue_replaces_it(store):
+    store.add_labeler("ann", "human")
+    store.add_invite("ann", "inv1", ttl_s=60, now=T0)
+    assert store.invited("inv1", now=T0 + timedelta(seconds=60)) is None
+    store.add_invite("ann", "inv2", ttl_s=60, now=T0)
+    assert store.invited("inv1", now=T0) is None and store.invited("inv2", now=T0).name == "ann"
+    with pytest.raises(NotFoundError):
+        store.add_invite("zed", "inv3", ttl_s=60)
+
+
+def test_revoke_ends_every_session_and_cancels_unused_links(store):
+    store.add_labeler("ann", "human")
+    store.add_labeler("bob", "human")
+    for i in range(2):
+        store.add_invite("ann", f"inv{i}", ttl_s=60, now=T0)
+        store.redeem_invite(f"inv{i}", f"sess{i}", ttl_s=60, now=T0)
+    store.add_invite("ann", "unused", ttl_s=60, now=T0)
+    store.add_invite("bob", "bob-inv", ttl_s=60, now=T0)
+    store.redeem_invite("bob-inv", "bob-sess", ttl_s=60, now=T0)
+    assert store.revoke("ann", now=T0) == (2, 1)
+    assert [store.session_labeler(f"sess{i}", now=T0) for i in range(2)] == [None, None]
+    assert store.invited("unused", now=T0) is None
+    assert store.session_labeler("bob-sess", now=T0).name == "bob"  # others untouched
+    assert store.revoke("ann", now=T0) == (0, 0)
 
 
 def test_guidelines_count_up_and_confirmations_are_idempotent(store):
@@ -145,12 +235,20 @@ def test_gold_tasks(store):
     [
         ([("p1", "one", ABC[:2]), ("new", "x", ABC)], {}, ConflictError, "'p1' is already stored"),
         ([("p1", "changed", ABC), ("new", "x", ABC)], {}, ConflictError, "'p1' is already stored"),
-        ([("new", "x", ABC[:1])], {}, StoreError, "at least 2 completions"),
+        ([("new", "x", ABC[:1])], {}, StoreError, "has 1 completions; a task needs 2 to 100"),
         ([("new", "x", [("a", "1"), ("a", "2")])], {}, StoreError, "duplicate completion ids"),
         ([("new", "x", ABC), ("new", "y", ABC)], {}, StoreError, "appears twice"),
         ([("new", "x", ABC)], {"overlap": 0}, StoreError, "overlap"),
         ([("new", "x", ABC)], {"criterion": " "}, StoreError, "criterion is empty"),
         ([("new", "x", [("a", "t"), ("b", None)])], {}, StoreError, "must be text"),
+        # issue 16 #5: nothing the API could never take a ranking of (ids ≤ 200 characters, K ≤ 100)
+        ([("new", "x", [("c" * 250, "t"), ("b", "t")])], {}, StoreError, "250 characters; at most 200"),
+        ([("new", "x", [(f"c{i}", "t") for i in range(101)])], {}, StoreError, "has 101 completions"),
+        ([("p" * 201, "x", ABC)], {}, StoreError, "prompt id has 201 characters"),
+        # issue 16 #7 and #12: text no database could store as it is
+        ([("new", "x", [("a", "t\ud800"), ("b", "t")])], {}, StoreError, "lone surrogate"),
+        ([("new", "x\x00y", ABC)], {}, StoreError, "the prompt contains a NUL character"),
+        ([("new\x00", "x", ABC)], {}, StoreError, "NUL"),
         ([("new", "x", ABC)], {"gold": {"other": {}}}, StoreError, "not in this import"),
         ([("new", "x", ABC)], {"gold": {"new": {"a": 1, "b": 2}}}, StoreError, r"not marked: \['c'\]"),
     ],
@@ -161,6 +259,31 @@ def test_add_tasks_refusals_change_nothing(store, items, kwargs, error, message)
     with pytest.raises(error, match=message):
         store.add_tasks(items, **{"criterion": "helpful", "overlap": 1, **kwargs})
     assert store.row_counts() == before
+
+
+def test_the_largest_task_allowed_is_stored_and_ranked(store):
+    ids = [f"{i:03d}" + "c" * 197 for i in range(100)]  # 100 completions, ids of exactly 200 characters
+    store.add_labeler("ann", "human")
+    store.add_tasks([("p" * 200, "x", [(c, "t") for c in ids])], "helpful", 1)
+    store.submit_ranking("ann", 1, {c: i + 1 for i, c in enumerate(ids)}, ids)
+    assert store.history("ann")[0].marks[ids[-1]] == 100
+
+
+def test_a_large_import_is_written_in_bounded_transactions(store):
+    """Issue 16 #4: 40,000 tasks in one transaction held the write lock for 51 s. Now every transaction
+    holds IMPORT_CHUNK tasks at most, and a refused import still writes nothing."""
+    n = 2 * IMPORT_CHUNK + 1
+    items = [(f"p{i}", f"prompt {i}", ABC) for i in range(n)]
+    commits = []
+    event.listen(store.engine, "commit", lambda conn: commits.append(1))
+    assert store.add_tasks(items, "helpful", 1) == ImportCounts(added=n, existing=0)
+    assert len(commits) == 3  # ⌈401 / 200⌉
+    assert store.row_counts()["task"] == n and store.row_counts()["task_completion"] == 3 * n
+    commits.clear()
+    bad = [(f"q{i}", "q", ABC) for i in range(n)] + [("p0", "changed", ABC)]
+    with pytest.raises(ConflictError, match="'p0' is already stored"):
+        store.add_tasks(bad, "helpful", 1)
+    assert commits == [] and store.row_counts()["task"] == n
 
 
 # ---- assignments --------------------------------------------------------------------------------
@@ -317,11 +440,43 @@ def test_a_stale_correction_is_refused_and_changes_nothing(ranked):
 
 def test_the_database_itself_refuses_a_second_chain(ranked):
     """Even a write that bypasses the store's checks cannot give one labeler two current rankings."""
-    with sqlite3.connect(ranked.engine.url.database) as conn, pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
-            "INSERT INTO ranking (task_id, labeler_id, marks, shown_order, checked_facts, created_at)"
-            " VALUES (1, 1, '{}', '[]', 0, '2025-01-01')"
-        )
+    insert = text(
+        "INSERT INTO ranking (task_id, labeler_id, marks, shown_order, checked_facts, created_at)"
+        " VALUES (1, 1, '{}', '[]', false, '2025-01-01')"
+    )
+    with ranked.engine.begin() as conn, pytest.raises(IntegrityError):
+        conn.execute(insert)
+
+
+# ---- submissions of a held task (the web app's) ---------------------------------------------------
+
+
+def test_a_held_submission_measures_the_time_from_the_assignment(ranked):
+    a = ranked.assign("bob", now=T0, ttl_s=60)
+    rid = ranked.submit_ranking("bob", a.task.task_id, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"],
+                                held_at=T0 + timedelta(seconds=42))
+    assert ranked.get_ranking(rid).seconds_spent == 42.0
+
+
+def test_a_submission_after_the_hold_expired_is_refused(ranked):
+    """Issue 16 #8: it was accepted with seconds_spent 0.0 (the task handed back with a fresh start)."""
+    a = ranked.assign("bob", now=T0, ttl_s=60)
+    before = ranked.row_counts()
+    for at in (T0 + timedelta(seconds=60), T0 + timedelta(hours=1)):
+        with pytest.raises(ConflictError, match="not held by 'bob'"):
+            ranked.submit_ranking("bob", a.task.task_id, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"], held_at=at)
+    with pytest.raises(ConflictError, match="not held"):  # never assigned
+        ranked.submit_ranking("bob", 2, {"a": 1, "b": 2, "c": 3}, ["a", "b", "c"], held_at=T0)
+    assert ranked.row_counts() == before
+
+
+def test_get_ranking_says_whether_it_is_current(ranked):
+    second = ranked.submit_ranking("ann", 1, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"], supersedes=FIRST)
+    old, new = ranked.get_ranking(FIRST), ranked.get_ranking(second)
+    assert (old.current, new.current, new.supersedes, new.labeler, new.shown_order) == (False, True, FIRST, "ann",
+                                                                                          ["a", "b", "c"])
+    with pytest.raises(NotFoundError, match="unknown ranking 99"):
+        ranked.get_ranking(99)
 
 
 # ---- concurrent writers -------------------------------------------------------------------------
@@ -336,7 +491,7 @@ def _expected_marks(labeler: str, prompt_id: str) -> dict:
     return {f"c{i}": (i + shift) % K + 1 for i in range(K)}
 
 
-def _labeling_worker(path: str, fresh_path: str, labeler: str, go) -> None:
+def _labeling_worker(path: str, fresh_path: str, labeler: str, go) -> None:  # in a fresh process
     go.wait()
     with FeedbackStore(fresh_path) as fresh:  # all workers create the same new database at once
         fresh.add_labeler(labeler, "simulated")
@@ -346,8 +501,8 @@ def _labeling_worker(path: str, fresh_path: str, labeler: str, go) -> None:
             store.submit_ranking(labeler, a.task.task_id, marks, [c for c, _ in a.task.completions], seconds_spent=0.0)
 
 
-def test_concurrent_writer_processes_lose_nothing(tmp_path):
-    path, fresh_path = str(tmp_path / "feedback.db"), str(tmp_path / "fresh" / "feedback.db")
+def test_concurrent_writer_processes_lose_nothing(store_url, fresh_store_url):
+    path, fresh_path = store_url, fresh_store_url
     names = ["w0", "w1", "w2", "w3"]
     with FeedbackStore(path) as store:
         for name in names:

@@ -1,8 +1,9 @@
-"""The labeling web app in-process (FastAPI TestClient) against a temporary SQLite store."""
+"""The labeling web app in-process (FastAPI TestClient), on SQLite and on PostgreSQL (conftest.store_url)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ from rlhfkit.feedback.label import ensure_guideline, open_store
 from rlhfkit.feedback.web.app import create_app
 from rlhfkit.feedback.web.cli_support import invite
 from rlhfkit.feedback.web.routes_admin import disagreement_queue
-from rlhfkit.feedback.web.security import CSP, hash_token
+from rlhfkit.feedback.web.security import COOKIE, CSP, LOGIN_COOKIE, hash_token
 from rlhfkit.feedback.web.settings import Settings
 
 XSS_COMPLETION = "<script>alert(1)</script>"
@@ -27,41 +28,72 @@ def tasks(n: int, k: int = 4) -> list[tuple[str, str, list[tuple[str, str]]]]:
     return [(f"p{i}", f"prompt {i}", [(f"c{j}", f"reply {i}.{j}") for j in range(k)]) for i in range(n)]
 
 
+def token_of(link: str) -> str:
+    return link.split("token=")[1]
+
+
+def sign_in(c: TestClient, link: str) -> None:
+    """What a person does: open the link, press "Sign in" (the form echoes the login page's cookie)."""
+    assert c.get(link).status_code == 200
+    r = c.post("/login", data={"token": token_of(link), "csrf": c.cookies.get(LOGIN_COOKIE)})
+    assert r.status_code == 303 and r.headers["location"] == "/rank", r.text
+
+
 @dataclass
 class Site:
     app: object
-    links: dict[str, str]  # name → "/login?token=…"
+    run_dir: str
+    store_url: str
 
     @property
     def store(self):
         return self.app.state.store
 
+    def link(self, name: str) -> str:
+        """A fresh one-time sign-in link of ``name`` ("/login?token=…"), as `label invite --reissue` gives."""
+        url = invite(self.run_dir, self.store_url, name, reissue=True)
+        return urlsplit(url).path + "?" + urlsplit(url).query
+
     def client(self, name: str | None = None, confirm: bool = True) -> TestClient:
         """A browser of its own (cookie jar), signed in as ``name``, guideline confirmed."""
         c = TestClient(self.app, follow_redirects=False)
         if name is not None:
-            assert c.get(self.links[name]).status_code == 200
+            sign_in(c, self.link(name))
             c.headers["x-csrf-token"] = c.get("/api/me").json()["csrf_token"]
             if confirm:
                 version = self.store.latest_guideline().version
                 assert c.post("/guideline/confirm", data={"version": version}).status_code == 303
         return c
 
-
-def make_site(tmp_path, items, overlap: int = 2, settings: Settings | None = None) -> Site:
-    links = {}
-    for name in ("alice", "bob", "carol", "ada"):
-        url = invite(str(tmp_path), "", name, admin=name == "ada")
-        links[name] = urlsplit(url).path + "?" + urlsplit(url).query
-    with open_store(str(tmp_path), "") as s:
-        ensure_guideline(s)
-        s.add_tasks(items, "helpful", overlap=overlap)
-    return Site(create_app(str(tmp_path / "feedback.db"), settings), links)
+    def bearer(self, name: str) -> dict:
+        """Headers of a script signed in as ``name``: its session id as a Bearer token, no cookie."""
+        return {"authorization": "Bearer " + self.client(name, confirm=False).cookies.get(COOKIE)}
 
 
 @pytest.fixture
-def site(tmp_path) -> Site:
-    return make_site(tmp_path, tasks(3))
+def make_site(store_url, tmp_path):
+    """make_site(items, overlap=2, **settings): the app on a store with labelers alice, bob, carol and
+    admin ada, the shipped guideline and ``items`` as tasks. Closed after the test."""
+    sites = []
+
+    def make(items, overlap: int = 2, **settings) -> Site:
+        for name in ("alice", "bob", "carol", "ada"):
+            invite(str(tmp_path), store_url, name, admin=name == "ada")
+        with open_store(str(tmp_path), store_url) as s:
+            ensure_guideline(s)
+            s.add_tasks(items, "helpful", overlap=overlap)
+        app = create_app(store_url, Settings(**{"allowed_hosts": ["testserver"], **settings}))
+        sites.append(Site(app, str(tmp_path), store_url))
+        return sites[-1]
+
+    yield make
+    for site in sites:
+        site.store.close()
+
+
+@pytest.fixture
+def site(make_site) -> Site:
+    return make_site(tasks(3))
 
 
 def task_of(c: TestClient) -> dict:
@@ -78,18 +110,21 @@ def rank_all(task: dict, marks: list) -> dict:
 # ---- sign-in ---------------------------------------------------------------------------------
 
 
-def test_invite_stores_only_the_hash_and_login_sets_a_strict_httponly_cookie(site, tmp_path):
-    token = site.links["alice"].split("token=")[1]
-    assert site.store.labeler_by_token_hash(hash_token(token)).name == "alice"
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("feedback.db*"))
-    assert token.encode() not in raw and hash_token(token).encode() in raw
-
+def test_invite_stores_only_hashes_and_signing_in_sets_a_strict_httponly_cookie(site):
+    link = site.link("alice")
     c = TestClient(site.app, follow_redirects=False)
-    r = c.get(site.links["alice"])
-    assert r.status_code == 200 and "alice" in r.text
-    cookie = r.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
+    page = c.get(link)
+    assert page.status_code == 200 and "Sign in as alice" in page.text
+    login = c.post("/login", data={"token": token_of(link), "csrf": c.cookies.get(LOGIN_COOKIE)})
+    assert login.status_code == 303 and login.headers["location"] == "/rank"
+    [cookie] = [h.lower() for h in login.headers.get_list("set-cookie") if h.startswith(COOKIE + "=")]
+    assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=604800" in cookie
     assert c.get("/api/me").json()["name"] == "alice"
+    session_id = c.cookies.get(COOKIE)
+    with site.store.engine.connect() as conn:  # what the database holds of both secrets: their hashes only
+        dump = " ".join(str(row) for t in ("invite", "web_session") for row in conn.exec_driver_sql(f"SELECT * FROM {t}"))
+    assert token_of(link) not in dump and session_id not in dump
+    assert hash_token(token_of(link)) in dump and hash_token(session_id) in dump
 
 
 def test_bad_or_missing_token_is_refused(site):
@@ -99,31 +134,35 @@ def test_bad_or_missing_token_is_refused(site):
     assert c.get("/api/me").status_code == 401
     assert c.get("/rank").status_code == 401
     assert c.get("/api/me", headers={"authorization": "Bearer nope"}).status_code == 401
-    token = site.links["bob"].split("token=")[1]
-    assert c.get("/api/me", headers={"authorization": f"Bearer {token}"}).json()["name"] == "bob"
+    assert c.get("/api/me", headers=site.bearer("bob")).json()["name"] == "bob"
 
 
-def test_logout_forgets_the_cookie(site):
+def test_logout_ends_the_session_on_the_server(site):
+    """Issue 16 #2: after /logout the old cookie still read /api/me."""
     c = site.client("alice")
+    session_id = c.cookies.get(COOKIE)
     assert c.post("/logout").status_code == 200
     assert c.get("/api/me").status_code == 401
+    replay = TestClient(site.app, cookies={COOKIE: session_id})  # the old cookie, kept by an attacker
+    assert replay.get("/api/me").status_code == 401
+    assert replay.get("/api/me", headers={"authorization": f"Bearer {session_id}"}).status_code == 401
 
 
-def test_cli_invite_prints_a_link_that_signs_in(tmp_path):
+def test_cli_invite_prints_a_link_that_signs_in_once(tmp_path, store_url):
     from typer.testing import CliRunner
 
     from rlhfkit.cli import app
 
-    r = CliRunner().invoke(app, ["label", "invite", "dora", "--admin", "--run", str(tmp_path),
+    r = CliRunner().invoke(app, ["label", "invite", "dora", "--admin", "--run", str(tmp_path), "--store", store_url,
                                  "--base-url", "http://example.test:9000/"])
     assert r.exit_code == 0, r.output
     url = r.output.strip().splitlines()[-1]
     assert url.startswith("http://example.test:9000/login?token=")
-    with open_store(str(tmp_path), "") as s:
-        lab = s.labeler_by_token_hash(hash_token(url.split("token=")[1]))
+    with open_store(str(tmp_path), store_url) as s:
+        lab = s.invited(hash_token(token_of(url)))
     assert (lab.name, lab.role, lab.kind) == ("dora", "admin", "human")
-    again = CliRunner().invoke(app, ["label", "invite", "dora", "--run", str(tmp_path)])
-    assert again.exit_code == 2 and "already exists" in again.output
+    again = CliRunner().invoke(app, ["label", "invite", "dora", "--run", str(tmp_path), "--store", store_url])
+    assert again.exit_code == 2 and "already exists" in again.output and "--reissue" in again.output
 
 
 # ---- guideline gate, assignment, blind, overlap ----------------------------------------------
@@ -207,26 +246,55 @@ def test_blind_no_labeler_sees_another_ranking(site):
     assert secret in alice.get("/history").text  # her own history shows it
 
 
-def test_an_abandoned_assignment_expires_and_returns_to_the_pool(tmp_path):
-    site = make_site(tmp_path, tasks(1), overlap=1, settings=Settings(assignment_ttl_s=0.5))
+def test_an_abandoned_assignment_expires_and_returns_to_the_pool(make_site):
+    site = make_site(tasks(1), overlap=1, assignment_ttl_s=0.5)
     alice, bob = site.client("alice"), site.client("bob")
     task = task_of(alice)
     assert task_of(bob) is None  # held by alice
     time.sleep(0.7)
     assert task_of(bob)["task_id"] == task["task_id"]
     late = alice.post("/api/rankings", json={"task_id": task["task_id"], "marks": rank_all(task, [1, 2, 3, 4])})
-    assert late.status_code == 409 and "not assigned" in late.json()["detail"]
+    assert late.status_code == 409 and "not held" in late.json()["detail"]
     assert site.store.history() == []
 
 
-def test_a_skipped_task_goes_to_someone_else(tmp_path):
-    site = make_site(tmp_path, tasks(2), overlap=1)
+def test_a_skipped_task_goes_to_someone_else(make_site):
+    site = make_site(tasks(2), overlap=1)
     alice, bob = site.client("alice"), site.client("bob")
     first = task_of(alice)["task_id"]
     assert alice.post("/api/skip", json={"task_id": first + 1}).status_code == 409  # not hers
     assert alice.post("/api/skip", json={"task_id": first}).status_code == 204
     assert task_of(alice)["task_id"] != first and task_of(bob)["task_id"] == first
     assert site.store.history() == []
+
+
+def test_a_labeler_corrects_a_ranking_with_a_new_row_that_supersedes_it(site):
+    alice, bob = site.client("alice"), site.client("bob")
+    task = task_of(alice)
+    first = alice.post("/api/rankings", json={"task_id": task["task_id"], "marks": rank_all(task, [1, 2, 3, 4])})
+    first = first.json()["ranking_id"]
+    assert f"/history/{first}/correct" in alice.get("/history").text
+    page = alice.get(f"/history/{first}/correct")  # the ranking screen, filled in, in the order seen then
+    assert page.status_code == 200 and f'data-supersedes="{first}"' in page.text
+    assert [c["completion_id"] for c in task["completions"]] == re.findall(r'data-cid="([^"]+)"', page.text)
+    assert re.findall(r'data-was="([^"]+)"', page.text) == ["1", "2", "3", "4"]
+    fix = {"marks": rank_all(task, [4, 3, 2, "F"]), "fail_reasons": {task["completions"][3]["completion_id"]: "empty"},
+           "comment": "misread the prompt", "checked_facts": True}
+    r = alice.post(f"/api/rankings/{first}/corrections", json=fix)
+    assert r.status_code == 201 and r.json()["seconds_spent"] is None, r.text
+    new, old = site.store.history("alice")
+    assert (new.ranking_id, new.supersedes, new.current, old.current) == (r.json()["ranking_id"], first, True, False)
+    assert new.marks == fix["marks"] and old.marks == rank_all(task, [1, 2, 3, 4])  # the old row is kept as it was
+    assert new.shown_order == old.shown_order and (new.comment, new.checked_facts) == ("misread the prompt", True)
+    assert site.store.progress().rankings_done == 1  # still one labeler's ranking of the task
+    assert "corrected" in alice.get("/history").text
+    # a stale correction, someone else's ranking (as good as unknown: blind), an unknown one
+    assert alice.post(f"/api/rankings/{first}/corrections", json=fix).status_code == 409
+    assert alice.get(f"/history/{first}/correct").status_code == 409
+    assert bob.post(f"/api/rankings/{new.ranking_id}/corrections", json=fix).status_code == 404
+    assert bob.get(f"/history/{new.ranking_id}/correct").status_code == 404
+    assert alice.post("/api/rankings/999/corrections", json=fix).status_code == 404
+    assert len(site.store.history()) == 2
 
 
 # ---- roles, CSRF, validation -------------------------------------------------------------------
@@ -265,8 +333,7 @@ def test_state_changes_without_the_csrf_token_are_refused(site):
     assert ada.post("/admin/import", files=files, data={"overlap": "1"}).status_code == 403
     assert site.store.history() == [] and site.store.progress().tasks == 3
     # a Bearer client needs no CSRF token: a browser never sends that header by itself
-    bearer = {"authorization": "Bearer " + site.links["alice"].split("token=")[1]}
-    assert TestClient(site.app).post("/api/rankings", json=body, headers=bearer).status_code == 201
+    assert TestClient(site.app).post("/api/rankings", json=body, headers=site.bearer("alice")).status_code == 201
 
 
 def test_bad_rankings_are_refused_with_a_message_and_change_nothing(site):
@@ -287,6 +354,7 @@ def test_bad_rankings_are_refused_with_a_message_and_change_nothing(site):
         (422, {**good, "comment": "x" * 5001}),
         (422, {**good, "extra": 1}),
         (422, {**good, "task_id": 2**80}),
+        (422, {**good, "task_id": 2**31}),  # beyond PostgreSQL's INTEGER: refused, not a 500
         (422, {"marks": good["marks"]}),
         (409, {**good, "task_id": task["task_id"] + 1}),  # not the task assigned
     ]
@@ -333,9 +401,9 @@ def test_import_and_export(site):
 # ---- escaping and headers ----------------------------------------------------------------------
 
 
-def test_untrusted_text_comes_back_escaped(tmp_path):
+def test_untrusted_text_comes_back_escaped(make_site):
     items = [("x1", XSS_PROMPT, [(XSS_ID, XSS_COMPLETION), ("c1", "plain")])]
-    site = make_site(tmp_path, items, overlap=2)
+    site = make_site(items, overlap=2)
     alice, bob, ada = site.client("alice"), site.client("bob"), site.client("ada")
     page = alice.get("/rank").text
     assert XSS_COMPLETION not in page and XSS_PROMPT not in page and XSS_ID not in page
@@ -356,7 +424,7 @@ def test_security_headers_on_every_kind_of_response(site):
                     (TestClient(site.app), "/api/me"), (alice, "/guideline")):
         r = c.get(path)
         assert r.headers["content-security-policy"] == CSP, path
-        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "same-origin"
     for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'", "object-src 'none'",
                       "frame-ancestors 'none'"):
         assert directive in CSP

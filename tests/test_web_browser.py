@@ -1,7 +1,8 @@
-"""The labeling app in a real headless Chromium against the real server (`rlhfkit label serve`):
-a labeler signs in with an invite link, confirms the guideline and ranks a task with the keyboard
-only — a tie and an F included — and the store holds exactly what was entered; an admin sees it on
-the dashboard; completions carrying markup render as text and run nothing."""
+"""The labeling app in a real headless Chromium against the real server (`rlhfkit label serve`), on
+SQLite and on PostgreSQL: a labeler signs in with an invite link, confirms the guideline and ranks a
+task with the keyboard only — a tie and an F included — then corrects it from their history, and the
+store holds exactly what was entered, the first ranking kept; an admin sees it on the dashboard;
+completions carrying markup render as text and run nothing."""
 
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(run_dir, port: int):
+def running_server(run_dir, store: str, port: int):
     """``rlhfkit label serve`` in a subprocess on 127.0.0.1:port, until the block ends."""
     log = open(os.path.join(run_dir, "server.log"), "w")
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "label", "serve", "--run", str(run_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "label", "serve", "--run", str(run_dir), "--store", store,
+           "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -64,21 +66,29 @@ def running_server(run_dir, port: int):
         log.close()
 
 
-def test_keyboard_only_ranking_reaches_the_store_and_the_dashboard(tmp_path):
+def sign_in(page, link: str, base: str) -> None:
+    """Open the invite link and confirm who signs in (Enter: the button has the focus)."""
+    page.goto(link)
+    page.wait_for_function("document.activeElement && document.activeElement.type === 'submit'")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base}/guideline")
+
+
+def test_keyboard_only_ranking_and_correction_reach_the_store_and_the_dashboard(tmp_path, store_url):
     path = chromium_path()
     if path is None:
         pytest.skip("Debian's chromium is not installed (make browser installs it)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    alice_link = invite(str(tmp_path), "", "alice", base_url=base)
-    ada_link = invite(str(tmp_path), "", "ada", admin=True, base_url=base)
-    with open_store(str(tmp_path), "") as s:
+    alice_link = invite(str(tmp_path), store_url, "alice", base_url=base)
+    ada_link = invite(str(tmp_path), store_url, "ada", admin=True, base_url=base)
+    with open_store(str(tmp_path), store_url) as s:
         s.add_tasks([("skipped", "A task to skip", COMPLETIONS[:2]),
                      ("france", f"What is the capital of France? {IMG}", COMPLETIONS)], "helpful", overlap=1)
 
     dialogs, errors = [], []
-    with running_server(tmp_path, port), sync_playwright() as p:
+    with running_server(tmp_path, store_url, port), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 1000})
@@ -86,8 +96,7 @@ def test_keyboard_only_ranking_reaches_the_store_and_the_dashboard(tmp_path):
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
 
-            page.goto(alice_link)
-            page.wait_for_url(f"{base}/guideline")
+            sign_in(page, alice_link, base)
             # autofocus lands after "load": a key pressed before it goes nowhere (seen as a flaky timeout)
             page.wait_for_function("document.activeElement && document.activeElement.type === 'submit'")
             page.keyboard.press("Enter")  # the confirm button has the focus
@@ -127,11 +136,23 @@ def test_keyboard_only_ranking_reaches_the_store_and_the_dashboard(tmp_path):
             page.keyboard.press("Enter")
             page.wait_for_selector("text=Nothing left for you to rank")
 
+            # a correction: from the history, the same screen filled in; A becomes 2, the rest stays
+            page.goto(f"{base}/history")
+            page.click("text=correct")
+            page.wait_for_selector("text=Correcting your ranking")
+            page.wait_for_load_state("load")
+            marks = page.eval_on_selector_all(".card .mark", "els => els.map(e => e.textContent)")
+            assert marks == ["rank 1 · tie", "rank 1 · tie", "rank 3", "F · fail"]
+            page.keyboard.press("a")
+            page.keyboard.press("2")
+            page.keyboard.press("Enter")
+            page.wait_for_url(f"{base}/history")
+            assert page.locator("tr.superseded").count() == 1
+
             admin = browser.new_page(viewport={"width": 1100, "height": 900})
             admin.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             admin.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            admin.goto(ada_link)
-            admin.wait_for_url(f"{base}/guideline")
+            sign_in(admin, ada_link, base)
             admin.goto(f"{base}/admin")
             row = admin.locator("#labelers tbody tr")
             assert row.count() == 1 and row.locator("td").first.inner_text() == "alice"
@@ -140,12 +161,14 @@ def test_keyboard_only_ranking_reaches_the_store_and_the_dashboard(tmp_path):
         finally:
             browser.close()
 
-    with open_store(str(tmp_path), "") as s:
-        [r] = s.history("alice")
+    with open_store(str(tmp_path), store_url) as s:
+        new, r = s.history("alice")
     assert r.marks == {A: 1, B: 1, C: 3, D: "F"}
     assert r.fail_reasons == {D: "nonsensical markup"}
     assert r.shown_order == shown and r.checked_facts and r.comment == "checked the capital"
-    assert r.guideline_version == 1 and r.seconds_spent >= 0
+    assert r.guideline_version == 1 and r.seconds_spent >= 0 and not r.current
+    assert new.supersedes == r.ranking_id and new.current and new.marks == {A: 2, B: 1, C: 3, D: "F"}
+    assert (new.fail_reasons, new.comment, new.checked_facts) == (r.fail_reasons, r.comment, True)
     assert dialogs == []
     assert errors == []  # a CSP violation (something of our own blocked) is logged as a console error
     assert shot.stat().st_size > 10_000

@@ -180,11 +180,24 @@ def label_invite(
     run_dir: str = typer.Option("runs/demo", "--run", "--run-dir", help="Run directory holding feedback.db."),
     store: str = typer.Option("", help="Feedback store URL or path ('' = RUN_DIR/feedback.db)."),
     base_url: str = typer.Option("http://127.0.0.1:8000", help="Where the labelers reach `label serve`."),
+    reissue: bool = typer.Option(False, "--reissue", help="A new link for a registered labeler; their old one stops working."),
 ) -> None:
-    """Register a labeler and print their personal sign-in link (only its hash is stored: keep it safe)."""
+    """Register a labeler and print their personal sign-in link: it signs in once, within 7 days (only its hash is stored)."""
     from rlhfkit.feedback.web.cli_support import invite
 
-    typer.echo(run_stage(invite, run_dir, store, name, admin, base_url))
+    typer.echo(run_stage(invite, run_dir, store, name, admin, base_url, reissue))
+
+
+@label_app.command("revoke")
+def label_revoke(
+    name: str = typer.Argument(..., help="The labeler to sign out."),
+    run_dir: str = typer.Option("runs/demo", "--run", "--run-dir", help="Run directory holding feedback.db."),
+    store: str = typer.Option("", help="Feedback store URL or path ('' = RUN_DIR/feedback.db)."),
+) -> None:
+    """Sign a labeler out of every browser and cancel their unused links; their rankings stay."""
+    from rlhfkit.feedback.web.cli_support import revoke
+
+    typer.echo(run_stage(revoke, run_dir, store, name))
 
 
 @stage_command("pairs", PairsConfig)

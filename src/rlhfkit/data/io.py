@@ -61,8 +61,9 @@ def _find_duplicate(obj: Any, field: str | None) -> tuple[str, str | None] | Non
     return None
 
 
-def _parse_line(raw: bytes) -> dict:
-    """One JSONL line → a dict; RecordError (not yet located) if it is not one JSON object."""
+def parse_json_object(raw: bytes) -> dict:
+    """One JSONL line (or a request body) → a dict; RecordError (not yet located) if it is not one JSON
+    object, or an object that repeats a key."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -71,6 +72,8 @@ def _parse_line(raw: bytes) -> dict:
         obj = json.loads(text, object_pairs_hook=_object_hook)
     except json.JSONDecodeError as e:
         raise RecordError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise RecordError("invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise RecordError(f"line is a JSON {type(obj).__name__}, want an object")
     dup = _find_duplicate(obj, None)
@@ -106,7 +109,7 @@ def iter_jsonl_dicts(path: PathLike) -> Iterator[tuple[int, dict]]:
                 if not raw.strip():
                     continue
                 try:
-                    obj = _parse_line(raw)
+                    obj = parse_json_object(raw)
                 except RecordError as e:
                     raise e.at(name, line_no) from None
                 yield line_no, obj
@@ -154,9 +157,10 @@ def read_prompts(path: PathLike) -> list[Prompt]:
     return _read_unique(path, Prompt, "id")
 
 
-def read_completions(path: PathLike) -> list[Completion]:
-    """Read ``completions.jsonl``; completion ids must be unique across the file."""
-    return _read_unique(path, Completion, "completion_id")
+def read_completions(path: PathLike, check: Callable[[Completion], None] | None = None) -> list[Completion]:
+    """Read ``completions.jsonl``; completion ids must be unique across the file. ``check`` may refuse
+    a record with :class:`RecordError` (located here)."""
+    return _read_unique(path, Completion, "completion_id", check)
 
 
 def read_rankings(path: PathLike, completions: Mapping[str, set[str]] | None = None) -> list[Ranking]:

@@ -14,12 +14,14 @@ from sqlalchemy import (
 )  # fmt: skip
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2
-"""Bumped whenever a table changes shape; the store refuses a database of another version."""
+SCHEMA_VERSION = 3
+"""Bumped whenever a table changes shape; the store refuses a database of another version.
+3: sign-in by one-time invites and server-side sessions (2's permanent labeler tokens are ignored)."""
 
 LABELER_KINDS = ("human", "simulated", "ai")
 ROLES = ("labeler", "admin")
 ASSIGNMENT_STATUSES = ("open", "done", "expired", "skipped")
+INVITE_STATUSES = ("open", "used", "replaced", "revoked")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
@@ -48,9 +50,33 @@ class Labeler(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     role: Mapped[str] = mapped_column(String(16), default="labeler")
-    token_hash: Mapped[str | None] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     meta: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Invite(Base):
+    """A one-time sign-in link: only sha256 of its token is kept. Used once, it becomes a session."""
+
+    __tablename__ = "invite"
+    __table_args__ = (_one_of("status", INVITE_STATUSES),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labeler.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+
+
+class WebSession(Base):
+    """A signed-in browser or client: only sha256 of the session id (the cookie) is kept."""
+
+    __tablename__ = "web_session"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labeler.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)  # signed out or revoked
 
 
 class Guideline(Base):

@@ -35,19 +35,37 @@ def ensure_guideline(store) -> int:
     return store.add_guideline(text)
 
 
-def import_tasks(store, completions_path: Path, *, criterion: str, overlap: int):
-    """One task per prompt with its K completions (idempotent on prompt id)."""
+def import_tasks(store, completions_path: Path, *, criterion: str, overlap: int, shown_as: str | None = None):
+    """One task per prompt with its K completions (idempotent on prompt id). Each line is checked by the
+    store's rules as it is read, so an error names the file, the line and the field; ``shown_as`` is
+    the file's name in messages (an upload's own name, not a server's temporary path)."""
+    from rlhfkit.data.errors import RecordError
     from rlhfkit.data.io import read_completions
+    from rlhfkit.feedback.rules import MAX_COMPLETIONS, StoreError, check_id, check_text
 
+    name = shown_as or str(completions_path)
+
+    def check(c) -> None:
+        for field, rule in (("prompt_id", check_id), ("completion_id", check_id), ("text", check_text),
+                            ("prompt", check_text)):
+            try:
+                rule(getattr(c, field), field)
+            except StoreError as e:
+                raise RecordError(str(e), field=field) from None
+
+    try:
+        completions = read_completions(completions_path, check)
+    except RecordError as e:
+        raise e.at(name, e.line) from None
     by_prompt: dict[str, list] = defaultdict(list)
-    for c in read_completions(completions_path):
+    for c in completions:
         by_prompt[c.prompt_id].append(c)
     items = []
     for pid, cs in by_prompt.items():
-        if len(cs) < 2:
-            raise RlhfkitError(f"{completions_path}: prompt {pid!r} has {len(cs)} completion; ranking needs ≥ 2")
+        if not 2 <= len(cs) <= MAX_COMPLETIONS:
+            raise RlhfkitError(f"{name}: prompt {pid!r} has {len(cs)} completions; a task needs 2 to {MAX_COMPLETIONS}")
         if not cs[0].prompt:
-            raise RlhfkitError(f"{completions_path}: completion {cs[0].completion_id!r} lacks field 'prompt'")
+            raise RlhfkitError(f"{name}: completion {cs[0].completion_id!r} lacks field 'prompt'")
         items.append((pid, cs[0].prompt, [(c.completion_id, c.text) for c in cs]))
     return store.add_tasks(items, criterion=criterion, overlap=overlap)
 

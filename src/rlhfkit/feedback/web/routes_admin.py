@@ -8,12 +8,13 @@ import tempfile
 from itertools import combinations
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Ranking
 from rlhfkit.feedback.agreement import PairCounts, agreement_counts, by_task
+from rlhfkit.feedback.rules import MAX_COMPLETIONS, MAX_ID_CHARS
 from rlhfkit.feedback.web.pages import render
 from rlhfkit.feedback.web.security import Session, admin_session
 
@@ -61,10 +62,14 @@ def queue(request: Request, limit: int = Query(50, ge=1, le=10_000), s: Session 
     return render(request, "admin_queue.html", s=s, rows=rows[:limit], total=len(rows))
 
 
+def _import_page(request: Request, s: Session, result, criterion: str):
+    return render(request, "admin_import.html", s=s, result=result, criterion=criterion,
+                  max_completions=MAX_COMPLETIONS, max_id_chars=MAX_ID_CHARS)
+
+
 @router.get("/import")
 def import_form(request: Request, s: Session = Depends(admin_session)):
-    return render(request, "admin_import.html", s=s, result=None,
-                  criterion=request.app.state.settings.criterion)
+    return _import_page(request, s, None, request.app.state.settings.criterion)
 
 
 @router.post("/import")
@@ -75,18 +80,17 @@ def import_completions(
     criterion: str = Form("", max_length=1000),
     s: Session = Depends(admin_session),
 ):
+    """The upload's size is capped while it streams in (security.BodyLimit, settings.max_upload_mb)."""
     from rlhfkit.feedback.label import import_tasks
 
-    settings = request.app.state.settings
-    criterion = criterion.strip() or settings.criterion
+    criterion = criterion.strip() or request.app.state.settings.criterion
+    shown_as = Path(file.filename or "").name or "the uploaded file"  # never the server's temporary path
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "completions.jsonl"
         with path.open("wb") as out:
             shutil.copyfileobj(file.file, out)
-        if path.stat().st_size > settings.max_upload_mb * 1e6:
-            raise HTTPException(413, f"the file is larger than {settings.max_upload_mb:g} MB")
-        counts = import_tasks(request.app.state.store, path, criterion=criterion, overlap=overlap)
-    return render(request, "admin_import.html", s=s, result=counts, criterion=criterion)
+        counts = import_tasks(request.app.state.store, path, criterion=criterion, overlap=overlap, shown_as=shown_as)
+    return _import_page(request, s, counts, criterion)
 
 
 @router.get("/pairs.jsonl")

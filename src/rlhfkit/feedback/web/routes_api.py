@@ -1,29 +1,56 @@
 """The JSON API: what the ranking screen's script (and any scripted client) calls.
 
-Assignment and submission live here; the HTML ranking page renders the same :func:`next_task`.
+Assignment, submission and corrections live here; the HTML ranking page renders the same :func:`next_task`.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from string import ascii_uppercase
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
-from rlhfkit.data.errors import RlhfkitError
-from rlhfkit.feedback.store import FeedbackStore, Task
-from rlhfkit.feedback.web.schemas import CompletionOut, MeOut, NextTaskOut, ProgressOut, RankingIn, RankingOut, SkipIn, TaskOut
+from rlhfkit.data.errors import RecordError, RlhfkitError
+from rlhfkit.data.io import parse_json_object
+from rlhfkit.feedback.store import BusyError, FeedbackStore, NotFoundError, Task
+from rlhfkit.feedback.web.schemas import (
+    CompletionOut, CorrectionIn, MeOut, NextTaskOut, ProgressOut, RankingIn, RankingOut, MAX_ROW_ID, SkipIn, TaskOut,
+)  # fmt: skip
 from rlhfkit.feedback.web.security import Session, admin_session, checked_session, session
 
-router = APIRouter(prefix="/api", tags=["api"])
+
+async def no_repeated_keys(request: Request) -> None:
+    """JSON bodies may not repeat a key: ``{"marks": {"a": 1, "a": 2}}`` would otherwise keep the last
+    value silently (Python's json, and so FastAPI, do)."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            parse_json_object(await request.body())  # FastAPI has read and cached the body already
+        except RecordError as e:
+            if "duplicate key" in e.message:
+                raise HTTPException(422, e.message) from None  # anything else FastAPI has answered itself
+
+
+router = APIRouter(prefix="/api", tags=["api"], dependencies=[Depends(no_repeated_keys)])
 
 # The hot path's writes (assign, submit) queue here, one thread at a time. SQLite lets one writer in
 # and the others wait in its busy handler, which sleeps in growing steps (up to 100 ms) before trying
 # again (sqlite3 sqliteDefaultBusyCallback): under 100 concurrent labelers that idling halved the
 # throughput and tripled the p99 latency (bench/label_load.py). Other processes still get the busy wait.
 WRITES = threading.Lock()
+
+
+@contextmanager
+def writing(request: Request):
+    """This process's turn to write; waiting longer than the busy timeout is a 503, as in the store."""
+    if not WRITES.acquire(timeout=request.app.state.settings.busy_timeout_s):
+        raise BusyError("the labeling app is busy with other writes; try again in a moment")
+    try:
+        yield request.app.state.store
+    finally:
+        WRITES.release()
 
 
 def shown_order(labeler: str, task: Task) -> list[str]:
@@ -53,19 +80,21 @@ def _require_guideline(store: FeedbackStore, labeler: str) -> int | None:
     return g and g.version
 
 
-def next_task(store: FeedbackStore, labeler: str, ttl_s: float) -> TaskOut | None:
+def cards(task: Task, order: list[str]) -> list[CompletionOut]:
+    """The task's completions as the ranking screen shows them: in ``order``, lettered."""
+    texts = dict(task.completions)
+    return [CompletionOut(letter=letter(i), completion_id=c, text=texts[c]) for i, c in enumerate(order)]
+
+
+def next_task(request: Request, labeler: str) -> TaskOut | None:
     """The task held for this labeler (assigning one if none is held); None when none is left."""
-    with WRITES:
-        a = store.assign(labeler, ttl_s=ttl_s)
+    with writing(request) as store:
+        a = store.assign(labeler, ttl_s=request.app.state.settings.assignment_ttl_s)
     if a is None:
         return None
-    texts = dict(a.task.completions)
-    return TaskOut(
-        task_id=a.task.task_id, prompt_id=a.task.prompt_id, prompt=a.task.prompt, criterion=a.task.criterion,
-        completions=[CompletionOut(letter=letter(i), completion_id=c, text=texts[c])
-                     for i, c in enumerate(shown_order(labeler, a.task))],
-        expires_at=a.expires_at,
-    )  # fmt: skip
+    t = a.task
+    return TaskOut(task_id=t.task_id, prompt_id=t.prompt_id, prompt=t.prompt, criterion=t.criterion,
+                   completions=cards(t, shown_order(labeler, t)), expires_at=a.expires_at)
 
 
 def progress(store: FeedbackStore, labeler: str) -> ProgressOut:
@@ -75,25 +104,9 @@ def progress(store: FeedbackStore, labeler: str) -> ProgressOut:
                        tasks_complete=p.tasks_complete, mine=mine)
 
 
-def submit(store: FeedbackStore, labeler: str, body: RankingIn, ttl_s: float) -> RankingOut:
-    """Store a ranking of the task held for this labeler; time spent = assignment to now, measured here."""
-    version = _require_guideline(store, labeler)
-    with WRITES:
-        now = datetime.now(timezone.utc)
-        # assign() hands back the labeler's open assignment unchanged; anything else means this task is
-        # not (or no longer) theirs: already ranked, expired and handed on, or never assigned.
-        held = store.assign(labeler, now=now, ttl_s=ttl_s)
-        if held is None or held.task.task_id != body.task_id:
-            raise HTTPException(409, f"task {body.task_id} is not assigned to you (already ranked, or the hold "
-                                     "expired); reload to get your current task")
-        seconds = max(0.0, (now.replace(tzinfo=None) - held.created_at).total_seconds())
-        ranking_id = store.submit_ranking(
-            labeler, body.task_id, body.marks, shown_order(labeler, held.task),
-            fail_reasons={c: r.strip() for c, r in body.fail_reasons.items() if r.strip()} or None,
-            guideline_version=version, seconds_spent=seconds, comment=body.comment.strip() or None,
-            checked_facts=body.checked_facts,
-        )  # fmt: skip
-    return RankingOut(ranking_id=ranking_id, task_id=body.task_id, seconds_spent=seconds)
+def _extras(body: RankingIn | CorrectionIn) -> dict:
+    return dict(fail_reasons={c: r.strip() for c, r in body.fail_reasons.items() if r.strip()} or None,
+                comment=body.comment.strip() or None, checked_facts=body.checked_facts)
 
 
 @router.get("/me", response_model=MeOut)
@@ -106,22 +119,44 @@ def me(request: Request, s: Session = Depends(session)) -> MeOut:
 
 @router.get("/task", response_model=NextTaskOut)
 def get_task(request: Request, s: Session = Depends(session)) -> NextTaskOut:
-    store = request.app.state.store
-    _require_guideline(store, s.name)
-    task = next_task(store, s.name, request.app.state.settings.assignment_ttl_s)
-    return NextTaskOut(task=task, progress=progress(store, s.name))
+    _require_guideline(request.app.state.store, s.name)
+    return NextTaskOut(task=next_task(request, s.name), progress=progress(request.app.state.store, s.name))
 
 
 @router.post("/rankings", response_model=RankingOut, status_code=201)
 def post_ranking(body: RankingIn, request: Request, s: Session = Depends(checked_session)) -> RankingOut:
-    return submit(request.app.state.store, s.name, body, request.app.state.settings.assignment_ttl_s)
+    """Rank the task held for you; the time spent is measured here, from the assignment to now. A task
+    not (or no longer) held by you is refused with 409, and nothing else happens."""
+    store = request.app.state.store
+    version = _require_guideline(store, s.name)
+    task = store.get_task(body.task_id)
+    with writing(request):
+        ranking_id = store.submit_ranking(s.name, task.task_id, body.marks, shown_order(s.name, task), **_extras(body),
+                                          guideline_version=version, held_at=datetime.now(timezone.utc))
+    seconds = store.get_ranking(ranking_id).seconds_spent
+    return RankingOut(ranking_id=ranking_id, task_id=task.task_id, seconds_spent=seconds)
+
+
+@router.post("/rankings/{ranking_id}/corrections", response_model=RankingOut, status_code=201)
+def correct_ranking(body: CorrectionIn, request: Request, s: Session = Depends(checked_session),
+                    ranking_id: int = Path(ge=1, le=MAX_ROW_ID, description="your current ranking")) -> RankingOut:
+    """Amend your current ranking of a task: a new ranking that supersedes it (the old one is kept)."""
+    store = request.app.state.store
+    version = _require_guideline(store, s.name)
+    old = store.get_ranking(ranking_id)
+    if old.labeler != s.name:  # blind: someone else's ranking is as good as unknown
+        raise NotFoundError(f"unknown ranking {ranking_id}")
+    with writing(request):
+        new_id = store.submit_ranking(s.name, old.task_id, body.marks, old.shown_order, guideline_version=version,
+                                      supersedes=old.ranking_id, **_extras(body))
+    return RankingOut(ranking_id=new_id, task_id=old.task_id, seconds_spent=None)
 
 
 @router.post("/skip", status_code=204)
 def skip(body: SkipIn, request: Request, s: Session = Depends(checked_session)) -> None:
     """Give the held task back unranked: it goes to someone else, never to this labeler again."""
-    with WRITES:
-        request.app.state.store.skip(s.name, body.task_id)
+    with writing(request) as store:
+        store.skip(s.name, body.task_id)
 
 
 @router.get("/admin/report")

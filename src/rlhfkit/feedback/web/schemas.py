@@ -1,7 +1,8 @@
 """Request and response bodies of the JSON API (the store's dataclasses never go over the wire as is).
 
 The bounds here only keep absurd input (a 10 MB comment, a 30-digit task id) away from the store;
-the rules of what a ranking may be are the store's, and its refusals come back as 400/404/409.
+the rules of what a ranking may be are the store's (:mod:`rlhfkit.feedback.rules`, whose limits these
+bounds are, so that every imported task can be ranked), and its refusals come back as 400/404/409.
 """
 
 from __future__ import annotations
@@ -11,26 +12,30 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-CompletionId = Annotated[str, Field(min_length=1, max_length=200)]
-Mark = Union[Annotated[StrictInt, Field(ge=1, le=1000)], Literal["F"]]
-TaskId = Annotated[int, Field(ge=1, le=2**53)]
+from rlhfkit.feedback.rules import MAX_COMPLETIONS, MAX_ID_CHARS
+
+CompletionId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Mark = Union[Annotated[StrictInt, Field(ge=1, le=MAX_COMPLETIONS)], Literal["F"]]
+MAX_ROW_ID = 2**31 - 1  # ids and versions are INTEGER columns: 32 bits on PostgreSQL
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 
 
-class RankingIn(BaseModel):
-    """One labeler's ranking of the task they were assigned; the display order is the server's."""
+class CorrectionIn(BaseModel):
+    """A labeler's amended ranking of a task they ranked (the display order is the one they saw then)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    task_id: TaskId
-    marks: Annotated[dict[CompletionId, Mark], Field(max_length=100)] = Field(
+    marks: Annotated[dict[CompletionId, Mark], Field(max_length=MAX_COMPLETIONS)] = Field(
         description="completion_id → rank (1 = best, equal ranks = a tie) or 'F' (fail)"
     )
-    fail_reasons: Annotated[dict[CompletionId, Annotated[str, Field(max_length=1000)]], Field(max_length=100)] = {}
+    fail_reasons: Annotated[
+        dict[CompletionId, Annotated[str, Field(max_length=1000)]], Field(max_length=MAX_COMPLETIONS)
+    ] = {}
     comment: Annotated[str, Field(max_length=5000)] = ""
     checked_facts: bool = False
 
     @model_validator(mode="after")
-    def _every_fail_has_a_reason(self) -> "RankingIn":
+    def _every_fail_has_a_reason(self):
         # The guideline asks for a reason with every F; the store checks the reasons it is given.
         missing = [cid for cid, m in self.marks.items() if m == "F" and not self.fail_reasons.get(cid, "").strip()]
         if missing:
@@ -38,16 +43,22 @@ class RankingIn(BaseModel):
         return self
 
 
+class RankingIn(CorrectionIn):
+    """One labeler's ranking of the task they were assigned; the display order is the server's."""
+
+    task_id: RowId
+
+
 class SkipIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task_id: TaskId
+    task_id: RowId
 
 
 class RankingOut(BaseModel):
     ranking_id: int
     task_id: int
-    seconds_spent: float
+    seconds_spent: float | None = Field(description="from the assignment to the submission; null for a correction")
 
 
 class CompletionOut(BaseModel):

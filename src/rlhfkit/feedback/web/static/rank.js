@@ -17,6 +17,13 @@
 
   let marks = {}; // completion id → 1..K or "F"
   let reasons = {}; // completion id → why it fails
+  // A correction (data-supersedes: the ranking it amends) starts from the labeler's marks of then.
+  const supersedes = form.dataset.supersedes;
+  cards.forEach((card, i) => {
+    if (card.dataset.was === undefined) return;
+    marks[ids[i]] = card.dataset.was === "F" ? "F" : Number(card.dataset.was);
+    if (card.dataset.reason) reasons[ids[i]] = card.dataset.reason;
+  });
   let selected = 0;
   let busy = false;
   const undoStack = [];
@@ -129,11 +136,14 @@
     ids.forEach((id) => { if (marks[id] === "F") failReasons[id] = reasons[id].trim(); });
     busy = true;
     say("Saving…");
-    const error = await post("/api/rankings", {
-      task_id: Number(form.dataset.task), marks, fail_reasons: failReasons,
+    const body = {
+      marks, fail_reasons: failReasons,
       comment: form.elements.comment.value, checked_facts: form.elements.checked_facts.checked,
-    });
-    if (error === null) return window.location.assign("/rank");
+    };
+    const error = supersedes
+      ? await post("/api/rankings/" + Number(supersedes) + "/corrections", body)
+      : await post("/api/rankings", { task_id: Number(form.dataset.task), ...body });
+    if (error === null) return window.location.assign(supersedes ? "/history" : "/rank");
     say(error, true);
     busy = false;
   }
@@ -180,7 +190,7 @@
     else if (key === "ArrowUp" || key === "ArrowLeft") pick(selected - 1);
     else if (/^[1-9]$/.test(key) && Number(key) <= K) mark(selected, Number(key));
     else if (key === "f") mark(selected, "F");
-    else if (key === "s") skip();
+    else if (key === "s") { if (!supersedes) skip(); }
     else if (key === "u") undo();
     else if (key === "x") form.elements.checked_facts.click();
     else if (key === "n") form.elements.comment.focus();
