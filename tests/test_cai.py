@@ -308,7 +308,7 @@ def tiny_judge(tiny_llama):
     return model, tok
 
 
-TASK = ("t1", "why does the dog run?", ["the dog runs because it is happy.", "no.", "sorry, the dog likes the sun and the river today.",
+TASK = ("t1", "why does the dog run?", ["the dog runs because it is happy.", "no no no no.", "sorry, the dog likes the sun and the river today.",
                                         "the dog sees a bird and runs."])
 
 
@@ -320,7 +320,8 @@ def test_ai_preferences_are_the_answer_token_probabilities(tiny_judge):
     lab = AI.AILabeler(model, tok, c, name="ai-tiny", model_name="tiny", seed=5, batch_size=4)
     (j,) = lab.judge([TASK])
     key, request, texts = TASK
-    assert j.marks[1] == FAIL and j.fail_reasons == {1: "too short"}  # "no." fails the guideline: never asked
+    # "no no no no." fails the guideline (a looping word): never asked
+    assert j.marks[1] == FAIL and j.fail_reasons == {1: "repetitive: one word makes up most of the reply"}
     assert {(p.i, p.j) for p in j.pairs} == {(0, 2), (0, 3), (2, 3)}
     a_id, b_id = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
     principles = dict(zip([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)], draw_principles(c, 6, seed=5, key=key)))

@@ -178,7 +178,7 @@ def test_careful_labelers_agree_more_than_careless():
     rng = np.random.default_rng(0)
     tasks = []
     for t in range(150):
-        gold_scores = rng.normal(3.0, 0.6, size=4)
+        gold_scores = rng.normal(3.0, 1.0, size=4)  # the gold's spread within a prompt (~1 unit; see DEFAULT_NOISE)
         texts = [f"t{t}-{i}" for i in range(4)]
         tasks.append((f"p{t}", texts, dict(zip(texts, gold_scores))))
     scorer = TableScorer({k: v for _, _, table in tasks for k, v in table.items()})
