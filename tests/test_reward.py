@@ -259,7 +259,8 @@ def test_training_on_separable_pairs_reaches_full_heldout_accuracy(tiny_bert, tm
     # One point per evaluation (10, at epoch ends) under the house names, in the shared metrics log.
     logged = read_metrics(tmp_path / "logs" / "metrics.csv", "train_rm")
     for name in ("reward_model/loss", "reward_model/accuracy", "reward_model/margin", "reward_model/train_loss"):
-        assert [step for step, _ in logged[name]] == [4 * e for e in range(1, 11)]  # 27 pairs / 8 = 4 steps an epoch
+        # 27 training pairs = 9 prompts × 3; a step takes whole prompts until it holds ≥ 8 pairs: 3 prompts, 3 steps
+        assert [step for step, _ in logged[name]] == [3 * e for e in range(1, 11)]
     assert logged["reward_model/accuracy"][-1][1] == report["history"][-1]["reward_model/accuracy"]
     # Reliability bins for the report: counts add up to both readings of every held-out pair.
     bins = on_disk["heldout"]["calibration"]
@@ -313,7 +314,7 @@ def test_resume_continues_exactly(tiny_bert, tmp_path, monkeypatch):
 
     def interrupt_in_epoch_3(r_chosen, *args, **kwargs):
         calls["n"] += r_chosen.requires_grad  # training steps only, not evaluations
-        if calls["n"] == 9:  # 4 steps per epoch: the first step of epoch 3
+        if calls["n"] == 7:  # 3 steps per epoch (whole prompts: 3 of 3 pairs a step): the first step of epoch 3
             raise KeyboardInterrupt
         return real(r_chosen, *args, **kwargs)
 
@@ -327,7 +328,7 @@ def test_resume_continues_exactly(tiny_bert, tmp_path, monkeypatch):
     resumed = _train(toy_pairs(), tiny_bert, tmp_path / "b", epochs=3, eval_every=2, resume=True)
     assert resumed["heldout"] == full["heldout"]
     assert resumed["history"] == full["history"]
-    assert resumed["steps"] == full["steps"] == 12
+    assert resumed["steps"] == full["steps"] == 9
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_bert, tmp_path):
@@ -443,7 +444,7 @@ def test_missing_backbone_is_a_clear_error(tmp_path):
 
 def test_nan_loss_stops_naming_the_batch_and_writes_no_model(tmp_path):
     backbone = _save_tiny_bert(tmp_path / "nan-bert", nan=True)
-    with pytest.raises(RlhfkitError, match=r"loss is nan at epoch 1, batch 1 of 4"):
+    with pytest.raises(RlhfkitError, match=r"loss is nan at epoch 1, batch 1 of 3"):
         _train(toy_pairs(), backbone, tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan-bert"]
@@ -549,3 +550,38 @@ def test_hh_rlhf_pairs_train_end_to_end(tmp_path):
     assert summary["pairs"]["used"] + summary["skipped_rows"] == 48
     assert 0.0 <= summary["heldout"]["accuracy"] <= 1.0
     assert math.isfinite(summary["reward_stats"]["std"]) and summary["reward_stats"]["std"] > 0
+
+
+def test_a_step_scores_each_distinct_text_once_with_the_pairwise_loss_and_gradient(tiny_bert):
+    """A prompt's pairs share completions: scoring each distinct text once gives exactly the loss and the
+    gradient of scoring both sides of every pair (the per-pair formulation), with fewer forward rows."""
+    import torch
+
+    from rlhfkit.train.losses import bradley_terry_loss
+    from rlhfkit.train.reward import encode_pairs
+
+    rm = RewardModel.from_backbone(str(tiny_bert), max_length=32, device="cpu", seed=1)
+    texts = ["cat good", "dog good", "cat bad", "bird bad"]
+    pairs = [Pair("q", a, b, weight=w) for (a, b), w in zip([(texts[0], texts[2]), (texts[0], texts[3]),
+                                                              (texts[1], texts[2]), (texts[1], texts[3]),
+                                                              (texts[0], texts[1])], [1.0, 2.0, 1.0, 0.5, 1.0])]
+    pairs.append(Pair("other", "x good", "x bad"))
+    data = encode_pairs(rm, pairs, 0.0, 0)
+    rows, c, r, w = data.take(range(5))
+    assert len(rows) == 4  # 4 distinct texts for 5 pairs (10 per-pair rows)
+
+    def grads(loss):
+        rm.model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in rm.model.named_parameters() if p.grad is not None}
+
+    scores = rm.forward(rows)
+    shared = bradley_terry_loss(scores[torch.tensor(c)], scores[torch.tensor(r)], weight=torch.tensor(w))
+    g_shared = grads(shared)
+    both = rm.forward([data.texts[data.chosen[i]] for i in range(5)] + [data.texts[data.rejected[i]] for i in range(5)])
+    per_pair = bradley_terry_loss(both[:5], both[5:], weight=torch.tensor(w))
+    g_pair = grads(per_pair)
+    torch.testing.assert_close(shared, per_pair, atol=1e-6, rtol=0)
+    assert g_shared.keys() == g_pair.keys()
+    for n in g_pair:
+        torch.testing.assert_close(g_shared[n], g_pair[n], atol=1e-6, rtol=1e-5)

@@ -25,7 +25,8 @@ from typing import Any
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
 from rlhfkit.models.reward import RewardModel, Row, reward_stats
-from rlhfkit.train.reward_data import check_pairs, fingerprint, length_grouped_batches, linear_schedule, split_by_prompt
+from rlhfkit.train.reward_data import (check_pairs, fingerprint, length_grouped_batches, linear_schedule, prompt_units,
+                                      split_by_prompt)
 from rlhfkit.train.reward_metrics import pair_metrics
 
 MAX_GRAD_NORM = 1.0
@@ -36,21 +37,31 @@ Scorer = Callable[[list[str], list[str]], list[float]]
 
 @dataclass
 class EncodedPairs:
-    """The pairs as model inputs: row i of ``chosen`` and ``rejected`` is pair i."""
+    """The pairs as model inputs: each distinct (prompt, completion) encoded once.
+
+    A prompt's K completions recur across its C(K,2) pairs and across labelers; a step scores each
+    distinct text once and reads every pair off those scores (InstructGPT, Ouyang et al. 2022 §3.5:
+    all comparisons of a prompt as one batch element — K forward rows instead of 2·C(K,2) per ranking).
+    """
 
     pairs: list[Pair]
-    chosen: list[Row]
-    rejected: list[Row]
+    texts: list[Row]  # distinct encoded (prompt, completion)s
+    chosen: list[int]  # pair i: index into texts of its chosen reply
+    rejected: list[int]  # … and of its rejected one
     weights: list[float]
     train: list[int]  # indices of training pairs
     heldout: list[int]  # indices of held-out pairs (whole prompts)
 
-    def take(self, idx: Sequence[int]) -> tuple[list[Row], list[Row], list[float]]:
-        return [self.chosen[i] for i in idx], [self.rejected[i] for i in idx], [self.weights[i] for i in idx]
+    def take(self, idx: Sequence[int]) -> tuple[list[Row], list[int], list[int], list[float]]:
+        """(the distinct rows of these pairs, each pair's chosen and rejected position among them, weights)."""
+        used = sorted({self.chosen[i] for i in idx} | {self.rejected[i] for i in idx})
+        where = {t: k for k, t in enumerate(used)}
+        return ([self.texts[t] for t in used], [where[self.chosen[i]] for i in idx],
+                [where[self.rejected[i]] for i in idx], [self.weights[i] for i in idx])
 
     def length(self, i: int) -> int:
-        """Padded length of pair i's forward pass (its longer side)."""
-        return max(len(self.chosen[i]["input_ids"]), len(self.rejected[i]["input_ids"]))
+        """Padded length of pair i's rows (its longer side)."""
+        return max(len(self.texts[self.chosen[i]]["input_ids"]), len(self.texts[self.rejected[i]]["input_ids"]))
 
 
 @dataclass
@@ -106,27 +117,27 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def encode_pairs(rm: RewardModel, pairs: list[Pair], eval_fraction: float, seed: int) -> EncodedPairs:
-    """Encode each distinct (prompt, completion) once — a prompt's K completions recur across its pairs."""
+    """Encode each distinct (prompt, completion) once; hold out whole prompts."""
     train, heldout = split_by_prompt(pairs, eval_fraction, seed)
     if not train:
         raise RlhfkitError("no pairs left to train on after holding out prompts (lower eval_fraction)")
     texts = sorted({(p.prompt, c) for p in pairs for c in (p.chosen, p.rejected)})
-    rows = dict(zip(texts, rm.encode([t[0] for t in texts], [t[1] for t in texts])))
-    return EncodedPairs(pairs, [rows[(p.prompt, p.chosen)] for p in pairs], [rows[(p.prompt, p.rejected)] for p in pairs],
-                        [float(p.weight) for p in pairs], train, heldout)
+    index = {t: k for k, t in enumerate(texts)}
+    rows = rm.encode([t[0] for t in texts], [t[1] for t in texts])
+    return EncodedPairs(pairs, rows, [index[(p.prompt, p.chosen)] for p in pairs],
+                        [index[(p.prompt, p.rejected)] for p in pairs], [float(p.weight) for p in pairs], train, heldout)
 
 
-def evaluate_pairs(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Sequence[Row],
+def evaluate_pairs(rm: RewardModel, rows: Sequence[Row], chosen: Sequence[int], rejected: Sequence[int],
                    weights: Sequence[float], batch_size: int = 64) -> dict[str, float]:
-    """:func:`pair_metrics` of encoded pairs, scored by ``rm`` (raw rewards)."""
-    r = rm.raw_scores(list(chosen_rows) + list(rejected_rows), batch_size)
-    n = len(chosen_rows)
-    return pair_metrics(r[:n], r[n:], weights)
+    """:func:`pair_metrics` of pairs over ``rows`` (chosen[i], rejected[i]: positions in rows), raw rewards."""
+    r = rm.raw_scores(list(rows), batch_size)
+    return pair_metrics([r[i] for i in chosen], [r[i] for i in rejected], weights)
 
 
-def train_step(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Sequence[Row], weights: Sequence[float],
-               optimizer, scheduler, params) -> tuple[float, float]:
-    """One optimizer step on B pairs, chosen and rejected in ONE forward pass over 2B rows.
+def train_step(rm: RewardModel, rows: Sequence[Row], chosen: Sequence[int], rejected: Sequence[int],
+               weights: Sequence[float], optimizer, scheduler, params) -> tuple[float, float]:
+    """One optimizer step on B pairs: their U distinct texts in ONE forward pass, the loss over the pairs.
 
     Returns (loss, pairs ranked right, ties ½). A non-finite loss returns before any update.
     """
@@ -134,9 +145,8 @@ def train_step(rm: RewardModel, chosen_rows: Sequence[Row], rejected_rows: Seque
 
     from rlhfkit.train.losses import bradley_terry_loss
 
-    B = len(chosen_rows)
-    r = rm.forward(list(chosen_rows) + list(rejected_rows))  # (2B,)
-    r_c, r_r = r[:B], r[B:]  # (B,) each
+    r = rm.forward(list(rows))  # (U,)
+    r_c, r_r = r[torch.tensor(list(chosen))], r[torch.tensor(list(rejected))]  # (B,) each
     loss = bradley_terry_loss(r_c, r_r, weight=torch.tensor(list(weights), device=r.device))
     loss_value = loss.item()
     if not math.isfinite(loss_value):
@@ -210,7 +220,11 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     params = [p for p in rm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
                                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=hp.lr)
-    total_steps = math.ceil(len(data.train) / hp.batch_size) * hp.epochs
+    # each epoch's batches, drawn up front (seeded by epoch): whole prompts, alike lengths, ≥ batch_size pairs
+    lengths, units = {i: data.length(i) for i in data.train}, prompt_units(data.pairs, data.train)
+    epochs = [length_grouped_batches(lengths, hp.batch_size, random.Random(hp.seed * 1_000_003 + e), units=units)
+              for e in range(hp.epochs)]
+    total_steps = sum(len(b) for b in epochs)
     warmup = int(hp.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total_steps))
     state = TrainState()
@@ -250,10 +264,8 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
         # 4. epochs of length-grouped batches (little padding), evaluated along the way
         while state.epoch < hp.epochs and not state.stopped_early:
             rm.model.train()
-            rng = random.Random(hp.seed * 1_000_003 + state.epoch)
-            batches = length_grouped_batches([data.length(i) for i in data.train], hp.batch_size, rng)
-            for b, local in enumerate(batches, start=1):
-                idx = [data.train[j] for j in local]
+            batches = epochs[state.epoch]
+            for b, idx in enumerate(batches, start=1):
                 t0, c0 = time.perf_counter(), time.process_time()
                 loss, correct = train_step(rm, *data.take(idx), optimizer, scheduler, params)
                 timer["wall"] += time.perf_counter() - t0

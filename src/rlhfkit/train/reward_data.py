@@ -57,22 +57,49 @@ def split_by_prompt(pairs: Sequence[Pair], eval_fraction: float, seed: int) -> t
     return train, heldout
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
-                           group: int = 50) -> list[list[int]]:
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, group: int = 50,
+                           units: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
     """Shuffled batches of indices whose lengths are alike, so padding wastes little compute.
 
     Shuffle, cut into mega-batches of ``group`` batches, sort each by length, cut into batches,
     shuffle the batch order (the transformers Trainer's ``group_by_length`` sampler, mega-batch 50).
+
+    ``units``: indices that must share a batch (a prompt's pairs, whose K completions a step then
+    scores once); a batch takes whole units until it holds ``batch_size`` indices or more. A unit's
+    length is its longest member's. Without units every index is its own.
     """
-    order = list(range(len(lengths)))
+    units = [list(u) for u in units] if units is not None else [[i] for i in range(len(lengths))]
+    size = {i: max(lengths[j] for j in u) for i, u in enumerate(units)}
+    order = list(range(len(units)))
     rng.shuffle(order)
-    batches = []
+    batches: list[list[int]] = []
     mega = batch_size * group
-    for lo in range(0, len(order), mega):
-        chunk = sorted(order[lo : lo + mega], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    lo = 0
+    while lo < len(order):
+        chunk, n = [], 0
+        while lo < len(order) and n < mega:
+            chunk.append(order[lo])
+            n += len(units[order[lo]])
+            lo += 1
+        chunk.sort(key=lambda u: size[u], reverse=True)
+        current: list[int] = []
+        for u in chunk:
+            current += units[u]
+            if len(current) >= batch_size:
+                batches.append(current)
+                current = []
+        if current:
+            batches.append(current)
     rng.shuffle(batches)
     return batches
+
+
+def prompt_units(pairs: Sequence[Pair], idx: Sequence[int]) -> list[list[int]]:
+    """``idx`` grouped by prompt (first-appearance order): all of a prompt's pairs go in one step."""
+    units: dict[str, list[int]] = {}
+    for i in idx:
+        units.setdefault(pairs[i].prompt, []).append(i)
+    return list(units.values())
 
 
 def linear_schedule(step: int, warmup: int, total: int) -> float:
