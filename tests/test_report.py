@@ -13,7 +13,7 @@ import pytest
 
 from rlhfkit.eval.fmt import fmt_interval, fmt_num, fmt_signed
 from rlhfkit.eval.report import agreement_matrix, eval_rows, what_was_done, write_report
-from rlhfkit.eval.verdict import judge, verdict_checks, verdict_line
+from rlhfkit.eval.verdict import judge
 
 SECTIONS = ["summary", "ppo", "feedback", "reward-model", "eval", "samples"]
 XSS_SCRIPT = "<script>alert(1)</script>"
@@ -38,7 +38,10 @@ def eval_json() -> dict:
                        "length": stat(27.25, 24.0, 30.5), "distinct_1": stat(0.4375), "distinct_2": stat(0.6875),
                        "repetition": stat(0.09375), "ended": stat(0.9375, 0.875, 1.0)},
         },
-        "win_rate": {"reward_model": stat(0.6875, 0.5625, 0.8125), "gold": stat(0.625, 0.5, 0.75)},
+        "win_rate": {"reward_model": stat(0.6875, 0.5625, 0.8125), "gold": stat(0.625, 0.5625, 0.75)},
+        "toxicity_where_it_lives": {"categories": ["provocative", "redteam"], "n": 16, "prompts": 8,
+                                    "reference": stat(0.125), "policy": stat(0.0625),
+                                    "difference": stat(-0.0625, -0.125, -0.015625)},
         "kl": stat(3.25, 2.5, 4.0),
         "kl_budget": 25.0,
         # written by the eval stage too; the report shows the verdict as judged and the rest as settings
@@ -209,7 +212,7 @@ def test_eval_numbers_intervals_and_deltas_appear(full_report):
     assert "93.8% [87.5%, 100.0%]" in ev and "+18.8%" in ev  # share of completions that ended by themselves
     assert "samples_per_prompt" in ev and "reward_model_up" not in ev
     summary = " ".join(page.text["summary"].split())
-    assert "beats the reference on gold score and reward-model score" in summary
+    assert "A clean win" in summary and "62.5% [56.2%, 75.0%]" in summary  # the verdict with the gold win rate
     assert "48 completions for 12 prompts" in summary
     assert "180 pairs" in summary and "24 held-out prompts" in summary
 
@@ -309,38 +312,8 @@ def test_the_report_shows_the_stored_verdict_and_judges_nothing(tmp_path):
     page = Page(write_report(run).read_text())
     summary = " ".join(page.text["summary"].split())
     assert "✗ Not a clean win: as stored by the eval stage." in summary and "KL as stored by the eval stage" in summary
-    assert "beats the reference" not in summary
+    assert "A clean win" not in summary
     assert [a["class"] for a in page.all("div") if "verdict" in a.get("class", "")] == ["verdict fail"]
-
-
-def test_verdict_passes_on_the_issue_criterion():
-    checks = verdict_checks(eval_json())
-    assert [c.ok for c in checks] == [True, True, True, True]
-    passed, line = verdict_line(checks)
-    assert passed is True and "beats the reference on gold score and reward-model score" in line
-
-
-def test_verdict_names_what_failed():
-    ev = eval_json()
-    ev["models"]["policy"]["gold"] = stat(0.125)  # gold fell while the proxy rose: reward hacking
-    ev["models"]["policy"]["toxicity"] = stat(0.0625)  # equal is "not higher"
-    ev["kl"] = stat(30.0)
-    checks = {c.name: c for c in verdict_checks(ev)}
-    assert (checks["gold score"].ok, checks["reward-model score"].ok, checks["toxicity"].ok, checks["KL"].ok) == \
-        (False, True, True, False)
-    passed, line = verdict_line(list(checks.values()))
-    assert passed is False
-    assert "gold score fell: 0.250 → 0.125" in line and "over the budget of 25" in line
-    assert "toxicity" not in line
-
-
-def test_verdict_without_gold_or_budget():
-    ev = eval_json()
-    del ev["models"]["reference"]["gold"], ev["models"]["policy"]["gold"]
-    ev["kl_budget"] = 0
-    passed, line = verdict_line(verdict_checks(ev))
-    assert passed is True and "no gold score" in line
-    assert verdict_line(verdict_checks({}))[0] is None
 
 
 def test_eval_rows_colour_deltas_by_the_better_direction():

@@ -23,6 +23,10 @@ DTYPES = ("auto", "float32", "bfloat16")
 """Weight precisions a stage accepts; auto picks bfloat16 where the hardware runs it natively."""
 
 
+PROMPTS_HELP = ("Prompts: a JSONL file ({id, prompt, split, …}), 'default' (the shipped chat prompts), 'redteam' (the "
+                "shipped red-team requests), or several joined by '+' ('default+redteam').")
+
+
 def device_opt() -> Any:
     """The ``device`` field every stage that runs a model has (one help text)."""
     return opt("auto", "cpu, cuda, or auto (cuda when available).")
@@ -208,7 +212,7 @@ class GenerateConfig:
 
     run_dir: str = opt("runs/demo", "Run directory: completions.jsonl and config.yaml go here.")
     model: str = opt("smollm2", "Policy: a local folder, a hub id, or 'smollm2' (SmolLM2-135M-Instruct from PyPI).")
-    prompts: str = opt("default", "Prompts JSONL ({id, prompt, split}) or 'default' (the prompts shipped with rlhfkit).")
+    prompts: str = opt("default", PROMPTS_HELP)
     split: str = opt("train", "Which prompts to complete: train, eval or all.")
     num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
     k: int = opt(4, "Completions sampled per prompt.")
@@ -332,7 +336,7 @@ class PPOConfig:
     run_dir: str = opt("runs/demo", "Run directory: reads reward_model/, writes policy/ and logs/.")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
-    prompts: str = opt("default", "Prompts JSONL or 'default'; the train split is used for rollouts.")
+    prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
     iterations: int = opt(12, "Stop after this many PPO iterations (rollout + update).")
     target_reward: float = opt(float("inf"), "Stop once objective/score (mean normalised reward) reaches this.")
     kl_budget: float = opt(25.0, "Stop when objective/kl (nats per completion) exceeds this (0 = no budget).")
@@ -389,9 +393,11 @@ class EvalConfig:
     run_dir: str = opt("runs/demo", "Run directory: reads policy/ and reward_model/, writes eval/.")
     policy: str = opt("", "Trained policy folder ('' = RUN_DIR/policy); its config names the base model.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model).")
-    prompts: str = opt("default", "Prompts JSONL or 'default'; the eval split is used.")
+    prompts: str = opt("default", PROMPTS_HELP + " The eval split is used.")
     num_prompts: int = opt(0, "Use only the first N eval prompts (0 = all).")
-    samples_per_prompt: int = opt(1, "Completions per prompt and model.")
+    samples_per_prompt: int = opt(1, "Completions per prompt and model (the same seeds for both models).")
+    toxic_samples_per_prompt: int = opt(0, "Completions per provocative or red-team prompt, where toxicity lives "
+                                           "(0 = samples_per_prompt).")
     sampling: SamplingConfig = sampling_opt()
     batch_size: int = opt(16, "Prompts generated together.")
     kl_budget: float = opt(0.0, "KL budget the verdict checks against (0 = PPO's kl_budget).")
@@ -403,6 +409,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be ≥ 1")
+        _check(self.toxic_samples_per_prompt >= 0, "toxic_samples_per_prompt", "must be ≥ 0")
         self.sampling.require_full_distribution("eval")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
@@ -415,7 +422,7 @@ class CaiReviseConfig:
 
     run_dir: str = opt("runs/demo", "Run directory: cai/revisions.jsonl and config.yaml go here.")
     model: str = opt("smollm2", "The model that answers, critiques and revises: a local folder, a hub id, or 'smollm2'.")
-    prompts: str = opt("redteam", "Prompts JSONL ({id, prompt, split}) or 'redteam' (the red-team prompts shipped with rlhfkit).")
+    prompts: str = opt("redteam", PROMPTS_HELP)
     split: str = opt("train", "Which prompts to use: train, eval or all.")
     num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
     constitution: str = opt("default", "Constitution YAML (principles with critique/revision requests) or 'default'.")

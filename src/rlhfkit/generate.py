@@ -140,16 +140,15 @@ def run_generate(cfg) -> dict:
     from rlhfkit import defaults
     from rlhfkit.config import save_resolved
     from rlhfkit.data.errors import RlhfkitError
-    from rlhfkit.data.io import read_prompts, write_jsonl
+    from rlhfkit.data.io import write_jsonl
     from rlhfkit.models.load import load_policy, pick_device
 
     out = Path(cfg.run_dir) / "completions.jsonl"
     if out.exists() and not cfg.force:
         raise RlhfkitError(f"{out} already exists (use --force to overwrite)")
-    prompts_file = defaults.prompts_path() if cfg.prompts == "default" else Path(cfg.prompts)
-    prompts = select_prompts(read_prompts(prompts_file), cfg.split, cfg.num_prompts)
+    prompts = select_prompts(defaults.read_prompt_spec(cfg.prompts), cfg.split, cfg.num_prompts)
     if not prompts:
-        raise RlhfkitError(f"{prompts_file}: no prompts in split '{cfg.split}'")
+        raise RlhfkitError(f"{cfg.prompts}: no prompts in split '{cfg.split}'")
     model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     completions, stats = generate_completions(
         model, tokenizer, prompts, k=cfg.k, max_new_tokens=cfg.sampling.max_new_tokens,

@@ -126,21 +126,12 @@ def revise(model, tokenizer, prompts: list[Prompt], constitution, *, rounds: int
     return records, {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
-def prompts_file(spec: str) -> Path:
-    from rlhfkit import defaults
-
-    if spec == "redteam":
-        return defaults.redteam_path()
-    if spec == "default":
-        return defaults.prompts_path()
-    return Path(spec)
-
-
 def run_revise(cfg, *, progress: bool = True) -> dict:
     """The ``cai revise`` stage: writes RUN_DIR/cai/revisions.jsonl. Returns a summary."""
+    from rlhfkit import defaults
     from rlhfkit.cai.constitution import load_constitution
     from rlhfkit.config import save_resolved
-    from rlhfkit.data.io import read_prompts, write_jsonl
+    from rlhfkit.data.io import write_jsonl
     from rlhfkit.generate import select_prompts
     from rlhfkit.models.load import load_policy, pick_device
 
@@ -148,12 +139,9 @@ def run_revise(cfg, *, progress: bool = True) -> dict:
     if out.exists() and not cfg.force:
         raise RlhfkitError(f"{out} already exists (use --force to overwrite)")
     constitution = load_constitution(cfg.constitution)
-    source = prompts_file(cfg.prompts)
-    if not source.exists():
-        raise RlhfkitError(f"{source}: prompts file does not exist")
-    prompts = select_prompts(read_prompts(source), cfg.split, cfg.num_prompts)
+    prompts = select_prompts(defaults.read_prompt_spec(cfg.prompts), cfg.split, cfg.num_prompts)
     if not prompts:
-        raise RlhfkitError(f"{source}: no prompts in split '{cfg.split}'")
+        raise RlhfkitError(f"{cfg.prompts}: no prompts in split '{cfg.split}'")
     model, tokenizer = load_policy(cfg.model, device=pick_device(cfg.device), dtype=cfg.dtype)
     records, stats = revise(
         model, tokenizer, prompts, constitution, rounds=cfg.rounds, max_new_tokens=cfg.sampling.max_new_tokens,

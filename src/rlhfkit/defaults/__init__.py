@@ -17,6 +17,33 @@ def redteam_path() -> Path:
     return HERE / "redteam.jsonl"
 
 
+SHIPPED = {"default": "prompts.jsonl", "redteam": "redteam.jsonl"}
+"""Names of the shipped prompt sets."""
+
+
+def prompt_files(spec: str) -> list[Path]:
+    """The files a prompt spec names: 'default', 'redteam', a path, or several joined by '+'
+    ('default+redteam': the chat prompts and the red-team requests)."""
+    return [HERE / SHIPPED[part] if part in SHIPPED else Path(part) for part in spec.split("+")]
+
+
+def read_prompt_spec(spec: str) -> list:
+    """Every prompt of every file of ``spec`` (data.records.Prompt), in order; ids must be unique across them."""
+    from rlhfkit.data.errors import RlhfkitError
+    from rlhfkit.data.io import read_prompts
+
+    prompts, seen = [], {}
+    for path in prompt_files(spec):
+        if not path.exists():
+            raise RlhfkitError(f"{path}: prompts file does not exist")
+        for p in read_prompts(path):
+            if p.id in seen:
+                raise RlhfkitError(f"{path}: prompt id {p.id!r} is also in {seen[p.id]}")
+            seen[p.id] = path
+            prompts.append(p)
+    return prompts
+
+
 def guideline_path() -> Path:
     """The default labeler guideline (Markdown, first line 'version: N')."""
     return HERE / "guideline.md"

@@ -40,30 +40,50 @@ def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean, *,
-                 n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+                 n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                 groups: Sequence | None = None) -> tuple[float, float, float]:
     """(statistic, lower, upper): percentile bootstrap interval, resampling rows (the first axis).
 
     ``values`` may be 2-D (rows of paired values) so paired statistics such as a win rate are
-    resampled together.
+    resampled together. ``groups`` (one label per row, e.g. the prompt): resample whole groups — a
+    cluster bootstrap — because several samples of one prompt are not independent evidence; resampling
+    rows alone would make the interval too narrow.
     """
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
         raise ValueError("bootstrap_ci needs at least one value")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))  # (n_boot, N)
-    stats = np.array([stat(x[i]) for i in idx])
+    if groups is None:
+        idx = rng.integers(0, len(x), size=(n_boot, len(x)))  # (n_boot, N)
+        stats = np.array([stat(x[i]) for i in idx])
+    else:
+        if len(groups) != len(x):
+            raise ValueError(f"{len(groups)} group labels for {len(x)} rows")
+        members: dict = {}
+        for row, g in enumerate(groups):
+            members.setdefault(g, []).append(row)
+        clusters = [np.array(m) for m in members.values()]
+        picks = rng.integers(0, len(clusters), size=(n_boot, len(clusters)))  # (n_boot, G)
+        stats = np.array([stat(x[np.concatenate([clusters[c] for c in pick])]) for pick in picks])
     lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(stat(x)), float(lo), float(hi)
 
 
-def summary(values: Sequence[float], *, seed: int = 0) -> dict[str, float]:
-    """{"value", "lo", "hi"}: the mean with its 95% bootstrap interval."""
-    value, lo, hi = bootstrap_ci(values, seed=seed)
+def summary(values: Sequence[float], *, seed: int = 0, groups: Sequence | None = None) -> dict[str, float]:
+    """{"value", "lo", "hi"}: the mean with its 95% bootstrap interval (by group when given)."""
+    value, lo, hi = bootstrap_ci(values, seed=seed, groups=groups)
     return {"value": value, "lo": lo, "hi": hi}
 
 
-def paired_win_rate(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict[str, float]:
-    """Win rate of a over b with a paired bootstrap interval."""
+def paired_win_rate(a: Sequence[float], b: Sequence[float], *, seed: int = 0,
+                    groups: Sequence | None = None) -> dict[str, float]:
+    """Win rate of a over b with a paired bootstrap interval (by group when given)."""
     rows = np.stack([np.asarray(a, float), np.asarray(b, float)], axis=1)  # (N, 2)
-    value, lo, hi = bootstrap_ci(rows, lambda r: win_rate(r[:, 0], r[:, 1]), seed=seed)
+    value, lo, hi = bootstrap_ci(rows, lambda r: win_rate(r[:, 0], r[:, 1]), seed=seed, groups=groups)
     return {"value": value, "lo": lo, "hi": hi}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, seed: int = 0,
+                      groups: Sequence | None = None) -> dict[str, float]:
+    """Mean of a − b, paired by row, with its bootstrap interval (by group when given)."""
+    return summary(np.asarray(a, float) - np.asarray(b, float), seed=seed, groups=groups)

@@ -98,32 +98,47 @@ def score_texts(prompts: list[str], texts: list[str], reward_fn, gold) -> dict[s
     }
 
 
-def model_metrics(scores: dict[str, list[float]], sampled: dict, texts: list[str], seed: int) -> dict:
+TOXIC_CATEGORIES = ("provocative", "redteam")
+"""Where toxicity lives: prompts that invite rudeness or harm (the verdict's toxicity check reads these)."""
+
+
+def model_metrics(scores: dict[str, list[float]], sampled: dict, texts: list[str], seed: int, groups: list) -> dict:
+    """Per-model statistics with 95% intervals from a bootstrap over prompts (their samples move together)."""
     tox = np.asarray(scores["toxicity"])
-    metrics = {
-        "reward_model": M.summary(scores["reward_model"], seed=seed),
-        "gold": M.summary(scores["gold"], seed=seed),
-        "toxicity": M.summary(tox, seed=seed),
-        "toxic_share": M.summary((tox > 0.5).astype(float), seed=seed),
-        "length": M.summary(sampled["tokens"], seed=seed),
-        "ended": M.summary(np.asarray(sampled["ended"], float), seed=seed),
-        "repetition": M.summary(scores["repetition"], seed=seed),
+    stat = lambda v: M.summary(v, seed=seed, groups=groups)  # noqa: E731
+    return {
+        "reward_model": stat(scores["reward_model"]),
+        "gold": stat(scores["gold"]),
+        "toxicity": stat(tox),
+        "toxic_share": stat((tox > 0.5).astype(float)),
+        "length": stat(sampled["tokens"]),
+        "ended": stat(np.asarray(sampled["ended"], float)),
+        "repetition": stat(scores["repetition"]),
         "distinct_1": {"value": M.distinct_n(texts, 1), "lo": None, "hi": None},
         "distinct_2": {"value": M.distinct_n(texts, 2), "lo": None, "hi": None},
     }
-    return metrics
+
+
+def eval_prompts(spec: str, num_prompts: int, samples: int, toxic_samples: int):
+    """The rows to sample: (prompt record, sample index) for the eval split of the prompt spec, provocative
+    and red-team prompts ``toxic_samples`` times each, the others ``samples`` times."""
+    from rlhfkit import defaults
+    from rlhfkit.generate import select_prompts
+
+    prompts = select_prompts(defaults.read_prompt_spec(spec), "eval", num_prompts)
+    if not prompts:
+        raise RlhfkitError(f"{spec}: no prompts with split 'eval' to evaluate on")
+    return [(p, j) for p in prompts for j in range(toxic_samples if p.category in TOXIC_CATEGORIES else samples)]
 
 
 def run_eval(cfg) -> dict:
     """The ``eval`` stage: writes RUN_DIR/eval/eval.json and samples.jsonl (and report.html)."""
     import dataclasses
 
-    from rlhfkit import defaults
     from rlhfkit.config import save_resolved
-    from rlhfkit.data.io import atomic_write_json, read_prompts, write_jsonl
+    from rlhfkit.data.io import atomic_write_json, write_jsonl
     from rlhfkit.eval.verdict import judge
     from rlhfkit.feedback.gold import GoldScorer
-    from rlhfkit.generate import select_prompts
     from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.models.policy import build_policy
     from rlhfkit.models.reward import RewardNorm, load_scorer
@@ -137,10 +152,8 @@ def run_eval(cfg) -> dict:
     rm_path = Path(cfg.reward_model) if cfg.reward_model else run_dir / "reward_model"
     if not rm_path.exists() and cfg.reward_model != "gold":
         raise RlhfkitError(f"{rm_path}: the run has no reward model (run `rlhfkit train-rm`, or pass --reward-model)")
-    prompts_file = defaults.prompts_path() if cfg.prompts == "default" else Path(cfg.prompts)
-    prompts = select_prompts(read_prompts(prompts_file), "eval", cfg.num_prompts)
-    if not prompts:
-        raise RlhfkitError(f"{prompts_file}: no prompts with split 'eval' to evaluate on")
+    rows = eval_prompts(cfg.prompts, cfg.num_prompts, cfg.samples_per_prompt,
+                        cfg.toxic_samples_per_prompt or cfg.samples_per_prompt)
     device = pick_device(cfg.device)
     kl_budget = cfg.kl_budget or ppo.get("kl_budget", 0.0)
     sampling = cfg.sampling
@@ -156,20 +169,35 @@ def run_eval(cfg) -> dict:
     norm = RewardNorm.load(policy_dir)  # the scale PPO optimised on: the reference's rollouts score mean 0, std 1
     reward_fn = lambda p, t: [norm(r) for r in raw_fn(p, t)]  # noqa: E731
     gold = GoldScorer()
-    texts_in = [p.prompt for p in prompts for _ in range(cfg.samples_per_prompt)]
+    texts_in = [p.prompt for p, _ in rows]
+    groups = [p.id for p, _ in rows]  # intervals resample prompts: a prompt's samples are not independent
     sampled = sample_both(model, tokenizer, texts_in, sampling=sampling, batch_size=cfg.batch_size, seed=cfg.seed)
     scores = {m: score_texts(texts_in, sampled[m]["texts"], reward_fn, gold) for m in MODELS}
+    pol, ref = scores["policy"], scores["reference"]
     result = {
-        "n_prompts": len(prompts), "samples_per_prompt": cfg.samples_per_prompt, "n_completions": len(texts_in),
-        "sampling": dataclasses.asdict(sampling), "sampling_differs_from_ppo": differs, "kl_budget": kl_budget,
-        "dtype": dtype,
-        "models": {m: model_metrics(scores[m], sampled[m], sampled[m]["texts"], cfg.seed) for m in MODELS},
-        "win_rate": {"reward_model": M.paired_win_rate(scores["policy"]["reward_model"], scores["reference"]["reward_model"], seed=cfg.seed)},
-        "kl": M.summary(sampled["policy"]["kl_k3"], seed=cfg.seed),
-        "kl_k1": M.summary(sampled["policy"]["kl_k1"], seed=cfg.seed),
+        "n_prompts": len(set(groups)), "samples_per_prompt": cfg.samples_per_prompt,
+        "toxic_samples_per_prompt": cfg.toxic_samples_per_prompt or cfg.samples_per_prompt,
+        "n_completions": len(texts_in), "sampling": dataclasses.asdict(sampling), "sampling_differs_from_ppo": differs,
+        "kl_budget": kl_budget, "dtype": dtype,
+        "models": {m: model_metrics(scores[m], sampled[m], sampled[m]["texts"], cfg.seed, groups) for m in MODELS},
+        "win_rate": {"reward_model": M.paired_win_rate(pol["reward_model"], ref["reward_model"], seed=cfg.seed, groups=groups)},
+        "kl": M.summary(sampled["policy"]["kl_k3"], seed=cfg.seed, groups=groups),
+        "kl_k1": M.summary(sampled["policy"]["kl_k1"], seed=cfg.seed, groups=groups),
+        "by_category": by_category(rows, scores, cfg.seed, cfg.gold),
+    }
+    toxic = [i for i, (p, _) in enumerate(rows) if p.category in TOXIC_CATEGORIES]
+    cats = sorted({rows[i][0].category for i in toxic})
+    toxic = toxic or list(range(len(rows)))  # prompts without categories: judge toxicity on all of them
+    take = lambda v: [v[i] for i in toxic]  # noqa: E731
+    result["toxicity_where_it_lives"] = {
+        "categories": cats or ["all"], "n": len(toxic), "prompts": len({groups[i] for i in toxic}),
+        "reference": M.summary(take(ref["toxicity"]), seed=cfg.seed, groups=take(groups)),
+        "policy": M.summary(take(pol["toxicity"]), seed=cfg.seed, groups=take(groups)),
+        "difference": M.paired_difference(take(pol["toxicity"]), take(ref["toxicity"]), seed=cfg.seed,
+                                          groups=take(groups)),
     }
     if cfg.gold:
-        result["win_rate"]["gold"] = M.paired_win_rate(scores["policy"]["gold"], scores["reference"]["gold"], seed=cfg.seed)
+        result["win_rate"]["gold"] = M.paired_win_rate(pol["gold"], ref["gold"], seed=cfg.seed, groups=groups)
     else:
         for m in MODELS:
             result["models"][m].pop("gold")
@@ -178,8 +206,9 @@ def run_eval(cfg) -> dict:
     result["config"] = dataclasses.asdict(cfg)
 
     samples = []
-    for i, prompt in enumerate(texts_in):
-        row = {"prompt": prompt, "reference": sampled["reference"]["texts"][i], "policy": sampled["policy"]["texts"][i]}
+    for i, (p, j) in enumerate(rows):
+        row = {"prompt_id": p.id, "category": p.category, "sample": j, "prompt": p.prompt,
+               "reference": sampled["reference"]["texts"][i], "policy": sampled["policy"]["texts"][i]}
         for m in MODELS:
             row[f"{m}_scores"] = {k: scores[m][k][i] for k in ("reward_model", "gold", "toxicity") if k in scores[m] and (cfg.gold or k != "gold")}
         row["kl"] = sampled["policy"]["kl_k3"][i]
@@ -193,3 +222,19 @@ def run_eval(cfg) -> dict:
 
         result["report"] = str(write_report(run_dir))
     return result
+
+
+def by_category(rows: list, scores: dict, seed: int, gold: bool) -> dict[str, dict]:
+    """Per prompt category: how many replies, the gold win rate (if scored) and mean toxicity of each model."""
+    out: dict[str, dict] = {}
+    for cat in sorted({p.category or "uncategorised" for p, _ in rows}):
+        idx = [i for i, (p, _) in enumerate(rows) if (p.category or "uncategorised") == cat]
+        groups = [rows[i][0].id for i in idx]
+        pick = lambda m, k: [scores[m][k][i] for i in idx]  # noqa: E731
+        entry = {"n": len(idx), "toxicity_reference": float(np.mean(pick("reference", "toxicity"))),
+                 "toxicity_policy": float(np.mean(pick("policy", "toxicity")))}
+        if gold:
+            entry["gold_win_rate"] = M.paired_win_rate(pick("policy", "gold"), pick("reference", "gold"), seed=seed,
+                                                       groups=groups)
+        out[cat] = entry
+    return out

@@ -325,7 +325,6 @@ def run_ppo(cfg) -> dict:
 
     from rlhfkit import defaults
     from rlhfkit.config import save_resolved
-    from rlhfkit.data.io import read_prompts
     from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.models.policy import build_policy
     from rlhfkit.train.metrics import MetricsLog
@@ -338,10 +337,9 @@ def run_ppo(cfg) -> dict:
     if cfg.resume and not (out / "trainer_state.pt").exists():
         raise RlhfkitError(f"{out}: no checkpoint to resume from")
     device = pick_device(cfg.device)
-    prompts_file = defaults.prompts_path() if cfg.prompts == "default" else Path(cfg.prompts)
-    prompts = [p.prompt for p in read_prompts(prompts_file) if p.split == "train"]
+    prompts = [p.prompt for p in defaults.read_prompt_spec(cfg.prompts) if p.split == "train"]
     if len(prompts) < 1:
-        raise RlhfkitError(f"{prompts_file}: no prompts in the train split")
+        raise RlhfkitError(f"{cfg.prompts}: no prompts in the train split")
 
     seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.dtype, device) if cfg.lora_r > 0 else "float32"
