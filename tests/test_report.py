@@ -105,14 +105,21 @@ def write_metrics(path: Path) -> None:
 
 
 def samples_lines() -> list[dict]:
+    """16 pairs whose gold and reward-model margins (policy − reference) are set so the report's choice of
+    pairs to show can be worked out by hand (see test_samples_shown_are_chosen_to_be_read)."""
     rows = [{"prompt": 'Say "hi" & wave', "reference": XSS_SCRIPT, "policy": XSS_IMG,
              "reference_scores": {"reward_model": -1.5, "gold": 0.1, "toxicity": 0.4},
-             "policy_scores": {"reward_model": 0.5, "gold": 0.3, "toxicity": 0.2}, "kl": 4.5}]
+             "policy_scores": {"reward_model": 0.5, "gold": 0.9, "toxicity": 0.2}, "kl": 4.5}]  # gold +0.8
     for i in range(15):
+        if i < 10:  # the policy better by gold: +0.20, +0.19, …, +0.11
+            ref, pol = {"reward_model": 0.0, "gold": 0.2}, {"reward_model": 0.25, "gold": 0.4 - 0.01 * i}
+        elif i < 13:  # gold prefers the reference (−0.2), the reward model the policy (+0.25, +0.35, +0.45)
+            ref, pol = {"reward_model": 0.0, "gold": 0.6}, {"reward_model": 0.25 + 0.1 * (i - 10), "gold": 0.4}
+        else:  # both prefer the reference: gold −0.3, −0.4
+            ref, pol = {"reward_model": 0.25, "gold": 0.6 + 0.1 * (i - 12)}, {"reward_model": 0.0, "gold": 0.4}
         rows.append({"prompt": f"prompt {i}", "reference": f"reference answer {i}\n  second line",
-                     "policy": f"policy answer {i}",
-                     "reference_scores": {"reward_model": 0.0, "gold": 0.2, "toxicity": 0.05},
-                     "policy_scores": {"reward_model": 0.25, "gold": 0.4, "toxicity": 0.02}})
+                     "policy": f"policy answer {i}", "reference_scores": {**ref, "toxicity": 0.05},
+                     "policy_scores": {**pol, "toxicity": 0.02}})
     return rows
 
 
@@ -256,11 +263,16 @@ def test_images_are_inline_pngs_and_nothing_is_fetched(full_report):
     assert "script-src" not in csp[0]  # scripts fall under default-src 'none'
 
 
-def test_samples_are_capped_at_twelve(full_report):
+def test_samples_shown_are_chosen_to_be_read(full_report):
+    """6 largest gold gains (the XSS pair, answers 0–4), then the 3 pairs where the reward model prefers the policy
+    and the gold scorer the reference (12, 11, 10 by reward-model margin), then the largest gold losses not yet
+    shown (14, 13): 11 of 16, each pair once."""
     _, page = full_report
-    text = page.text["samples"]
-    assert "Showing 12 of 16 samples" in " ".join(text.split())
-    assert "policy answer 10" in text and "policy answer 11" not in text
+    text = " ".join(page.text["samples"].split())
+    assert "Showing 11 of 16 samples" in text
+    order = [text.index(f"policy answer {i} ") for i in (0, 1, 2, 3, 4, 12, 11, 10, 14, 13)]
+    assert order == sorted(order) and "policy answer 5 " not in text and "policy answer 9 " not in text
+    assert text.index("prefers the aligned policy most") < text.index("disagree") < text.index("prefers the reference most")
     assert "KL 4.500" in text
 
 
@@ -341,7 +353,7 @@ def test_odd_sample_lines_are_skipped_or_shown_without_scores(tmp_path):
         f.write(json.dumps({"prompt": "odd", "reference": "r", "policy": "q", "reference_scores": [1],
                             "policy_scores": None}) + "\n")
     page = Page(write_report(run).read_text())
-    assert "Showing 12 of 17 samples" in " ".join(page.text["samples"].split())
+    assert "Showing 11 of 17 samples" in " ".join(page.text["samples"].split())  # the odd one has no margins to rank by
     # one sample without toxicity: no histogram, the means with intervals instead
     assert any(a["alt"].startswith("bar chart of mean") for a in page.all("img"))
 

@@ -267,8 +267,11 @@ def pipeline(
 
 @app.command("demo")
 def demo(
-    no_kl: bool = typer.Option(False, "--no-kl", help="β = 0: no KL penalty, to watch reward hacking (runs/demo-no-kl)."),
-    run_dir: Optional[str] = typer.Option(None, help="Run directory (default runs/demo, or runs/demo-no-kl)."),
+    no_kl: bool = typer.Option(False, "--no-kl", help="β = 0: no KL penalty, to watch reward hacking. Writes RUN_DIR-no-kl "
+                               "and reuses RUN_DIR's completions, rankings and reward model, so only β differs."),
+    run_dir: str = typer.Option("runs/demo", help="Run directory of the demo (with --no-kl: of the KL run it starts from)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every stage (default: the demo's, 0)."),
+    dtype: Optional[str] = typer.Option(None, help="Precision of every stage: float32, bfloat16 or auto (default: auto)."),
     force: bool = typer.Option(False, "--force", help="Run every stage again."),
 ) -> None:
     """The whole loop on the embedded default: SmolLM2-135M-Instruct, the shipped prompts, simulated
@@ -276,12 +279,13 @@ def demo(
     from rlhfkit import defaults
     from rlhfkit.pipeline import resolve_stage_configs, run_pipeline, seed_from
 
-    target = run_dir or ("runs/demo-no-kl" if no_kl else "runs/demo")
-    overrides: dict = {"*": {"run_dir": target}}
+    shared = {k: v for k, v in (("seed", seed), ("dtype", dtype)) if v is not None}
+    target = f"{run_dir}-no-kl" if no_kl else run_dir
+    overrides: dict = {"*": {"run_dir": target, **shared}}
     if no_kl:
         overrides["ppo"] = {"kl_coef": 0.0, "kl_budget": 0.0}
         overrides["eval"] = {"kl_budget": 0.0}
-        source = Path("runs/demo")
+        source = Path(run_dir)
         if source.exists() and not force and not Path(target).exists():
             copied = run_stage(seed_from, source, Path(target), resolve_stage_configs(defaults.demo_path(), overrides), "train_rm")
             if copied:

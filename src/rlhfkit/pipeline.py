@@ -20,7 +20,7 @@ from rlhfkit.data.errors import RlhfkitError
 STAGES = ("generate", "label", "pairs", "train_rm", "ppo", "eval")
 # Top-level keys given to every stage that has the field ('sampling': a mapping of SamplingConfig fields,
 # so generate, ppo and eval sample alike).
-SHARED = ("run_dir", "seed", "system_prompt", "sampling")
+SHARED = ("run_dir", "seed", "dtype", "system_prompt", "sampling")
 # Fields that say how to run, not what to compute: they do not invalidate a finished stage.
 _VOLATILE = {"force", "resume", "device", "report", "run_dir"}
 
@@ -120,6 +120,7 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     summaries: dict[str, Any] = {}
     rerun = force  # once a stage runs, every stage after it must run too: its inputs changed
     t_all = time.perf_counter()
+    timings: dict[str, Any] = {}
     for name in STAGES:
         stage, cfg = registry[name], configs[name]
         if Path(cfg.run_dir) != run_dir:
@@ -129,6 +130,7 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
         if complete and not rerun:
             echo(f"[{name}] skipped: already complete for this config")
             summaries[name] = {"skipped": True}
+            timings[name] = {"skipped": True}
             continue
         interrupted = not marker.exists() and not rerun  # started earlier, never finished
         marker.unlink(missing_ok=True)
@@ -138,10 +140,25 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
         summaries[name] = stage.run(cfg)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(digest + "\n")
+        timings[name] = {"seconds": round(time.perf_counter() - t0, 1)}
+        record_run(run_dir, timings, time.perf_counter() - t_all)
         echo(f"[{name}] done in {time.perf_counter() - t0:.0f} s: {describe(name, summaries[name])}")
         rerun = True
     summaries["seconds"] = time.perf_counter() - t_all
+    summaries["stages"] = timings
     return summaries
+
+
+RUN_FILE = "run.json"
+"""RUN_DIR/run.json: the machine and each stage's wall seconds of the last pipeline run (the report shows them)."""
+
+
+def record_run(run_dir: Path, timings: dict, seconds: float) -> None:
+    from rlhfkit import machine
+    from rlhfkit.data.io import atomic_write_json
+
+    atomic_write_json(run_dir / RUN_FILE, {"machine": machine.describe(), "stages": timings,
+                                           "seconds": round(seconds, 1)})
 
 
 def _prepare(name: str, cfg, run_dir: Path, *, interrupted: bool, force: bool) -> None:

@@ -574,24 +574,76 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
             "toxicity_alt": toxicity_alt, "passed": verdict.get("passed"), "verdict": line, "checks": checks}
 
 
+def _sample_item(s: dict) -> dict:
+    item = {"prompt": str(s.get("prompt", ""))}
+    for side in ("reference", "policy"):
+        scores = as_dict(s.get(f"{side}_scores"))
+        item[side] = str(s.get(side, ""))
+        item[f"{side}_scores"] = [(label, fmt_num(scores.get(key))) for key, label in
+                                  (("reward_model", "reward"), ("gold", "gold"), ("toxicity", "P(offensive)"))
+                                  if key in scores]
+    if finite(s.get("kl")):  # the policy's KL to the reference on this completion (nats)
+        item["policy_scores"].append(("KL", fmt_num(s["kl"])))
+    return item
+
+
+def _margin(s: dict, key: str) -> float | None:
+    p, r = as_dict(s.get("policy_scores")).get(key), as_dict(s.get("reference_scores")).get(key)
+    return p - r if finite(p) and finite(r) else None
+
+
 def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
+    """At most MAX_SAMPLES pairs, chosen to be read: where the gold scorer prefers the policy most, where it
+    prefers the reference most, and where the reward model and the gold scorer disagree (the proxy rewarding
+    what the judge does not: reward hacking shows there first). Without gold scores: the first pairs."""
     if not samples:
         if (run_dir / "eval" / "samples.jsonl").exists():
             return {"problem": "eval/samples.jsonl holds no readable samples."}
         return {"problem": "Not run: eval/samples.jsonl does not exist (run `rlhfkit eval`)."}
-    shown = []
-    for s in samples[:MAX_SAMPLES]:
-        item = {"prompt": str(s.get("prompt", ""))}
-        for side in ("reference", "policy"):
-            scores = as_dict(s.get(f"{side}_scores"))
-            item[side] = str(s.get(side, ""))
-            item[f"{side}_scores"] = [(label, fmt_num(scores.get(key))) for key, label in
-                                      (("reward_model", "reward"), ("gold", "gold"), ("toxicity", "P(offensive)"))
-                                      if key in scores]
-        if finite(s.get("kl")):  # the policy's KL to the reference on this completion (nats)
-            item["policy_scores"].append(("KL", fmt_num(s["kl"])))
-        shown.append(item)
-    return {"items": shown, "total": len(samples)}
+    gold = [(m, i) for i, s in enumerate(samples) if (m := _margin(s, "gold")) is not None]
+    if not gold:
+        return {"groups": [{"title": "Samples", "note": "", "items": [_sample_item(s) for s in samples[:MAX_SAMPLES]]}],
+                "shown": min(len(samples), MAX_SAMPLES), "total": len(samples)}
+    used: set[int] = set()
+
+    def pick(candidates: list[tuple[float, int]], n: int) -> list[dict]:
+        out = []
+        for _, i in sorted(candidates, reverse=True):
+            if len(out) == n:
+                break
+            if i not in used:
+                used.add(i)
+                out.append(_sample_item(samples[i]))
+        return out
+
+    split = MAX_SAMPLES // 2
+    groups = [
+        {"title": "Where the gold scorer prefers the aligned policy most", "note": "the largest gold-score gains",
+         "items": pick([(m, i) for m, i in gold if m > 0], split)},
+        {"title": "Where the reward model and the gold scorer disagree",
+         "note": "the reward model prefers the policy's reply, the independent judge the reference's: what the "
+                 "proxy rewards and a careful reader would not (reward hacking shows here first)",
+         "items": pick([(rm, i) for m, i in gold if m < 0 and (rm := _margin(samples[i], "reward_model") or 0) > 0],
+                       (MAX_SAMPLES - split) // 2)},
+    ]
+    groups.append({"title": "Where the gold scorer prefers the reference most", "note": "the largest gold-score losses",
+                   "items": pick([(-m, i) for m, i in gold if m < 0], MAX_SAMPLES - split - len(groups[1]["items"]))})
+    groups = [g for g in groups if g["items"]]
+    return {"groups": groups, "shown": sum(len(g["items"]) for g in groups), "total": len(samples)}
+
+
+def _machine_section(run_dir: Path) -> dict | None:
+    """The machine and each stage's wall seconds, from RUN_DIR/run.json (written by `rlhfkit pipeline`)."""
+    from rlhfkit.machine import one_line
+
+    art = _read_json(run_dir, "run.json", "pipeline")
+    if art.data is None:
+        return None
+    stages = [(name, t["seconds"]) for name, t in as_dict(art.data.get("stages")).items()
+              if isinstance(t, dict) and finite(t.get("seconds"))]
+    return {"machine": one_line(as_dict(art.data.get("machine"))),
+            "stages": ", ".join(f"{name} {fmt_num(float(sec))} s" for name, sec in stages),
+            "total": fmt_num(float(art.data["seconds"])) if finite(art.data.get("seconds")) else "—"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,6 +685,7 @@ def build_context(run_dir: str | Path) -> dict:
         "rm": _rm_section(rm, rm_metrics),
         "eval": evaluation,
         "samples": _samples_section(run_dir, samples),
+        "machine": _machine_section(run_dir),
     }
 
 
