@@ -260,3 +260,21 @@ def test_ppo_refuses_a_truncated_or_greedy_distribution():
     for bad, word in ((dict(temperature=0.0), "temperature"), (dict(top_p=0.9), "top_p"), (dict(top_k=5), "top_k")):
         with pytest.raises(RlhfkitError, match=word):
             load_config(PPOConfig, None, bad)
+
+
+def test_load_aligned_merges_the_adapters_into_a_plain_model(tiny_llama, tmp_path):
+    """The merged model's log-probs equal the trained LoRA policy's (an unpadded forward of each rollout row)."""
+    from rlhfkit.models.policy import load_aligned
+
+    run_ppo(_cfg(tmp_path / "run", tiny_llama, iterations=1, lr=5e-2))
+    policy, tok = build_policy(str(tiny_llama), lora_r=16, lora_alpha=32, lora_layers=8, device="cpu")
+    policy.load_trained(tmp_path / "run" / "policy")
+    merged, _, config = load_aligned(tmp_path / "run" / "policy")
+    assert config["lora_r"] == 16 and not hasattr(merged, "disable_adapter")  # a plain transformers model
+    ro = _rollout(policy, tok, T=1.0)
+    base, _ = load_policy(str(tiny_llama))
+    for i, (want, got, ref) in enumerate(zip(unpadded_logprobs(policy.lm, ro, 1.0), unpadded_logprobs(merged, ro, 1.0),
+                                              unpadded_logprobs(base, ro, 1.0))):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert any(not torch.allclose(g, r, atol=1e-4) for g, r in zip(unpadded_logprobs(merged, ro, 1.0),
+                                                                    unpadded_logprobs(base, ro, 1.0)))  # it trained

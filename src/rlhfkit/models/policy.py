@@ -137,3 +137,25 @@ def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, 
     model.to(device)
     model.eval()  # no dropout anywhere, also during updates ([N-det])
     return model, tokenizer
+
+
+def load_aligned(policy_dir: str | Path, *, device: str = "cpu", dtype: str = "float32"):
+    """(causal LM, tokenizer, PPO config dict) of a trained policy folder (RUN_DIR/policy), LoRA merged into the
+    weights (W ← W + (α/r)·B·A): a plain transformers model, no peft, no value head — what you serve or export."""
+    import yaml
+
+    from rlhfkit.models.load import resolve_dtype
+
+    folder = Path(policy_dir)
+    path = folder / "config.yaml"
+    if not path.exists() or not (folder / TRAINABLE_FILE).exists():
+        raise RlhfkitError(f"{folder}: no trained policy (run `rlhfkit ppo` first)")
+    config = yaml.safe_load(path.read_text())
+    lora = config["lora_r"] > 0
+    model, tokenizer = build_policy(config["model"], lora_r=config["lora_r"], lora_alpha=config["lora_alpha"],
+                                    device=device, lora_layers=config.get("lora_layers", 0),
+                                    dtype=resolve_dtype(dtype, device) if lora else "float32")
+    model.load_trained(folder)
+    lm = model.lm.merge_and_unload() if lora else model.lm
+    lm.eval()
+    return lm, tokenizer, config
