@@ -28,20 +28,25 @@ def prompt_files(spec: str) -> list[Path]:
 
 
 def read_prompt_spec(spec: str) -> list:
-    """Every prompt of every file of ``spec`` (data.records.Prompt), in order; ids must be unique across them."""
+    """Every prompt of every file of ``spec`` (data.records.Prompt); ids must be unique across them.
+
+    One file: its order. Several: interleaved in proportion to their sizes (each prompt keyed by its relative
+    position in its file), so the first N prompts of a split draw on every file.
+    """
     from rlhfkit.data.errors import RlhfkitError
     from rlhfkit.data.io import read_prompts
 
-    prompts, seen = [], {}
-    for path in prompt_files(spec):
+    keyed, seen = [], {}
+    for f, path in enumerate(prompt_files(spec)):
         if not path.exists():
             raise RlhfkitError(f"{path}: prompts file does not exist")
-        for p in read_prompts(path):
+        prompts = read_prompts(path)
+        for j, p in enumerate(prompts):
             if p.id in seen:
                 raise RlhfkitError(f"{path}: prompt id {p.id!r} is also in {seen[p.id]}")
             seen[p.id] = path
-            prompts.append(p)
-    return prompts
+            keyed.append(((j + 0.5) / len(prompts), f, p))
+    return [p for _, _, p in sorted(keyed, key=lambda t: t[:2])]
 
 
 def guideline_path() -> Path:
