@@ -126,7 +126,8 @@ def ours_worker(job_path: str) -> None:
         time.perf_counter = time.process_time
     from rlhfkit.config import PPOConfig, load_config
     from rlhfkit.models.policy import build_policy
-    from rlhfkit.models.reward import RewardModel, load_scorer
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.rewards import load_scorer
     from rlhfkit.train.kl_control import FixedKLController
     from rlhfkit.train.ppo import ppo_step, prompt_batch, seed_everything
 

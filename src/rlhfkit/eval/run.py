@@ -141,7 +141,8 @@ def run_eval(cfg) -> dict:
     from rlhfkit.feedback.gold import GoldScorer
     from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.models.policy import build_policy
-    from rlhfkit.models.reward import RewardNorm, load_scorer
+    from rlhfkit.models.reward import RewardNorm
+    from rlhfkit.rewards import load_scorer
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.run_dir)

@@ -387,19 +387,3 @@ class RewardNorm:
             raise RlhfkitError(f"{folder}: no {cls.FILE} (a policy written by an older rlhfkit: re-run ppo --force)")
         data = json.loads(path.read_text())
         return cls(float(data["mean"]), float(data["std"]), int(data["n"]))
-
-
-def load_scorer(spec: str, run_dir: str | os.PathLike, device: str, dtype: str = "auto") -> tuple[Scorer, str]:
-    """The raw reward: a trained reward model folder's logit, or 'gold' (the gold scorer itself).
-
-    Raw: PPO normalises on the reference's rollouts (RewardNorm), not with the model's stored statistics.
-    """
-    if spec == "gold":
-        from rlhfkit.feedback.gold import GoldScorer
-
-        return GoldScorer().score, "gold"
-    path = Path(spec) if spec else Path(run_dir) / "reward_model"
-    if not path.exists():
-        raise RlhfkitError(f"{path}: no reward model (run `rlhfkit train-rm` first, or pass --reward-model)")
-    rm = RewardModel.load(path, device=device, dtype=dtype)
-    return (lambda prompts, texts: rm.score(prompts, texts, normalize=False)), str(path)

@@ -23,7 +23,8 @@ from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.generate import assemble, decode_responses, eos_ids, sample
 from rlhfkit.models.load import format_prompt
 from rlhfkit.models.policy import PolicyWithValue
-from rlhfkit.models.reward import RewardNorm, Scorer, load_scorer
+from rlhfkit.models.reward import RewardNorm, Scorer
+from rlhfkit.rewards import load_scorer
 from rlhfkit.train import losses as L
 from rlhfkit.train.kl_control import AdaptiveKLController, FixedKLController
 
