@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rlhfkit.data.errors import RlhfkitError
-from rlhfkit.generate import decode_responses, eos_ids, response_length, sample
+from rlhfkit.generate import decode_responses, eos_ids, position_ids, response_length, sample
 from rlhfkit.models.load import format_prompt
 from rlhfkit.train import losses as L
 
@@ -190,14 +190,6 @@ def frozen_blocks(lm: nn.Module) -> tuple[nn.ModuleList | None, int]:
     if any(p.requires_grad and id(p) not in above for p in lm.parameters()):
         return None, 0
     return blocks, trainable[0]
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """(B, T) positions counted over real tokens only: left padding must not shift them.
-
-    Generation computes positions this way; recomputing log-probs without it gives ρ ≠ 1 at step 0.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 # --------------------------------------------------------------------------------------------------
