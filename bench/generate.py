@@ -3,7 +3,7 @@ process, on the same batches, settings and weights, runs interleaved (A B, then 
 
     python bench/generate.py                          # batch 1, 16, 64 × 40 new tokens, float32, 2 repeats
     python bench/generate.py --repeats 3 --threads 1 --clock cpu   # CPU seconds: comparable on a busy machine
-    python bench/generate.py --batches 64 --dtype bfloat16
+    python bench/generate.py --batches 64 --dtype float32,bfloat16   # also bfloat16 (fast only with AVX512-BF16/AMX)
 
 Workload (the demo's): SmolLM2-135M-Instruct ('smollm2'), the first 64 train prompts shipped with rlhfkit
 through the chat template with the demo's system prompt (~33–45 prompt tokens, left-padded), at most 40
@@ -79,12 +79,10 @@ def main() -> None:
 
     from rlhfkit import defaults
     from rlhfkit.data.io import read_prompts
-    from rlhfkit.generate import eos_ids, response_length
-    from rlhfkit.models.load import format_prompt, load_policy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", help="comma-separated: float32, bfloat16")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch1-prompts", type=int, default=16, help="prompts for the batch-1 rows (slow)")
     ap.add_argument("--batches", default="1,16,64")
@@ -102,12 +100,27 @@ def main() -> None:
 
     system_prompt = yaml.safe_load(defaults.demo_path().read_text())["system_prompt"]
     prompts = [p for p in read_prompts(defaults.prompts_path()) if p.split == "train"][: args.prompts]
-    model, tok = load_policy(args.model, dtype=args.dtype)
+    print(f"CPU: {cpu_description()}")
+    first: dict[str, float] = {}  # row → rlhfkit's median new tokens/s in the first dtype
+    failures = []
+    for i, dtype in enumerate(args.dtype.split(",")):
+        failures += run_dtype(args, dtype, prompts, system_prompt, clock, first, is_first=i == 0)
+    if failures:
+        raise SystemExit(f"greedy output differs from model.generate: {failures}")
+
+
+def run_dtype(args, dtype, prompts, system_prompt, clock, first, is_first) -> list:
+    """All rows in one dtype; prints the per-repeat lines and the summary table. Returns greedy mismatches."""
+    import torch
+
+    from rlhfkit.generate import eos_ids, response_length
+    from rlhfkit.models.load import format_prompt, load_policy
+
+    model, tok = load_policy(args.model, dtype=dtype)
     stop = eos_ids(tok, model)
     texts = [format_prompt(tok, p.prompt, system_prompt) for p in prompts]
     n_tok = [len(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
-    print(f"CPU: {cpu_description()}")
-    print(f"model {args.model}, {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    print(f"\nmodel {args.model}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{len(texts)} prompts of {min(n_tok)}–{max(n_tok)} tokens; ≤ {args.max_new_tokens} new tokens; "
           f"{args.clock} clock; {args.repeats} repeats; load average {os.getloadavg()[0]:.1f}")
 
@@ -151,7 +164,7 @@ def main() -> None:
                   f"model.generate {speed[(label, 'generate')][-1]:6.1f} ({work[(label, 'generate')]}) new tokens/s | "
                   f"ratio {ratio:.2f} (load {os.getloadavg()[0]:.1f})", flush=True)
 
-    print(f"\nnew tokens/s, {args.dtype}, median [min–max] over {args.repeats} repeats; ratio = rlhfkit / model.generate "
+    print(f"\nnew tokens/s, {dtype}, median [min–max] over {args.repeats} repeats; ratio = rlhfkit / model.generate "
           f"within each repeat")
     for label, *_ in rows:
         ours, ref = speed[(label, "rlhfkit")], speed[(label, "generate")]
@@ -162,10 +175,12 @@ def main() -> None:
         if label in greedy_same:
             same, total = greedy_same[label]
             line += f" | greedy identical to model.generate: {same}/{total} rows"
+        if is_first:
+            first[label] = statistics.median(ours)
+        elif label in first:
+            line += f" | rlhfkit vs the first dtype {statistics.median(ours) / first[label]:.2f}×"
         print(line)
-    mismatched = {k: v for k, v in greedy_same.items() if v[0] != v[1]}
-    if mismatched:
-        raise SystemExit(f"greedy output differs from model.generate: {mismatched}")
+    return [(dtype, k, v) for k, v in greedy_same.items() if v[0] != v[1]]
 
 
 if __name__ == "__main__":

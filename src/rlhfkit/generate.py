@@ -201,7 +201,8 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
 
     Only the arguments shape the distribution — never the model's generation_config. Positions count real
     tokens only (``position_ids``); a row that emits an EOS id (``eos_ids``) is padded with the pad token
-    from then on, and the loop stops when every row has ended. The prefill is shared (``_prefill``).
+    from then on and leaves the batch, and the loop stops when every row has ended. The prefill is shared
+    (``_prefill``).
     """
     import torch
 
@@ -209,25 +210,35 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompt_ids, prompt_mask = left_pad(rows, pad, device)  # (B, P)
     B = len(rows)
-    next_position = prompt_mask.sum(1, keepdim=True)  # (B, 1): the first response token's position
     stop = torch.tensor(eos_ids(tokenizer, model), device=device)
     response = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)  # (B, A_max)
     logprobs = torch.zeros(B, max_new_tokens, device=device)  # (B, A_max)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
+    # The cache holds only the rows still running (b of them): `rows_in` maps them to the batch.
+    rows_in = torch.arange(B, device=device)  # (b,)
+    next_position = prompt_mask.sum(1, keepdim=True)  # (b, 1): each row's first response position
     with torch.no_grad():
-        cache, logits, mask = _prefill(model, rows, pad, device)  # mask: (B, C) over the cache's C columns
-        mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (B, C + A_max): generated tokens attend
+        cache, logits, mask = _prefill(model, rows, pad, device)  # mask: (b, C) over the cache's C columns
+        mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (b, C + A_max): generated tokens attend
         C = mask.shape[1] - max_new_tokens
         for t in range(max_new_tokens):
-            token, logprob = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (B,), (B,)
-            response[:, t] = token.masked_fill(ended, pad)
-            logprobs[:, t] = logprob.masked_fill(ended, 0.0)
-            ended |= torch.isin(token, stop)
-            if t + 1 == max_new_tokens or bool(ended.all()):
+            token, logprob = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (b,), (b,)
+            running = ~ended[rows_in]  # (b,) rows that ended but still sit in the cache get nothing more
+            response[rows_in, t] = torch.where(running, token, pad)
+            logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
+            ended[rows_in] |= running & torch.isin(token, stop)
+            running = ~ended[rows_in]
+            if t + 1 == max_new_tokens or not bool(running.any()):
                 break
-            out = model(input_ids=response[:, t : t + 1], attention_mask=mask[:, : C + t + 1],
-                        position_ids=next_position + t, past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1]  # (B, V)
+            # Drop ended rows from the batch once they are an eighth of it: each later step then costs less,
+            # and the cache copy this takes is about one step's worth of cache traffic.
+            if int((~running).sum()) >= max(1, len(rows_in) // 8):
+                keep = running.nonzero()[:, 0]  # (b',)
+                cache.batch_select_indices(keep)
+                rows_in, token, mask, next_position = rows_in[keep], token[keep], mask[keep], next_position[keep]
+            out = model(input_ids=token[:, None], attention_mask=mask[:, : C + t + 1], position_ids=next_position + t,
+                        past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1]  # (b, V)
     A = t + 1
     return Sampled(prompt_ids, prompt_mask, response[:, :A], ended, logprobs[:, :A])
 
