@@ -226,3 +226,21 @@ def test_shared_prefix_length():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps its last token
     assert shared_prefix_length([[7], [7, 8]]) == 0
+
+
+def test_sliding_window_model_logprobs_equal_a_plain_forward(tiny_models, tmp_path):
+    # A sliding attention window counts cache columns, so the sampler must not put padding between a shared
+    # prefix and the rest of the prompt there: its log-probs still match a plain forward pass.
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, tok = load_policy(str(tiny_models["qwen2"]))
+    config = AutoConfig.from_pretrained(tiny_models["qwen2"])
+    config.use_sliding_window, config.sliding_window = True, 16  # prompts: 45–60 tokens, ~30 shared
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    torch.manual_seed(2)
+    s = sample(model, tok, _prompts(tok), max_new_tokens=8, temperature=1.0)
+    logits, mask = _independent_logits(model, s, eos_ids(tok, model))
+    expected = torch.log_softmax(logits, -1).gather(2, s.response_ids[..., None])[..., 0]
+    assert torch.allclose(s.logprobs[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=0)

@@ -172,12 +172,14 @@ def _prefill(model, rows: list[list[int]], pad_id: int, device):
     import torch
     from transformers import DynamicCache
 
-    L = shared_prefix_length(rows)
+    cache = DynamicCache(config=model.config)
+    # A sliding attention window counts cache columns: padding between prefix and suffix would narrow it.
+    # With a single distinct prompt a separate prefix pass saves nothing and costs one more pass over the weights.
+    L = 0 if any(cache.is_sliding) or len(set(map(tuple, rows))) == 1 else shared_prefix_length(rows)
     first: dict[tuple[int, ...], int] = {}
     slot = [first.setdefault(tuple(row[L:]), len(first)) for row in rows]  # row → its distinct suffix
     suffixes = [list(s) for s in first]  # (U,) distinct suffixes, each ≥ 1 token
     U = len(suffixes)
-    cache = DynamicCache(config=model.config)
     if L:
         prefix = torch.tensor([rows[0][:L]], device=device)  # (1, L)
         model(input_ids=prefix, position_ids=torch.arange(L, device=device)[None], past_key_values=cache, use_cache=True,
@@ -267,7 +269,8 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max
                          progress: bool = True):
     """K completions per prompt. Returns (completions, stats) with stats = tokens, seconds, tokens/s.
 
-    Rows are sorted by prompt length so a batch wastes little padding, then put back in order.
+    Rows are sorted by prompt length so a batch wastes little padding, then put back in order; a prompt's
+    K rows sit side by side, so ``sample`` runs the prompt through the model once for all of them.
     Each batch reseeds torch from ``seed`` and its index: the same seed gives the same texts.
     """
     import torch
