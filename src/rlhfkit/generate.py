@@ -97,7 +97,9 @@ def _inverse_cdf(weights: "torch.Tensor", u: "torch.Tensor") -> tuple["torch.Ten
 
     B, V = weights.shape
     n_blocks = -(-V // _CDF_BLOCK)
-    blocks = F.pad(weights, (0, n_blocks * _CDF_BLOCK - V)).view(B, n_blocks, _CDF_BLOCK)  # zero padding: never drawn
+    if V % _CDF_BLOCK:
+        weights = F.pad(weights, (0, n_blocks * _CDF_BLOCK - V))  # zero weight: never drawn
+    blocks = weights.view(B, n_blocks, _CDF_BLOCK)
     mass = blocks.sum(-1, dtype=torch.float64)  # (B, n_blocks)
     cdf = mass.cumsum(-1)  # (B, n_blocks)
     target = u * cdf[:, -1:]  # (B, 1) in [0, total)
@@ -127,7 +129,7 @@ def draw(logits: "torch.Tensor", *, temperature: float, top_k: int = 0, top_p: f
     if top_k > 0 or top_p < 1.0:
         scores = truncate(scores, top_k, top_p)
     top = scores.amax(-1, keepdim=True)  # (B, 1)
-    weights = torch.exp(scores - top)  # (B, V) probabilities up to the normaliser; the largest is 1
+    weights = (scores - top).exp_()  # (B, V) probabilities up to the normaliser; the largest is 1
     u = torch.rand(B, 1, dtype=torch.float64, device=logits.device)
     tokens, total = _inverse_cdf(weights, u)
     # log p(token) = score − max − log Σ exp(score − max)
