@@ -21,7 +21,7 @@ from rlhfkit.models.policy import build_policy
 from rlhfkit.train import losses as L
 from rlhfkit.train.kl_control import FixedKLController
 from rlhfkit.train.metrics import read_metrics
-from rlhfkit.train.ppo import PPOAlarm, alarm_reason, collect_rollout, ppo_step, prompt_batch, run_ppo
+from rlhfkit.train.ppo import PPOAlarm, alarm_reason, collect_rollout, ppo_step, prompt_batch, run_ppo, sampler_gap
 
 PROMPTS = ["hello the cat", "why does the big dog run so often today my friend?", "what is a good book?", "hi"]
 
@@ -75,7 +75,26 @@ def test_rollout_logprobs_equal_an_unpadded_plain_forward_for_every_row(tiny_mod
     assert (ro.response_mask.sum(1) < ro.n_response).any() or not ro.ended.any()  # rows of unequal length
     for i, want in enumerate(unpadded_logprobs(model.lm, ro, 0.7)):
         got = ro.logprobs[i][ro.response_mask[i].bool()]
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # merging rounds: ~1e-6 relative
+
+
+def test_sampler_logprobs_equal_the_rollouts_under_a_meddling_generation_config(tiny_llama):
+    """Issue 12 item 1: the log-probs the sampler reports for the tokens it drew equal the rollout's (PPO's
+    old log-probs), with the model's own generation_config setting every knob a hub model may ship.
+    Breaks if sampling takes anything from generation_config or uses another temperature."""
+    from transformers import GenerationConfig
+
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu", lora_layers=1)
+    _perturb_adapters(model)
+    model.lm.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.2, top_k=3, top_p=0.3, repetition_penalty=3.0, no_repeat_ngram_size=1,
+        min_new_tokens=6, typical_p=0.5, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ro = _rollout(model, tok, T=0.7, A=10)
+    m = ro.response_mask.bool()
+    torch.testing.assert_close(ro.sampler_logprobs[m], ro.logprobs[m], atol=1e-5, rtol=1e-5)
+    assert ro.logprobs[m].min() < math.log(1 / 3)  # tokens outside any top-3 were drawn: generation_config had no say
+    assert (ro.sampler_logprobs[~m] == 0).all()
+    assert sampler_gap(ro) < 1e-5
 
 
 def test_reference_is_the_base_with_adapters_off(tiny_llama):
@@ -86,7 +105,7 @@ def test_reference_is_the_base_with_adapters_off(tiny_llama):
     base, _ = load_policy(str(tiny_llama))
     for i, want in enumerate(unpadded_logprobs(base, ro, 0.7)):
         got = ro.ref_logprobs[i][ro.response_mask[i].bool()]
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # merging rounds: ~1e-6 relative
     assert (ro.kl.abs() > 1e-3).any()  # and the policy is really elsewhere
 
 
@@ -275,6 +294,6 @@ def test_load_aligned_merges_the_adapters_into_a_plain_model(tiny_llama, tmp_pat
     base, _ = load_policy(str(tiny_llama))
     for i, (want, got, ref) in enumerate(zip(unpadded_logprobs(policy.lm, ro, 1.0), unpadded_logprobs(merged, ro, 1.0),
                                               unpadded_logprobs(base, ro, 1.0))):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # merging rounds: ~1e-6 relative
     assert any(not torch.allclose(g, r, atol=1e-4) for g, r in zip(unpadded_logprobs(merged, ro, 1.0),
                                                                     unpadded_logprobs(base, ro, 1.0)))  # it trained

@@ -60,10 +60,18 @@ class Rollout:
     texts: list[str]
     norm: RewardNorm
     prefix: Tensor | None = None  # (B, T, H) output of the frozen lower blocks (PolicyWithValue.frozen_prefix)
+    sampler_logprobs: Tensor | None = None  # (B, A) what the sampler reported for the tokens it drew (0 off the mask)
 
     @property
     def n_response(self) -> int:
         return self.response_mask.shape[1]
+
+
+def sampler_gap(ro: Rollout) -> float:
+    """Largest |log-prob the sampler reported − log-prob PPO computed| over the sampled tokens."""
+    if ro.sampler_logprobs is None:
+        return 0.0
+    return ((ro.sampler_logprobs - ro.logprobs).abs() * ro.response_mask).max().item()
 
 
 def check_finite(iteration: int, **tensors: Tensor) -> None:
@@ -117,7 +125,8 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     advantages, returns = L.gae(rewards, values, response_mask, gamma, lam)
     advantages = L.masked_whiten(advantages, response_mask)
     return Rollout(input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values, scores, raw.to(values.device),
-                   s.ended, rewards, kl, advantages, returns, list(prompts), texts, norm, prefix)
+                   s.ended, rewards, kl, advantages, returns, list(prompts), texts, norm, prefix,
+                   s.logprobs.to(logprobs.device))
 
 
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
@@ -176,6 +185,8 @@ def rollout_stats(ro: Rollout, beta: float) -> dict[str, float]:
         "value/explained_var": L.explained_variance(ro.values, ro.returns, mask).item(),
         "rollout/length": ro.response_mask.sum(1).float().mean().item(),
         "rollout/ended": ro.ended.float().mean().item(),
+        # the tokens were drawn from the distribution PPO's ratio and KL use: ~1e-6 in float32, ~1e-2 in bfloat16
+        "rollout/sampler_gap": sampler_gap(ro),
     }
 
 
