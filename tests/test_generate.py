@@ -244,3 +244,12 @@ def test_sliding_window_model_logprobs_equal_a_plain_forward(tiny_models, tmp_pa
     logits, mask = _independent_logits(model, s, eos_ids(tok, model))
     expected = torch.log_softmax(logits, -1).gather(2, s.response_ids[..., None])[..., 0]
     assert torch.allclose(s.logprobs[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=0)
+
+
+def test_decoded_text_never_holds_a_nul(tiny_llama):
+    _, tok = load_policy(str(tiny_llama))
+    nul = [i for i in range(len(tok)) if tok.decode([i]) == "\x00"]
+    assert nul  # the byte-level vocabulary has a token for the NUL byte (a sampler may draw it)
+    ids = torch.tensor([tok.encode("the", add_special_tokens=False) + nul + tok.encode(" cat", add_special_tokens=False)])
+    (text,) = decode_responses(tok, ids, torch.tensor([ids.shape[1]]))
+    assert "\x00" not in text and "\ufffd" in text and text.endswith("cat")

@@ -278,8 +278,13 @@ def assemble(s: Sampled, stop: list[int]):
 
 
 def decode_responses(tokenizer, response_ids, lengths) -> list[str]:
-    """The completion texts: tokens before EOS, special tokens dropped, whitespace trimmed."""
-    return [tokenizer.decode(row[: int(n)], skip_special_tokens=True).strip() for row, n in zip(response_ids, lengths)]
+    """The completion texts: tokens before EOS, special tokens dropped, whitespace trimmed.
+
+    A byte-level vocabulary can emit a NUL byte; it is not text (PostgreSQL cannot store it, the feedback
+    store refuses it), so it becomes U+FFFD, the replacement character, as an undecodable byte would.
+    """
+    return [tokenizer.decode(row[: int(n)], skip_special_tokens=True).replace("\x00", "\ufffd").strip()
+            for row, n in zip(response_ids, lengths)]
 
 
 def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max_new_tokens: int, temperature: float,
