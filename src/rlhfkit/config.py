@@ -216,6 +216,8 @@ class GenerateConfig:
     split: str = opt("train", "Which prompts to complete: train, eval or all.")
     num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
     k: int = opt(4, "Completions sampled per prompt.")
+    written: bool = opt(False, "Also put the prompt file's written replies up for ranking: one reference reply and, "
+                               "where it has them, one harmful reply per prompt (the contrast samples rarely show).")
     sampling: SamplingConfig = sampling_opt()
     batch_size: int = opt(16, "Completions generated together (rows of one batch share the KV cache step).")
     seed: int = opt(0, "Random seed: the same seed gives the same completions.")

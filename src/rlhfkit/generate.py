@@ -333,6 +333,26 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max
     return completions, {"tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / max(seconds, 1e-9)}
 
 
+def written_completions(prompts: list[Prompt], seed: int) -> list[Completion]:
+    """Per prompt, the prompt file's written replies put up for ranking beside the samples: one of its
+    reference replies and, where it has one, one of its harmful replies (chosen by ``seed``).
+
+    Sampled replies rarely show the contrast that matters most on red-team and provocative prompts (11 of
+    512 demo samples were toxic): a kind refusal next to harmful compliance. InstructGPT's comparison data
+    likewise mixed labeler-written replies with model samples. Labelers rank them like any other reply.
+    """
+    import random
+
+    out = []
+    for p in prompts:
+        rng = random.Random(f"{seed}:{p.id}")
+        for tag, pool in (("reference", p.references), ("harmful", p.harmful)):
+            if pool:
+                out.append(Completion(prompt_id=p.id, completion_id=f"{p.id}-{tag}", text=rng.choice(pool),
+                                      model=f"written:{tag}", sampling={}, prompt=p.prompt))
+    return out
+
+
 def select_prompts(prompts: list[Prompt], split: str, num_prompts: int) -> list[Prompt]:
     """The prompts of ``split`` ('all' keeps every one), the first ``num_prompts`` of them (0 = all)."""
     chosen = [p for p in prompts if split == "all" or p.split == split]
@@ -361,7 +381,12 @@ def run_generate(cfg) -> dict:
         temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
         model_name=cfg.model, system_prompt=cfg.sampling.system_prompt,
     )
+    if cfg.written:
+        by_prompt = {p.id: [] for p in prompts}
+        for c in completions + written_completions(prompts, cfg.seed):
+            by_prompt[c.prompt_id].append(c)
+        completions = [c for cs in by_prompt.values() for c in cs]
     save_resolved(cfg.run_dir, "generate", cfg)
     write_jsonl(out, completions)
-    ended = sum(c.sampling["ended"] for c in completions)
+    ended = sum(c.sampling.get("ended", False) for c in completions)
     return {"path": str(out), "prompts": len(prompts), "completions": len(completions), "ended": ended, **stats}
