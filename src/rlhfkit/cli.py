@@ -25,6 +25,7 @@ from rlhfkit.config import (
     PPOConfig,
     RewardConfig,
     ScoreConfig,
+    ServeConfig,
     SftConfig,
     config_fields,
     field_types,
@@ -334,6 +335,14 @@ def sft(cfg: SftConfig) -> None:
         f"sft on {s['examples']} examples ({s['dropped_failed']} failed the guideline, left out): "
         f"reply loss {s['loss_before']:.3f} → {s['loss_after']:.3f} in {s['seconds']:.0f} s → {s['path']}{merged}"
     )
+
+
+@stage_command("serve", ServeConfig)
+def serve(cfg: ServeConfig) -> None:
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) over a run's aligned policy or a model."""
+    from rlhfkit.serve.app import run_serve
+
+    run_serve(cfg)
 
 
 def main() -> None:

@@ -496,3 +496,27 @@ class CaiLabelConfig:
         _check(self.max_reply_tokens >= 1, "max_reply_tokens", "must be ≥ 1")
         _check(self.tie_eps >= 0, "tie_eps", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class ServeConfig:
+    """An OpenAI-compatible HTTP API over an aligned policy or any causal LM."""
+
+    model: str = opt("runs/demo", "What to serve: a run directory or its policy/ folder (the LoRA merged in, sampled "
+                                  "as it was aligned), or a model folder, hub id or 'smollm2'.")
+    name: str = opt("", "Model id clients ask for ('' = the run directory's or the model folder's name).")
+    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0 = every interface: set an API key first).")
+    port: int = opt(8000, "Port to listen on.")
+    api_key: str = opt("", "Key clients must send as 'Authorization: Bearer KEY' ('' = RLHFKIT_SERVE_API_KEY, else "
+                           "none). A key given here shows in process lists: prefer the environment variable.")
+    max_batch: int = opt(8, "Most requests generated together in one batch.")
+    max_tokens: int = opt(256, "New tokens of a chat reply whose request does not say (within the context window).")
+    seed: int = opt(0, "Random seed at start (a request's own 'seed' makes that request reproducible).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
+
+    def validate(self) -> None:
+        _check(self.max_batch >= 1, "max_batch", "must be ≥ 1")
+        _check(self.max_tokens >= 1, "max_tokens", "must be ≥ 1")
+        _check(0 < self.port < 65536, "port", "must be in 1..65535")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
