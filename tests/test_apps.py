@@ -35,6 +35,7 @@ def test_cot_prompts_reason_and_plain_prompts_do_not():
 # ---- PAL ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_pal_runs_the_models_program_in_the_sandbox():
     program = "def solution():\n    boxes = 17\n    per_box = 23\n    return boxes * per_box"
     seen = []
@@ -48,11 +49,13 @@ def test_pal_runs_the_models_program_in_the_sandbox():
     assert seen[0][-1]["content"].startswith("17 boxes") and "def solution" in seen[0][2]["content"]
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_pal_examples_compute_their_own_answers():
     for (_, _, answer), program in zip(cot.EXAMPLES, pal.PROGRAMS):
         assert pal.run_program(program).answer == answer
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_pal_program_that_misbehaves_gives_no_answer(tmp_path):
     target = tmp_path / "pwned"
     evil = f"def solution():\n    open({str(target)!r}, 'w').write('x')\n    return 1"
@@ -191,6 +194,7 @@ def scripted(*replies):
     return chat
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_react_searches_computes_and_finishes(index):
     built, _ = index
     chat = scripted(
@@ -218,6 +222,7 @@ def test_react_never_runs_an_action_from_an_observation(index, tmp_path):
     assert len(trace.steps) == 3 and trace.steps[1].action == "" and "step limit" in trace.render()
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_react_compute_is_sandboxed(tmp_path):
     target = tmp_path / "x"
     assert react.compute_tool("2 ** 10") == "1024"

@@ -13,6 +13,8 @@ import pytest
 
 from rlhfkit.apps.sandbox import RunResult, run_python
 
+pytestmark = pytest.mark.usefixtures("sandbox")
+
 
 def test_a_program_computes_prints_and_writes_in_its_own_folder():
     r = run_python("import math\nopen('notes.txt', 'w').write('x' * 3)\nprint(math.comb(10, 3), open('notes.txt').read())")
