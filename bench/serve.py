@@ -55,7 +55,7 @@ def run_clients(base: str, prompts: list[str], clients: int, requests: int, max_
     """(new tokens, seconds) for ``clients`` threads each sending ``requests`` chat requests in turn."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=base, api_key="none", max_retries=0, timeout=600)
+    client = OpenAI(base_url=base, api_key="none", max_retries=0, timeout=3600)
     tokens = [0] * clients
 
     def work(c: int) -> None:
