@@ -209,10 +209,23 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
     from then on and leaves the batch, and the loop stops when every row has ended. The prefill is shared
     (``_prefill``).
     """
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return sample_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                      top_k=top_k)
+
+
+def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, top_k: int = 0, on_step=None) -> Sampled:
+    """``sample`` on prompts already tokenized (``rows``: B lists of ids).
+
+    ``on_step(rows, tokens)``, when given, is called after every step with the batch indices of the rows that
+    drew a token and those tokens (lists, EOS included), and returns the batch indices to end now: how
+    `rlhfkit serve` streams each token and ends a row at a stop string, its own token limit, or when its
+    client goes away. A row it ends is ``ended`` like one that drew EOS.
+    """
     import torch
 
     device, pad = model.device, tokenizer.pad_token_id
-    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompt_ids, prompt_mask = left_pad(rows, pad, device)  # (B, P)
     B = len(rows)
     stop = torch.tensor(eos_ids(tokenizer, model), device=device)
@@ -232,6 +245,10 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
             response[rows_in, t] = torch.where(running, token, pad)
             logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
             ended[rows_in] |= running & torch.isin(token, stop)
+            if on_step is not None:
+                live = running.nonzero()[:, 0]  # (r,) rows that drew a token this step
+                ends = on_step(rows_in[live].tolist(), token[live].tolist())
+                ended[torch.tensor(ends, dtype=torch.long, device=device)] = True
             running = ~ended[rows_in]
             if t + 1 == max_new_tokens or not bool(running.any()):
                 break
