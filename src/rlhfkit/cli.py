@@ -230,12 +230,12 @@ def score(cfg: ScoreConfig) -> None:
 
 @stage_command("ppo", PPOConfig)
 def ppo(cfg: PPOConfig) -> None:
-    """PPO with a per-token KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
+    """PPO (or --algorithm rloo|grpo, critic-free) with a KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
     from rlhfkit.pipeline import describe
     from rlhfkit.train.ppo import run_ppo
 
     s = run_ppo(cfg)
-    typer.echo(f"ppo: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
+    typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
 
 
 @stage_command("eval", EvalConfig)

@@ -329,11 +329,19 @@ class ScoreConfig:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
 
+ALGORITHMS = ("ppo", "rloo", "grpo")
+"""Online RL algorithms of the ``ppo`` stage (train/ppo.py, train/critic_free.py)."""
+
+
 @dataclass
 class PPOConfig:
-    """PPO with a KL penalty against the frozen reference, on a LoRA policy."""
+    """PPO (or the critic-free RLOO and GRPO) with a KL penalty against the frozen reference, on a LoRA policy."""
 
     run_dir: str = opt("runs/demo", "Run directory: reads reward_model/, writes policy/ and logs/.")
+    algorithm: str = opt("ppo", "ppo (value head, GAE); rloo (leave-one-out baseline over group_size samples per "
+                                "prompt, KL in the reward); grpo (group-normalised advantages, KL in the loss).")
+    group_size: int = opt(4, "rloo and grpo: completions sampled per prompt (K ≥ 2; batch_size must be a multiple); "
+                             "ppo ignores it.")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
     prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
@@ -375,7 +383,13 @@ class PPOConfig:
 
     def validate(self) -> None:
         _check(self.iterations >= 1, "iterations", "must be ≥ 1")
+        _check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         _check(self.batch_size >= 2, "batch_size", "must be ≥ 2 (advantages are whitened over the batch)")
+        if self.algorithm != "ppo":
+            _check(self.group_size >= 2, "group_size", f"must be ≥ 2 for {self.algorithm}: a completion's advantage "
+                                                       "compares it with the other samples of its prompt")
+            _check(self.batch_size % self.group_size == 0, "batch_size",
+                   f"must be a multiple of group_size ({self.group_size}) for {self.algorithm}")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
         self.sampling.require_full_distribution("ppo")
         _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
@@ -384,6 +398,11 @@ class PPOConfig:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
+
+    @property
+    def prompts_per_iteration(self) -> int:
+        """Distinct prompts an iteration samples: batch_size, or batch_size / group_size for rloo and grpo."""
+        return self.batch_size if self.algorithm == "ppo" else self.batch_size // self.group_size
 
 
 @dataclass

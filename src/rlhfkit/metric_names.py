@@ -42,6 +42,10 @@ _ALL = [
     Metric("policy/ratio_max", "Max ratio", "largest probability ratio in a minibatch, averaged (the ratio alarm "
            "watches it)"),
     Metric("policy/grad_norm", "Gradient norm", "norm of the gradient before clipping"),
+    Metric("policy/kl_loss", "KL loss term", "GRPO: mean k3 between the policy and the reference over tokens, the "
+           "term β·KL adds to the loss (GRPO puts the KL in the loss, not the reward)", -1),
+    Metric("rollout/flat_groups", "Flat groups", "RLOO/GRPO: share of prompts whose K completions all scored the same "
+           "(no signal: advantage 0)", -1, True),
     Metric("value/loss", "Value loss", "½ (V − return)², clipped: error of the value head's return predictions", -1),
     Metric("value/clipfrac", "Value clip fraction", "share of tokens whose value prediction hit the clip"),
     Metric("value/explained_var", "Explained variance", "1 − Var(return − V) / Var(return): how much of the return the "

@@ -357,12 +357,21 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
 
 
 def ppo_total_loss(
-    policy_loss: Tensor, value_loss: Tensor, entropy_mean: Tensor, vf_coef: float, ent_coef: float
+    policy_loss: Tensor, value_loss: Tensor | None, entropy_mean: Tensor, vf_coef: float, ent_coef: float,
+    kl: Tensor | None = None, kl_coef: float = 0.0,
 ) -> Tensor:
-    """policy_loss + vf_coef·value_loss − ent_coef·entropy_mean (all 0-d)."""
+    """policy_loss + vf_coef·value_loss − ent_coef·entropy_mean + kl_coef·kl (all 0-d).
+
+    value_loss None: no critic (RLOO, GRPO). kl: the KL-to-reference loss term (``kl_loss``), GRPO only.
+    """
     # [PPO] eq. 9 L = L_CLIP − c1·L_VF + c2·S[π], to maximise; written here as a quantity to minimise:
-    # maximise the clipped objective, minimise the value error, encourage entropy.
-    return policy_loss + vf_coef * value_loss - ent_coef * entropy_mean
+    # maximise the clipped objective, minimise the value error, encourage entropy. [GRPO] eq. 3 adds −β·D_KL.
+    loss = policy_loss - ent_coef * entropy_mean
+    if value_loss is not None:
+        loss = loss + vf_coef * value_loss
+    if kl is not None:
+        loss = loss + kl_coef * kl
+    return loss
 
 
 def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
