@@ -18,6 +18,7 @@ import typer
 from rlhfkit.config import (
     CaiLabelConfig,
     CaiReviseConfig,
+    DpoConfig,
     EvalConfig,
     GenerateConfig,
     LabelConfig,
@@ -236,6 +237,16 @@ def ppo(cfg: PPOConfig) -> None:
 
     s = run_ppo(cfg)
     typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
+
+
+@stage_command("dpo", DpoConfig)
+def dpo(cfg: DpoConfig) -> None:
+    """Direct preference optimisation on pairs (no reward model), LoRA policy, reference = adapters off → RUN_DIR/policy."""
+    from rlhfkit.pipeline import describe
+    from rlhfkit.train.dpo import run_dpo
+
+    s = run_dpo(cfg)
+    typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
 
 
 @stage_command("eval", EvalConfig)

@@ -73,6 +73,13 @@ _ALL = [
     Metric("reward_model/lr", "Learning rate", "the learning rate after warm-up/decay"),
     Metric("reward_model/gold_accuracy", "Gold-scorer accuracy", "how often the gold scorer agrees with the labelers "
            "on the same held-out pairs (what labeler noise allows)", +1, True),
+    # direct preference optimisation, per step (TRL's names for the implicit rewards β·(log π − log π_ref))
+    Metric("dpo/loss", "DPO loss", "the DPO (or IPO) loss of the step's pairs, weighted by pair weight", -1),
+    Metric("rewards/chosen", "Chosen reward", "mean β·(log π − log π_ref) of the preferred replies", +1),
+    Metric("rewards/rejected", "Rejected reward", "mean β·(log π − log π_ref) of the other replies", -1),
+    Metric("rewards/margins", "Reward margin", "mean implicit-reward margin chosen − rejected", +1),
+    Metric("rewards/accuracies", "Pair accuracy", "share of pairs whose chosen reply has the higher implicit reward "
+           "(0 at step 0: policy = reference)", +1, True),
     # supervised fine-tuning
     Metric("sft/loss", "SFT loss", "cross-entropy on the reply tokens of a batch", -1),
     Metric("sft/epoch_loss", "SFT epoch loss", "mean cross-entropy on the reply tokens over an epoch", -1),

@@ -202,6 +202,9 @@ def describe(name: str, s: dict) -> str:
     if name == "ppo":
         gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
         return f"{s['iterations']} iterations ({s['stop_reason']}); score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}"
+    if name == "dpo":
+        return (f"{s['steps']} steps on {s['pairs']} pairs; loss {s['loss_first']:.3f} → {s['loss_last']:.3f}, "
+                f"last epoch's pair accuracy {s['accuracy_last_epoch']:.0%}, margin {s['margin_last_epoch']:+.3f}")
     if name == "eval":
         ref, pol = s["models"]["reference"], s["models"]["policy"]
         parts = [f"reward {ref['reward_model']['value']:+.2f} → {pol['reward_model']['value']:+.2f}"]
