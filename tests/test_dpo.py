@@ -128,7 +128,7 @@ def test_run_dpo_learns_the_pairs_and_caches_the_reference_once(tiny_llama, tmp_
     assert s["loss_first"] == pytest.approx(math.log(2), abs=1e-4)  # LoRA B = 0: policy = reference at step 0
     m = read_metrics(tmp_path / "run" / "logs" / "metrics.csv", "dpo")
     assert m["rewards/accuracies"][0][1] == 0.0 and [k for k, _ in m["rewards/margins"]] == list(range(12))
-    assert s["accuracy_last_epoch"] == 1.0 and s["margin_last_epoch"] > 0 and s["loss_last"] < 0.5
+    assert s["accuracy_last_epoch"] == 1.0 and s["margin_last_epoch"] > 0.1 and s["loss_last"] < math.log(2) - 0.1
     # the trained folder is a policy eval can load (ppo's layout) and names its algorithm
     from rlhfkit.models.policy import load_aligned
 
