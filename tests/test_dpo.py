@@ -189,3 +189,11 @@ def test_config_refuses_bad_settings():
                       (dict(label_smoothing=0.5), "label_smoothing"), (dict(beta=0), "beta"), (dict(lora_r=0), "lora_r")):
         with pytest.raises(RlhfkitError, match=word):
             load_config(DpoConfig, None, bad)
+
+
+def test_demo_refuses_an_unknown_algorithm_and_no_kl_with_dpo(tmp_path):
+    for args, word in ((["--algorithm", "ppo2"], "--algorithm must be one of ppo, rloo, grpo, dpo"),
+                       (["--algorithm", "dpo", "--no-kl"], "--no-kl turns off the KL penalty of ppo, rloo and grpo")):
+        result = CliRunner().invoke(app, ["demo", "--run-dir", str(tmp_path / "demo"), *args])
+        assert result.exit_code == 2 and word in result.output, result.output
+    assert not any(tmp_path.iterdir())

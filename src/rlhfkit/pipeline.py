@@ -193,6 +193,8 @@ def _prepare(name: str, cfg, run_dir: Path, *, interrupted: bool, force: bool) -
             raise RlhfkitError(f"{db} holds rankings made under another label config; "
                                "use a new run_dir, or `rlhfkit pipeline --force` to start the run over")
         return  # an interrupted labeling continues: the assignment queue knows what is left
+    if name in ("ppo", "dpo"):  # both write RUN_DIR/policy: the other's marker no longer describes it
+        _marker(run_dir, "dpo" if name == "ppo" else "ppo").unlink(missing_ok=True)
     if name in ("ppo", "dpo") and interrupted and (run_dir / "policy" / "trainer_state.pt").exists():
         import yaml
 

@@ -168,14 +168,10 @@ def run_dpo(cfg) -> dict:
     from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.models.policy import build_policy
     from rlhfkit.train.metrics import MetricsLog
-    from rlhfkit.train.ppo import seed_everything
+    from rlhfkit.train.ppo import policy_output, seed_everything
 
     run_dir = Path(cfg.run_dir)
-    out = run_dir / "policy"
-    if out.exists() and not (cfg.resume or cfg.force):
-        raise RlhfkitError(f"{out} already exists (use --resume to continue it or --force to start over)")
-    if cfg.resume and not (out / "trainer_state.pt").exists():
-        raise RlhfkitError(f"{out}: no checkpoint to resume from")
+    out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
     spec = cfg.pairs or str(run_dir / "pairs.jsonl")
     pairs = load_pairs_checked(spec)  # before anything is written: bad input leaves the run directory as it was
     fingerprint = _fingerprint(pairs, cfg)

@@ -324,6 +324,16 @@ def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> 
     return state
 
 
+def policy_output(run_dir: Path, *, resume: bool, force: bool) -> Path:
+    """RUN_DIR/policy, where ppo and dpo write; refused when it exists and is neither resumed nor forced."""
+    out = Path(run_dir) / "policy"
+    if out.exists() and not (resume or force):
+        raise RlhfkitError(f"{out} already exists (use --resume to continue it or --force to start over)")
+    if resume and not (out / "trainer_state.pt").exists():
+        raise RlhfkitError(f"{out}: no checkpoint to resume from")
+    return out
+
+
 def print_samples(console, ro: Rollout, iteration: int, n: int = 4) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -353,11 +363,7 @@ def run_ppo(cfg) -> dict:
 
     console = Console(stderr=True)
     run_dir = Path(cfg.run_dir)
-    out = run_dir / "policy"
-    if out.exists() and not (cfg.resume or cfg.force):
-        raise RlhfkitError(f"{out} already exists (use --resume to continue it or --force to start over)")
-    if cfg.resume and not (out / "trainer_state.pt").exists():
-        raise RlhfkitError(f"{out}: no checkpoint to resume from")
+    out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
     device = pick_device(cfg.device)
     prompts = [p.prompt for p in defaults.read_prompt_spec(cfg.prompts) if p.split == "train"]
     if len(prompts) < 1:
