@@ -383,3 +383,124 @@ def test_losses_imports_torch_only():
         elif isinstance(node, ast.ImportFrom) and node.module:
             roots.add(node.module.split(".")[0])
     assert roots <= {"torch", "math", "__future__"}
+
+
+# --------------------------------------------------------------------------------------------- DPO
+
+
+def _dpo(loss_type="sigmoid", label_smoothing=0.0, beta=0.1, weight=None):
+    # log-ratios: chosen −1 − (−2) = +1, rejected −3 − (−2) = −1, so h = 2
+    pc, pr = torch.tensor([-1.0], requires_grad=True), torch.tensor([-3.0], requires_grad=True)
+    loss, stats = L.dpo_loss(pc, pr, torch.tensor([-2.0]), torch.tensor([-2.0]), beta, loss_type, label_smoothing,
+                             weight=weight)
+    return loss, stats, pc, pr
+
+
+def test_dpo_sigmoid_hand_value_and_trl_stats():
+    # β·h = 0.2: −log σ(0.2) = log(1 + e^−0.2) = log 1.818731 = 0.598139
+    loss, stats, _, _ = _dpo()
+    assert close(loss, 0.598139)
+    assert close(stats["rewards/chosen"], [0.1]) and close(stats["rewards/rejected"], [-0.1])
+    assert close(stats["rewards/margins"], [0.2]) and close(stats["rewards/accuracies"], [1.0])
+
+
+def test_dpo_is_log2_when_policy_equals_reference():
+    # h = 0 whatever the log-probs: −log σ(0) = log 2 = 0.693147, and accuracy 0 (a tie is not a win)
+    lp = torch.tensor([-4.0, -7.0])
+    loss, stats = L.dpo_loss(lp, lp.flip(0), lp, lp.flip(0), beta=0.5)
+    assert close(loss, math.log(2)) and close(stats["rewards/accuracies"], [0.0, 0.0])
+
+
+def test_dpo_gradient_raises_chosen_and_lowers_rejected():
+    # d/dπ_c [−log σ(βh)] = −β·σ(−βh) = −0.1·σ(−0.2) = −0.1·0.450166 = −0.0450166; +0.0450166 for π_r
+    for kind in ("sigmoid", "ipo"):
+        loss, _, pc, pr = _dpo(kind, beta=0.1)
+        loss.backward()
+        assert pc.grad.item() < 0 < pr.grad.item(), kind  # gradient descent raises chosen, lowers rejected
+    loss, _, pc, pr = _dpo()
+    loss.backward()
+    assert close(pc.grad, [-0.0450166]) and close(pr.grad, [0.0450166])
+
+
+def test_dpo_ipo_hand_value():
+    # (h − 1/(2β))² = (2 − 5)² = 9; gradient in π_c: 2·(2 − 5) = −6
+    loss, _, pc, _ = _dpo("ipo")
+    assert close(loss, 9.0)
+    loss.backward()
+    assert close(pc.grad, [-6.0])
+
+
+def test_dpo_label_smoothing_hand_value():
+    # 0.9·log(1+e^−0.2) + 0.1·log(1+e^0.2) = 0.598139 + 0.1·0.2 = 0.618139 (log(1+e^x) − log(1+e^−x) = x)
+    loss, _, _, _ = _dpo(label_smoothing=0.1)
+    assert close(loss, 0.618139)
+
+
+def test_dpo_weights_and_bad_arguments():
+    # pairs with h = 2 (0.598139) and h = 0 (log 2), weights 3 and 1: (3·0.598139 + 0.693147) / 4 = 0.621891
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0])
+    ref = torch.tensor([-2.0, -2.0])
+    loss, _ = L.dpo_loss(pc, pr, ref, ref, 0.1, weight=torch.tensor([3.0, 1.0]))
+    assert close(loss, 0.621891)
+    with pytest.raises(ValueError, match="loss_type"):
+        L.dpo_loss(pc, pr, ref, ref, 0.1, "hinge")
+    with pytest.raises(ValueError, match="sigmoid loss only"):
+        L.dpo_loss(pc, pr, ref, ref, 0.1, "ipo", 0.1)
+
+
+# --------------------------------------------------------------------------------------------- RLOO, GRPO
+
+
+def test_rloo_baseline_is_the_mean_of_the_others():
+    # group 1 (1, 2, 6): baselines (2+6)/2 = 4, (1+6)/2 = 3.5, (1+2)/2 = 1.5 → advantages −3, −1.5, 4.5
+    # group 2 (0, 0, 3): baselines 1.5, 1.5, 0 → −1.5, −1.5, 3
+    adv = L.rloo_advantages(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3)
+    assert close(adv, [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
+
+
+def test_rloo_invariants_on_random_groups():
+    r = torch.randn(5 * 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    adv = L.rloo_advantages(r, 4).view(5, 4)
+    g = r.view(5, 4)
+    for i in range(4):  # sample i's baseline, from the others alone
+        others = torch.cat([g[:, :i], g[:, i + 1 :]], dim=1).mean(1)
+        assert close(adv[:, i], g[:, i] - others)
+    # A_i = K/(K−1)·(R_i − mean): sums to 0 per group
+    assert close(adv.sum(1), torch.zeros(5))
+
+
+def test_grpo_advantages_mean_zero_std_one_per_group():
+    r = torch.randn(6 * 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 2
+    adv = L.group_normalized_advantages(r, 5).view(6, 5)
+    assert close(adv.mean(1), torch.zeros(6))
+    assert close(adv.std(1), torch.ones(6), tol=1e-3)  # eps 1e-4 in the denominator
+    # hand value: group (1, 3): mean 2, unbiased std √2 → ∓1/√2 = ∓0.707107
+    assert close(L.group_normalized_advantages(torch.tensor([1.0, 3.0]), 2), [-0.707107, 0.707107], tol=1e-4)
+
+
+def test_grpo_all_equal_group_gives_zero_not_nan():
+    adv = L.group_normalized_advantages(torch.tensor([0.7, 0.7, 0.7, 1.0, 2.0, 3.0]), 3)
+    assert torch.isfinite(adv).all()
+    assert close(adv[:3], torch.zeros(3)) and close(adv[3:], [-1.0, 0.0, 1.0], tol=2e-4)  # std 1: 1/(1 + 1e-4)
+
+
+def test_group_advantages_refuse_k1_and_ragged_batches():
+    for fn in (L.rloo_advantages, L.group_normalized_advantages):
+        with pytest.raises(ValueError, match="≥ 2"):
+            fn(torch.zeros(4), 1)
+        with pytest.raises(ValueError, match="do not split"):
+            fn(torch.zeros(5), 2)
+
+
+def test_kl_loss_zero_at_reference_with_zero_gradient_and_hand_value():
+    logp = torch.tensor([[-1.0, -2.0, 5.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]])
+    ref = torch.tensor([[-1.0, -2.0, float("nan")]])  # garbage at padding must not leak
+    loss = L.kl_loss(logp, ref, mask)
+    loss.backward()
+    assert close(loss, 0.0) and close(logp.grad, torch.zeros(1, 3))
+    # one token, log r = ref − logp = −1: k3 = e^−1 − 1 + 1 = 0.367879; d/dlogp = 1 − e^−1 = 0.632121 > 0
+    logp = torch.tensor([[0.0]], requires_grad=True)
+    loss = L.kl_loss(logp, torch.tensor([[-1.0]]), torch.tensor([[1]]))
+    loss.backward()
+    assert close(loss, 0.367879) and close(logp.grad, [[0.632121]])

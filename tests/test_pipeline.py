@@ -84,3 +84,32 @@ def test_pipeline_with_ai_feedback(tiny_llama, tmp_path):
     pairs = [json.loads(x) for x in (run / "pairs.jsonl").read_text().splitlines()]
     assert pairs and {p["source"] for p in pairs} == {"ai"}
     assert (run / "eval" / "eval.json").exists()
+
+
+def test_pipeline_algorithms_swap_only_the_policy_stage(tiny_llama, tmp_path):
+    """`algorithm: dpo` trains the policy on the run's pairs (the dpo stage), `algorithm: grpo` runs the ppo stage
+    critic-free; the stages before are reused, eval reads each policy and the report names the algorithm."""
+    cfg = _config(tmp_path, tiny_llama, algorithm="dpo",
+                  dpo={"model": str(tiny_llama), "batch_size": 4, "lora_layers": 0, "device": "cpu", "max_length": 48})
+    lines: list[str] = []
+    run_pipeline(cfg, echo=lines.append)
+    run = tmp_path / "run"
+    assert any(line.startswith("[dpo] done") for line in lines) and not any("[ppo]" in line for line in lines)
+    assert yaml.safe_load((run / "policy" / "config.yaml").read_text())["algorithm"] == "dpo"
+    ref_score = json.loads((run / "eval" / "eval.json").read_text())["models"]["reference"]["reward_model"]["value"]
+    assert abs(ref_score) < 1e-6  # no PPO norm: the reference's eval completions define 0
+    report = (run / "eval" / "report.html").read_text()
+    assert "DPO trained the policy directly on the preference pairs" in report
+    assert "<h2>DPO training</h2>" in report
+
+    data = yaml.safe_load(cfg.read_text())
+    data["algorithm"] = "grpo"
+    data["ppo"].update(group_size=2)
+    cfg.write_text(yaml.safe_dump(data))
+    lines.clear()
+    run_pipeline(cfg, echo=lines.append)
+    skipped = [line.split("]")[0].strip("[") for line in lines if "skipped" in line]
+    assert skipped == ["generate", "label", "pairs", "train_rm"]
+    assert yaml.safe_load((run / "policy" / "config.yaml").read_text())["algorithm"] == "grpo"
+    report = (run / "eval" / "report.html").read_text()
+    assert "<h2>GRPO training</h2>" in report and "group-normalised advantages, KL in the loss" in report

@@ -19,6 +19,7 @@ from rlhfkit.config import (
     AskConfig,
     CaiLabelConfig,
     CaiReviseConfig,
+    DpoConfig,
     EvalConfig,
     GenerateConfig,
     LabelConfig,
@@ -233,12 +234,22 @@ def score(cfg: ScoreConfig) -> None:
 
 @stage_command("ppo", PPOConfig)
 def ppo(cfg: PPOConfig) -> None:
-    """PPO with a per-token KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
+    """PPO (or --algorithm rloo|grpo, critic-free) with a KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
     from rlhfkit.pipeline import describe
     from rlhfkit.train.ppo import run_ppo
 
     s = run_ppo(cfg)
-    typer.echo(f"ppo: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
+    typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
+
+
+@stage_command("dpo", DpoConfig)
+def dpo(cfg: DpoConfig) -> None:
+    """Direct preference optimisation on pairs (no reward model), LoRA policy, reference = adapters off → RUN_DIR/policy."""
+    from rlhfkit.pipeline import describe
+    from rlhfkit.train.dpo import run_dpo
+
+    s = run_dpo(cfg)
+    typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
 
 
 @stage_command("eval", EvalConfig)
@@ -272,7 +283,11 @@ def pipeline(
 def demo(
     no_kl: bool = typer.Option(False, "--no-kl", help="β = 0: no KL penalty, to watch reward hacking. Writes RUN_DIR-no-kl "
                                "and reuses RUN_DIR's completions, rankings and reward model, so only β differs."),
-    run_dir: str = typer.Option("runs/demo", help="Run directory of the demo (with --no-kl: of the KL run it starts from)."),
+    algorithm: str = typer.Option("ppo", help="What trains the policy: ppo, rloo, grpo (critic-free) or dpo (on the pairs). "
+                                  "Other than ppo writes RUN_DIR-ALGORITHM and reuses RUN_DIR's completions, rankings, "
+                                  "pairs and reward model, so only the algorithm differs."),
+    run_dir: str = typer.Option("runs/demo", help="Run directory of the demo (with --no-kl or --algorithm: of the run "
+                                "it starts from)."),
     seed: Optional[int] = typer.Option(None, help="Seed of every stage (default: the demo's, 0)."),
     dtype: Optional[str] = typer.Option(None, help="Precision of every stage: float32, bfloat16 or auto (default: auto)."),
     force: bool = typer.Option(False, "--force", help="Run every stage again."),
@@ -280,19 +295,25 @@ def demo(
     """The whole loop on the embedded default: SmolLM2-135M-Instruct, the shipped prompts, simulated
     labelers following the guideline, a MiniLM reward model, PPO with LoRA, evaluation and report."""
     from rlhfkit import defaults
-    from rlhfkit.pipeline import resolve_stage_configs, run_pipeline, seed_from
+    from rlhfkit.pipeline import ALGORITHMS, resolve_stage_configs, run_pipeline, seed_from
 
+    if algorithm not in ALGORITHMS:
+        _fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    if no_kl and algorithm == "dpo":
+        _fail("--no-kl turns off the KL penalty of ppo, rloo and grpo; DPO's β is its KL (use `rlhfkit dpo --beta`)")
     shared = {k: v for k, v in (("seed", seed), ("dtype", dtype)) if v is not None}
-    target = f"{run_dir}-no-kl" if no_kl else run_dir
-    overrides: dict = {"*": {"run_dir": target, **shared}}
+    target = run_dir + ("" if algorithm == "ppo" else f"-{algorithm}") + ("-no-kl" if no_kl else "")
+    overrides: dict = {"*": {"run_dir": target, "algorithm": algorithm, **shared}}
     if no_kl:
         overrides["ppo"] = {"kl_coef": 0.0, "kl_budget": 0.0}
         overrides["eval"] = {"kl_budget": 0.0}
+    if target != run_dir:
         source = Path(run_dir)
         if source.exists() and not force and not Path(target).exists():
             copied = run_stage(seed_from, source, Path(target), resolve_stage_configs(defaults.demo_path(), overrides), "train_rm")
             if copied:
-                typer.echo(f"reusing {', '.join(copied)} from {source} (same configs): the runs differ only in β")
+                what = "β" if algorithm == "ppo" else "the algorithm" + (" and β" if no_kl else "")
+                typer.echo(f"reusing {', '.join(copied)} from {source} (same configs): the runs differ only in {what}")
     s = run_stage(run_pipeline, defaults.demo_path(), overrides=overrides, force=force, echo=typer.echo)
     typer.echo(f"demo finished in {s['seconds'] / 60:.1f} min; open {target}/eval/report.html")
 

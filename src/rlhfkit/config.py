@@ -331,11 +331,19 @@ class ScoreConfig:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
 
+ALGORITHMS = ("ppo", "rloo", "grpo")
+"""Online RL algorithms of the ``ppo`` stage (train/ppo.py, train/critic_free.py)."""
+
+
 @dataclass
 class PPOConfig:
-    """PPO with a KL penalty against the frozen reference, on a LoRA policy."""
+    """PPO (or the critic-free RLOO and GRPO) with a KL penalty against the frozen reference, on a LoRA policy."""
 
     run_dir: str = opt("runs/demo", "Run directory: reads reward_model/, writes policy/ and logs/.")
+    algorithm: str = opt("ppo", "ppo (value head, GAE); rloo (leave-one-out baseline over group_size samples per "
+                                "prompt, KL in the reward); grpo (group-normalised advantages, KL in the loss).")
+    group_size: int = opt(4, "rloo and grpo: completions sampled per prompt (K ≥ 2; batch_size must be a multiple); "
+                             "ppo ignores it.")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
     prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
@@ -377,7 +385,13 @@ class PPOConfig:
 
     def validate(self) -> None:
         _check(self.iterations >= 1, "iterations", "must be ≥ 1")
+        _check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         _check(self.batch_size >= 2, "batch_size", "must be ≥ 2 (advantages are whitened over the batch)")
+        if self.algorithm != "ppo":
+            _check(self.group_size >= 2, "group_size", f"must be ≥ 2 for {self.algorithm}: a completion's advantage "
+                                                       "compares it with the other samples of its prompt")
+            _check(self.batch_size % self.group_size == 0, "batch_size",
+                   f"must be a multiple of group_size ({self.group_size}) for {self.algorithm}")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
         self.sampling.require_full_distribution("ppo")
         _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
@@ -385,6 +399,62 @@ class PPOConfig:
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")
+        _check(not (self.resume and self.force), "resume", "and force exclude each other")
+
+    @property
+    def prompts_per_iteration(self) -> int:
+        """Distinct prompts an iteration samples: batch_size, or batch_size / group_size for rloo and grpo."""
+        return self.batch_size if self.algorithm == "ppo" else self.batch_size // self.group_size
+
+
+DPO_LOSSES = ("sigmoid", "ipo")
+"""DPO loss variants (train/losses.py dpo_loss); conservative DPO is sigmoid with label_smoothing > 0."""
+
+
+@dataclass
+class DpoConfig:
+    """Direct preference optimisation on pairs, LoRA policy, reference = the base with adapters off.
+
+    The policy is prompted through the chat template with ``system_prompt``, as ppo and eval do; the other
+    sampling fields only matter to the stages that sample.
+    """
+
+    run_dir: str = opt("runs/demo", "Run directory: writes policy/ (as ppo does, so eval reads it) and logs/.")
+    model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
+    pairs: str = opt("", "Pairs to train on: a pairs JSONL, 'hh:FILE' (HH-RLHF) or 'trl:FILE' (TRL preference "
+                         "JSONL); '' = RUN_DIR/pairs.jsonl. A pair's 'weight' (labeler quality) weights its loss.")
+    beta: float = opt(0.1, "β: strength of the implicit KL to the reference (higher stays closer).")
+    loss_type: str = opt("sigmoid", "sigmoid (DPO) or ipo (IPO, on length-averaged log-probs).")
+    label_smoothing: float = opt(0.0, "sigmoid only: assumed share of flipped labels (conservative DPO), in [0, 0.5).")
+    epochs: int = opt(1, "Passes over the pairs.")
+    batch_size: int = opt(8, "Pairs per optimizer step (2× this many sequences in one forward pass).")
+    lr: float = opt(1e-4, "Adam learning rate of the LoRA adapters (constant).")
+    max_length: int = opt(256, "Most tokens per prompt + reply; a long prompt keeps its last half, the reply is cut.")
+    sampling: SamplingConfig = sampling_opt()
+    lora_r: int = opt(16, "LoRA rank (DPO here always trains adapters: the reference is the base with them off).")
+    lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_layers: int = opt(8, "Adapt only the top N transformer blocks (0 = all).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
+    save_every: int = opt(50, "Checkpoint every N steps (and at the end).")
+    seed: int = opt(0, "Random seed: the pair order of each epoch follows it.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
+    resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint (same pairs and settings).")
+    force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
+
+    def validate(self) -> None:
+        _check(self.beta > 0, "beta", "must be > 0")
+        _check(self.loss_type in DPO_LOSSES, "loss_type", f"must be one of {', '.join(DPO_LOSSES)}, got {self.loss_type!r}")
+        _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        _check(self.loss_type == "sigmoid" or self.label_smoothing == 0, "label_smoothing", "applies to loss_type sigmoid only")
+        _check(self.epochs >= 1, "epochs", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.max_length >= 8, "max_length", "must be ≥ 8")
+        _check(self.lora_r >= 1, "lora_r", "must be ≥ 1 (the reference is the base with the adapters off)")
+        _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
+        _check(self.save_every >= 1, "save_every", "must be ≥ 1")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
 
 

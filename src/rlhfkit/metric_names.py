@@ -42,6 +42,10 @@ _ALL = [
     Metric("policy/ratio_max", "Max ratio", "largest probability ratio in a minibatch, averaged (the ratio alarm "
            "watches it)"),
     Metric("policy/grad_norm", "Gradient norm", "norm of the gradient before clipping"),
+    Metric("policy/kl_loss", "KL loss term", "GRPO: mean k3 between the policy and the reference over tokens, the "
+           "term β·KL adds to the loss (GRPO puts the KL in the loss, not the reward)", -1),
+    Metric("rollout/flat_groups", "Flat groups", "RLOO/GRPO: share of prompts whose K completions all scored the same "
+           "(no signal: advantage 0)", -1, True),
     Metric("value/loss", "Value loss", "½ (V − return)², clipped: error of the value head's return predictions", -1),
     Metric("value/clipfrac", "Value clip fraction", "share of tokens whose value prediction hit the clip"),
     Metric("value/explained_var", "Explained variance", "1 − Var(return − V) / Var(return): how much of the return the "
@@ -69,6 +73,13 @@ _ALL = [
     Metric("reward_model/lr", "Learning rate", "the learning rate after warm-up/decay"),
     Metric("reward_model/gold_accuracy", "Gold-scorer accuracy", "how often the gold scorer agrees with the labelers "
            "on the same held-out pairs (what labeler noise allows)", +1, True),
+    # direct preference optimisation, per step (TRL's names for the implicit rewards β·(log π − log π_ref))
+    Metric("dpo/loss", "DPO loss", "the DPO (or IPO) loss of the step's pairs, weighted by pair weight", -1),
+    Metric("rewards/chosen", "Chosen reward", "mean β·(log π − log π_ref) of the preferred replies", +1),
+    Metric("rewards/rejected", "Rejected reward", "mean β·(log π − log π_ref) of the other replies", -1),
+    Metric("rewards/margins", "Reward margin", "mean implicit-reward margin chosen − rejected", +1),
+    Metric("rewards/accuracies", "Pair accuracy", "share of pairs whose chosen reply has the higher implicit reward "
+           "(0 at step 0: policy = reference)", +1, True),
     # supervised fine-tuning
     Metric("sft/loss", "SFT loss", "cross-entropy on the reply tokens of a batch", -1),
     Metric("sft/epoch_loss", "SFT epoch loss", "mean cross-entropy on the reply tokens over an epoch", -1),

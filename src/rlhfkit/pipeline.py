@@ -1,5 +1,9 @@
 """``rlhfkit pipeline CONFIG``: generate → label → pairs → train-rm → ppo → eval (→ report) from one YAML.
 
+The policy stage follows the top-level ``algorithm``: ppo, rloo or grpo (the ``ppo`` stage and section, with
+that algorithm) or dpo (the ``dpo`` stage and section, trained on the run's pairs; the reward model is then
+trained for evaluation only).
+
 A stage whose outputs are complete for the same config is skipped: when a stage finishes, a marker
 ``RUN_DIR/.stages/STAGE.done`` records the hash of its resolved config. A changed config re-runs
 that stage and every stage after it. An interrupted PPO run continues from its last checkpoint.
@@ -20,7 +24,9 @@ from rlhfkit.data.errors import RlhfkitError
 STAGES = ("generate", "label", "pairs", "train_rm", "ppo", "eval")
 # Top-level keys given to every stage that has the field ('sampling': a mapping of SamplingConfig fields,
 # so generate, ppo and eval sample alike).
-SHARED = ("run_dir", "seed", "dtype", "system_prompt", "sampling")
+SHARED = ("run_dir", "seed", "dtype", "system_prompt", "sampling", "algorithm")
+ALGORITHMS = ("ppo", "rloo", "grpo", "dpo")
+"""What trains the policy: PPO, the critic-free RLOO / GRPO (the ppo stage), or DPO (the dpo stage)."""
 # Fields that say how to run, not what to compute: they do not invalidate a finished stage.
 _VOLATILE = {"force", "resume", "device", "report", "run_dir"}
 
@@ -33,8 +39,11 @@ class Stage:
     done_when: Callable[[Path], bool]  # the stage's outputs exist
 
 
-def stages(feedback: str = "simulated") -> dict[str, Stage]:
-    """The stages in order. ``feedback``: 'simulated' labelers, or 'ai' (the constitution's AI labeler, RLAIF)."""
+def stages(feedback: str = "simulated", algorithm: str = "ppo") -> dict[str, Stage]:
+    """The stages in order, keyed by slot (STAGES); a stage's own name is its YAML section and marker.
+
+    ``feedback``: 'simulated' labelers, or 'ai' (the constitution's AI labeler, RLAIF). ``algorithm``: the
+    policy slot runs ppo (also for rloo and grpo) or dpo."""
     from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, RewardConfig
     from rlhfkit.eval.run import run_eval
     from rlhfkit.feedback.label import run_label, run_pairs
@@ -50,12 +59,22 @@ def stages(feedback: str = "simulated") -> dict[str, Stage]:
         label = Stage("label", LabelConfig, run_label, lambda d: (d / "feedback.db").exists())
     else:
         raise RlhfkitError(f"feedback must be 'simulated' or 'ai', got {feedback!r}")
+    if algorithm not in ALGORITHMS:
+        raise RlhfkitError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    policy_done = lambda d: (d / "policy" / "trainable.safetensors").exists()  # noqa: E731
+    if algorithm == "dpo":
+        from rlhfkit.config import DpoConfig
+        from rlhfkit.train.dpo import run_dpo
+
+        policy = Stage("dpo", DpoConfig, run_dpo, policy_done)
+    else:
+        policy = Stage("ppo", PPOConfig, run_ppo, policy_done)
     return {
         "generate": Stage("generate", GenerateConfig, run_generate, lambda d: (d / "completions.jsonl").exists()),
         "label": label,
         "pairs": Stage("pairs", PairsConfig, run_pairs, lambda d: (d / "pairs.jsonl").exists()),
         "train_rm": Stage("train_rm", RewardConfig, train_rm_with_gold, lambda d: (d / "reward_model" / "eval.json").exists()),
-        "ppo": Stage("ppo", PPOConfig, run_ppo, lambda d: (d / "policy" / "trainable.safetensors").exists()),
+        "ppo": policy,
         "eval": Stage("eval", EvalConfig, run_eval, lambda d: (d / "eval" / "eval.json").exists()),
     }
 
@@ -92,22 +111,23 @@ def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, d
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise RlhfkitError(f"{path}: a pipeline config must be a mapping")
-        unknown = sorted(set(data) - set(STAGES) - set(SHARED) - {"feedback"})
+        unknown = sorted(set(data) - set(STAGES) - set(SHARED) - {"feedback", "dpo"})
         if unknown:
-            raise RlhfkitError(f"{path}: unknown key(s) {unknown}; expected {list(SHARED)}, feedback or a stage: {list(STAGES)}")
+            raise RlhfkitError(f"{path}: unknown key(s) {unknown}; expected {list(SHARED)}, feedback or a stage: "
+                               f"{list(STAGES) + ['dpo']}")
     overrides = overrides or {}
     shared = {k: data[k] for k in SHARED if k in data}
     shared.update(overrides.get("*", {}))
-    out = {"_feedback": data.get("feedback", "simulated")}
-    for name, stage in stages(out["_feedback"]).items():
+    out = {"_feedback": data.get("feedback", "simulated"), "_algorithm": shared.get("algorithm", "ppo")}
+    for name, stage in stages(out["_feedback"], out["_algorithm"]).items():
         fields = set(field_types(stage.config_cls)) | set(nested_configs(stage.config_cls))
-        section = data.get(name) or {}
+        section = data.get(stage.name) or {}
         if not isinstance(section, dict):
-            raise RlhfkitError(f"{config_path}: section '{name}' must be a mapping")
+            raise RlhfkitError(f"{config_path}: section '{stage.name}' must be a mapping")
         values = {k: v for k, v in shared.items() if k in fields}
         values.update(section)
-        values.update(overrides.get(name, {}))
-        out[name] = load_config(stage.config_cls, None, values, section=name)
+        values.update(overrides.get(stage.name, {}))
+        out[name] = load_config(stage.config_cls, None, values, section=stage.name)
     return out
 
 
@@ -116,7 +136,7 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     """Run every stage in order, skipping those already complete for the same config."""
     configs = resolve_stage_configs(config_path, overrides)
     run_dir = Path(configs["generate"].run_dir)
-    registry = stages(configs.pop("_feedback"))
+    registry = stages(configs.pop("_feedback"), configs.pop("_algorithm"))
     summaries: dict[str, Any] = {}
     rerun = force  # once a stage runs, every stage after it must run too: its inputs changed
     t_all = time.perf_counter()
@@ -125,24 +145,24 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
         stage, cfg = registry[name], configs[name]
         if Path(cfg.run_dir) != run_dir:
             raise RlhfkitError(f"stage '{name}' has run_dir {cfg.run_dir}; every stage must share {run_dir}")
-        marker, digest = _marker(run_dir, name), config_hash(cfg)
+        marker, digest = _marker(run_dir, stage.name), config_hash(cfg)
         complete = marker.exists() and marker.read_text().strip() == digest and stage.done_when(run_dir)
         if complete and not rerun:
-            echo(f"[{name}] skipped: already complete for this config")
+            echo(f"[{stage.name}] skipped: already complete for this config")
             summaries[name] = {"skipped": True}
-            timings[name] = {"skipped": True}
+            timings[stage.name] = {"skipped": True}
             continue
         interrupted = not marker.exists() and not rerun  # started earlier, never finished
         marker.unlink(missing_ok=True)
-        _prepare(name, cfg, run_dir, interrupted=interrupted, force=force)
-        echo(f"[{name}] running …" + (" (continuing an interrupted run)" if getattr(cfg, "resume", False) else ""))
+        _prepare(stage.name, cfg, run_dir, interrupted=interrupted, force=force)
+        echo(f"[{stage.name}] running …" + (" (continuing an interrupted run)" if getattr(cfg, "resume", False) else ""))
         t0 = time.perf_counter()
         summaries[name] = stage.run(cfg)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(digest + "\n")
-        timings[name] = {"seconds": round(time.perf_counter() - t0, 1)}
+        timings[stage.name] = {"seconds": round(time.perf_counter() - t0, 1)}
         record_run(run_dir, timings, time.perf_counter() - t_all)
-        echo(f"[{name}] done in {time.perf_counter() - t0:.0f} s: {describe(name, summaries[name])}")
+        echo(f"[{stage.name}] done in {time.perf_counter() - t0:.0f} s: {describe(stage.name, summaries[name])}")
         rerun = True
     summaries["seconds"] = time.perf_counter() - t_all
     summaries["stages"] = timings
@@ -173,12 +193,16 @@ def _prepare(name: str, cfg, run_dir: Path, *, interrupted: bool, force: bool) -
             raise RlhfkitError(f"{db} holds rankings made under another label config; "
                                "use a new run_dir, or `rlhfkit pipeline --force` to start the run over")
         return  # an interrupted labeling continues: the assignment queue knows what is left
-    if name == "ppo" and interrupted and (run_dir / "policy" / "trainer_state.pt").exists():
+    if name in ("ppo", "dpo"):  # both write RUN_DIR/policy: the other's marker no longer describes it
+        _marker(run_dir, "dpo" if name == "ppo" else "ppo").unlink(missing_ok=True)
+    if name in ("ppo", "dpo") and interrupted and (run_dir / "policy" / "trainer_state.pt").exists():
         import yaml
 
         saved = yaml.safe_load((run_dir / "policy" / "config.yaml").read_text())
-        same = {k: v for k, v in saved.items() if k not in _VOLATILE} == {
-            k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+        ours = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+        same = saved.get("algorithm", "ppo") == getattr(cfg, "algorithm", "dpo") and {
+            k: v for k, v in saved.items() if k not in _VOLATILE and k != "algorithm"} == {
+            k: v for k, v in ours.items() if k != "algorithm"}
         cfg.resume, cfg.force = same, not same  # continue only the run this config started
         return
     if hasattr(cfg, "force"):
@@ -202,6 +226,9 @@ def describe(name: str, s: dict) -> str:
     if name == "ppo":
         gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
         return f"{s['iterations']} iterations ({s['stop_reason']}); score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}"
+    if name == "dpo":
+        return (f"{s['steps']} steps on {s['pairs']} pairs; loss {s['loss_first']:.3f} → {s['loss_last']:.3f}, "
+                f"last epoch's pair accuracy {s['accuracy_last_epoch']:.0%}, margin {s['margin_last_epoch']:+.3f}")
     if name == "eval":
         ref, pol = s["models"]["reference"], s["models"]["policy"]
         parts = [f"reward {ref['reward_model']['value']:+.2f} → {pol['reward_model']['value']:+.2f}"]

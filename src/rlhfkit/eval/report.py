@@ -28,7 +28,12 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'n
 # Colours: the reference model is always grey, the aligned policy always blue (every plot and table).
 
 PPO_PANELS = ["objective/score", "gold/score", "objective/kl", "policy/entropy", "value/loss", "policy/clipfrac"]
-"""The PPO curves the report plots (labels and meanings from rlhfkit.metric_names)."""
+"""The PPO curves the report plots (labels and meanings from rlhfkit.metric_names); RLOO and GRPO have no value loss."""
+
+DPO_PANELS = ["dpo/loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "policy/grad_norm"]
+"""The DPO curves (TRL's names for the implicit rewards)."""
+
+ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO"}
 
 RM_HEADLINE = {"accuracy": "reward_model/accuracy", "gold_accuracy": "reward_model/gold_accuracy",
                "margin": "reward_model/margin", "ece": "reward_model/ece", "loss": "reward_model/loss"}
@@ -120,7 +125,7 @@ def _name(x: Any) -> str:
 
 def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | None, n_pairs: int | None,
                   feedback: dict | None, rm_eval: dict | None, ppo_iterations: int | None,
-                  ev: dict | None) -> list[tuple[str, str]]:
+                  ev: dict | None, algorithm: str = "ppo") -> list[tuple[str, str]]:
     """(stage, plain-language sentence) per pipeline stage, from the resolved configs and counts."""
     steps = []
     gen = config.get("generate") or {}
@@ -187,11 +192,23 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
         steps.append(("Reward model", "not run"))
 
     ppo = config.get("ppo") or {}
-    if ppo or ppo_iterations:
+    dpo = config.get("dpo") or {}
+    if algorithm == "dpo" and dpo:
+        text = (f"DPO trained the policy directly on the preference pairs for {fmt_num(dpo.get('epochs'))} epoch(s) "
+                f"of {fmt_num(dpo.get('batch_size'))} pairs per step (LoRA adapters of rank {dpo.get('lora_r')}; the "
+                f"reference is the base with them off), {dpo.get('loss_type')} loss, β = {fmt_setting(dpo.get('beta'))}"
+                "; the reward model was trained for evaluation only")
+        steps.append(("DPO", text + "."))
+    elif ppo or ppo_iterations:
+        name = ALGORITHM_NAMES.get(ppo.get("algorithm", "ppo"), "PPO")
         its = ppo_iterations if ppo_iterations is not None else ppo.get("iterations")
-        text = f"PPO fine-tuned the policy for {fmt_num(its)} iterations"
+        text = f"{name} fine-tuned the policy for {fmt_num(its)} iterations"
         if ppo.get("batch_size"):
             text += f" of {ppo['batch_size']} rollouts"
+        if name != "PPO":
+            text += (f" ({ppo.get('group_size')} per prompt, no critic: "
+                     + ("leave-one-out baseline, KL in the reward)" if name == "RLOO" else
+                        "group-normalised advantages, KL in the loss)"))
         if ppo.get("lora_r"):
             text += f" (LoRA adapters of rank {ppo['lora_r']})"
         text += ", maximising the reward-model score minus β × KL to the frozen reference"
@@ -203,7 +220,7 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
                 text += " (no KL penalty: expect reward hacking)"
         if finite(ppo.get("kl_budget")) and ppo["kl_budget"] > 0:
             text += f"; stop if KL exceeds {fmt_setting(ppo['kl_budget'])} nats"
-        steps.append(("PPO", text + "."))
+        steps.append((name, text + "."))
     else:
         steps.append(("PPO", "not run"))
 
@@ -303,25 +320,29 @@ def _heat(share: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _ppo_section(metrics: Artifact, config: dict) -> dict:
+def _ppo_section(metrics: Artifact, config: dict, algorithm: str = "ppo") -> dict:
+    name = ALGORITHM_NAMES.get(algorithm, "PPO")
     if metrics.problem:
-        return {"problem": metrics.problem}
+        return {"problem": metrics.problem, "name": name}
     m = metrics.data
     if not m:
-        return {"problem": "Not run: logs/metrics.csv has no PPO rows (run `rlhfkit ppo`)."}
+        return {"problem": f"Not run: logs/metrics.csv has no {name} rows (run `rlhfkit {'dpo' if name == 'DPO' else 'ppo'}`).",
+                "name": name}
+    names = DPO_PANELS if name == "DPO" else PPO_PANELS
     budget = (config.get("ppo") or {}).get("kl_budget")
     budget = float(budget) if finite(budget) and budget > 0 else None
     panels = []
-    for key in PPO_PANELS:
+    for key in names:
         if m.get(key):
             panels.append((METRICS[key].label, [("policy", m[key], POLICY_COLOUR)], budget if key == "objective/kl" else None))
     if not panels:
-        return {"problem": "logs/metrics.csv has PPO rows but none of the plotted metrics."}
+        return {"problem": f"logs/metrics.csv has {name} rows but none of the plotted metrics.", "name": name}
     last = max(s for pts in m.values() for s, _ in pts)
     first = min(s for pts in m.values() for s, _ in pts)
-    return {"plot": curves_plot(panels, "PPO iteration"), "iterations": last - first + 1,
+    unit = "step" if name == "DPO" else "iteration"
+    return {"plot": curves_plot(panels, f"{name} {unit}"), "iterations": last - first + 1, "name": name, "unit": unit,
             "legend": [(title, meaning, fmt_num(m[key][0][1]), fmt_num(m[key][-1][1]))
-                       for key, title, meaning in [(k, METRICS[k].label, METRICS[k].meaning) for k in PPO_PANELS]
+                       for key, title, meaning in [(k, METRICS[k].label, METRICS[k].meaning) for k in names]
                        if m.get(key)]}
 
 
@@ -529,19 +550,21 @@ def build_context(run_dir: str | Path) -> dict:
     fb = _read_json(run_dir, "feedback_report.json", "label report")
     rm = _read_json(run_dir, "reward_model/eval.json", "train-rm")
     ev = _read_json(run_dir, "eval/eval.json", "eval")
-    ppo_metrics = _read_metrics(run_dir, "ppo")
+    policy_config = _read_yaml(run_dir, "policy/config.yaml").data
+    algorithm = policy_config.get("algorithm", "ppo") if isinstance(policy_config, dict) else "ppo"
+    ppo_metrics = _read_metrics(run_dir, "dpo" if algorithm == "dpo" else "ppo")
     rm_metrics = _read_metrics(run_dir, "train_rm")
     samples = _read_jsonl_dicts(run_dir / "eval" / "samples.jsonl")
     completions = _read_jsonl_dicts(run_dir / "completions.jsonl")
 
-    ppo = _ppo_section(ppo_metrics, config)
+    ppo = _ppo_section(ppo_metrics, config, algorithm)
     evaluation = _eval_section(ev, samples)
     summary = what_was_done(
         config,
         n_completions=len(completions) if (run_dir / "completions.jsonl").exists() else None,
         n_prompts=len({c.get("prompt_id") for c in completions}) or None,
         n_pairs=_count_lines(run_dir / "pairs.jsonl"), feedback=fb.data, rm_eval=rm.data,
-        ppo_iterations=ppo.get("iterations"), ev=ev.data,
+        ppo_iterations=ppo.get("iterations"), ev=ev.data, algorithm=algorithm,
     )
     return {
         "title": f"rlhfkit report — {run_dir.resolve().name}",

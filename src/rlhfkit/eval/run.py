@@ -23,7 +23,7 @@ def _policy_config(policy_dir: Path) -> dict:
 
     path = policy_dir / "config.yaml"
     if not (policy_dir / "trainable.safetensors").exists() or not path.exists():
-        raise RlhfkitError(f"{policy_dir}: no trained policy (run `rlhfkit ppo` first, or pass --policy)")
+        raise RlhfkitError(f"{policy_dir}: no trained policy (run `rlhfkit ppo` or `rlhfkit dpo` first, or pass --policy)")
     return yaml.safe_load(path.read_text())
 
 
@@ -167,12 +167,17 @@ def run_eval(cfg) -> dict:
                                     lora_layers=ppo.get("lora_layers", 0), dtype=dtype)
     model.load_trained(policy_dir)
     raw_fn, _ = load_scorer(cfg.reward_model if cfg.reward_model == "gold" else str(rm_path), run_dir, device)
-    norm = RewardNorm.load(policy_dir)  # the scale PPO optimised on: the reference's rollouts score mean 0, std 1
-    reward_fn = lambda p, t: [norm(r) for r in raw_fn(p, t)]  # noqa: E731
     gold = GoldScorer()
     texts_in = [p.prompt for p, _ in rows]
     groups = [p.id for p, _ in rows]  # intervals resample prompts: a prompt's samples are not independent
     sampled = sample_both(model, tokenizer, texts_in, sampling=sampling, batch_size=cfg.batch_size, seed=cfg.seed)
+    if ppo.get("algorithm") != "dpo":
+        norm = RewardNorm.load(policy_dir)  # the scale PPO optimised on: the reference's rollouts score mean 0, std 1
+    else:  # DPO samples nothing while training: the reference's eval completions give 0 and 1 the same meaning
+        import torch
+
+        norm = RewardNorm.fit(torch.tensor(raw_fn(texts_in, sampled["reference"]["texts"]), dtype=torch.float64))
+    reward_fn = lambda p, t: [norm(r) for r in raw_fn(p, t)]  # noqa: E731
     scores = {m: score_texts(texts_in, sampled[m]["texts"], reward_fn, gold) for m in MODELS}
     pol, ref = scores["policy"], scores["reference"]
     result = {

@@ -12,6 +12,12 @@ References cited below:
   [GAE]    Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
   [Zieg]   Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
   [KLblog] Schulman 2020, "Approximating KL Divergence" (k1, k2, k3).
+  [DPO]    Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward Model".
+  [IPO]    Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences".
+  [cDPO]   Mitchell 2023, "A note on DPO with noisy preferences and relationship to IPO" (label smoothing).
+  [RLOO]   Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
+           Human Feedback in LLMs" (Kool et al. 2019's leave-one-out baseline).
+  [GRPO]   Shao et al. 2024, "DeepSeekMath" §4.1 (group-relative advantages, KL in the loss).
 
 Gradient accumulation — how a trainer must scale for it to be exact
 -------------------------------------------------------------------
@@ -52,6 +58,10 @@ __all__ = [
     "ppo_total_loss",
     "logprobs_from_logits",
     "explained_variance",
+    "dpo_loss",
+    "rloo_advantages",
+    "group_normalized_advantages",
+    "kl_loss",
 ]
 
 
@@ -347,12 +357,21 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
 
 
 def ppo_total_loss(
-    policy_loss: Tensor, value_loss: Tensor, entropy_mean: Tensor, vf_coef: float, ent_coef: float
+    policy_loss: Tensor, value_loss: Tensor | None, entropy_mean: Tensor, vf_coef: float, ent_coef: float,
+    kl: Tensor | None = None, kl_coef: float = 0.0,
 ) -> Tensor:
-    """policy_loss + vf_coef·value_loss − ent_coef·entropy_mean (all 0-d)."""
+    """policy_loss + vf_coef·value_loss − ent_coef·entropy_mean + kl_coef·kl (all 0-d).
+
+    value_loss None: no critic (RLOO, GRPO). kl: the KL-to-reference loss term (``kl_loss``), GRPO only.
+    """
     # [PPO] eq. 9 L = L_CLIP − c1·L_VF + c2·S[π], to maximise; written here as a quantity to minimise:
-    # maximise the clipped objective, minimise the value error, encourage entropy.
-    return policy_loss + vf_coef * value_loss - ent_coef * entropy_mean
+    # maximise the clipped objective, minimise the value error, encourage entropy. [GRPO] eq. 3 adds −β·D_KL.
+    loss = policy_loss - ent_coef * entropy_mean
+    if value_loss is not None:
+        loss = loss + vf_coef * value_loss
+    if kl is not None:
+        loss = loss + kl_coef * kl
+    return loss
 
 
 def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
@@ -377,3 +396,117 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     var_returns = masked_var(returns, mask, unbiased=False)
     var_error = masked_var(returns - values, mask, unbiased=False)
     return 1.0 - var_error / var_returns
+
+
+# ---------------------------------------------------------------------------------------------
+# Critic-free advantages (RLOO, GRPO) and the KL term in the loss
+# ---------------------------------------------------------------------------------------------
+
+
+def _groups(rewards: Tensor, group_size: int) -> Tensor:
+    """(B,) → (B/K, K): rows of a rollout batch laid out prompt by prompt, K samples each."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be (B,), got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be ≥ 2 (a sample needs others to compare with), got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    return rewards.view(-1, group_size)  # (G, K); row g holds the K samples of prompt g
+
+
+@torch.no_grad()
+def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out: each sample's reward minus the mean reward of the OTHER K−1 samples of its prompt.
+
+    rewards: (B,) one scalar per completion, consecutive groups of ``group_size`` K share a prompt.
+    Returns (B,) advantages. Constants: no gradient.
+    """
+    # [RLOO] eq. 7: A_i = R_i − 1/(K−1) Σ_{j≠i} R_j; the baseline excludes the sample, so it stays unbiased.
+    g = _groups(rewards, group_size)  # (G, K)
+    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)  # (G, K)
+    return (g - baseline).reshape(-1)
+
+
+@torch.no_grad()
+def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+    """GRPO: (R_i − mean of its group) / (std of its group + eps). rewards (B,) → (B,), no gradient.
+
+    The std is the unbiased one (K−1 denominator), as TRL's GRPOTrainer; a group whose rewards are all
+    equal has std 0 and gets advantage 0 (0 / eps), never NaN: it carries no signal.
+    """
+    # [GRPO] §4.1.2 outcome supervision: Â_i = (r_i − mean(r)) / std(r) for every token of completion i.
+    g = _groups(rewards, group_size)  # (G, K)
+    centred = g - g.mean(dim=1, keepdim=True)
+    return (centred / (g.std(dim=1, keepdim=True) + eps)).reshape(-1)
+
+
+def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
+    """KL(π ‖ π_ref) as a loss term: masked mean of k3 over response tokens, with gradient through ``logp``.
+
+    logp: (B, A) current policy (with gradient); ref_logp: (B, A) reference; mask: (B, A). 0-d.
+    k3's gradient in logp is 1 − π_ref/π: 0 where the policy equals the reference, pulling it back elsewhere.
+    """
+    # [GRPO] eq. 4: the KL enters the loss (not the reward) with the unbiased, non-negative k3 ([KLblog]).
+    valid = mask.bool()
+    per_token = torch.where(valid, kl_k3(logp, torch.where(valid, ref_logp, logp)), torch.zeros_like(logp))
+    return _reduce(per_token, valid, normalizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct preference optimisation
+# ---------------------------------------------------------------------------------------------
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def dpo_loss(
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    normalizer: Tensor | float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO on per-sequence log-probs, as a loss to minimise.
+
+    *_logps: (B,) log π(y | x) of each pair's chosen / rejected reply under the policy (with gradient) and the
+    frozen reference (constants). With h = (log π_c − log π_ref,c) − (log π_r − log π_ref,r):
+      sigmoid  −(1−ε)·log σ(β·h) − ε·log σ(−β·h)   ([DPO] eq. 7; ε = label_smoothing: [cDPO], a share ε of
+               the labels assumed flipped);
+      ipo      (h − 1/(2β))²                          ([IPO] eq. 17; pass length-averaged log-probs, as TRL).
+    weight: (B,) optional per-pair weights (labeler quality): loss = Σ w·l / Σ w. normalizer: replaces Σ w
+    (or B) for exact gradient accumulation (see module docstring).
+    Returns (loss 0-d, stats) with detached (B,) stats under TRL's names: chosen and rejected implicit rewards
+    β·(log π − log π_ref), their margins, and accuracies (1 where the chosen reward is higher).
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if loss_type == "ipo" and label_smoothing:
+        raise ValueError("label_smoothing applies to the sigmoid loss only")
+    chosen_ratio = chosen_logps - ref_chosen_logps  # (B,)
+    rejected_ratio = rejected_logps - ref_rejected_logps  # (B,)
+    h = chosen_ratio - rejected_ratio  # (B,)
+    if loss_type == "sigmoid":
+        # logsigmoid, not log(sigmoid(.)): stays finite for large |β·h| (as bradley_terry_loss)
+        per_pair = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    else:
+        per_pair = (h - 1 / (2 * beta)) ** 2
+    if weight is None:
+        total, denom = per_pair.sum(), per_pair.numel()
+    else:
+        total, denom = (weight * per_pair).sum(), weight.sum()
+    loss = total / (denom if normalizer is None else normalizer)
+    with torch.no_grad():
+        chosen_rewards, rejected_rewards = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+        stats = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        }
+    return loss, stats

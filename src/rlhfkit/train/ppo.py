@@ -131,8 +131,12 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
 
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
                vf_clip: float, vf_coef: float, ent_coef: float, temperature: float, max_grad_norm: float,
-               generator: torch.Generator, iteration: int) -> dict[str, float]:
-    """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches."""
+               generator: torch.Generator, iteration: int, critic: bool = True,
+               kl_loss_coef: float | None = None) -> dict[str, float]:
+    """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches.
+
+    critic False: no value loss (RLOO, GRPO). kl_loss_coef: β of a KL-to-reference term in the loss (GRPO), None: none.
+    """
     B, A = ro.response_mask.shape
     sums: dict[str, float] = {}
     n = 0
@@ -146,23 +150,28 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             logits, values = model(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix)
             logp = L.logprobs_from_logits(logits, ro.input_ids[idx, -A:])
             pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps)
-            vf_loss, vf_clipfrac = L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip)
+            vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip)
+                                    if critic else (None, None))
+            kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask)
             # Without an entropy bonus the entropy is only logged: no graph through (b, A, V) tensors.
             with torch.set_grad_enabled(ent_coef != 0):
                 entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
             # L_PPO = L_POLICY + c1·L_VF + c2·L_ENT, signed to minimise: maximise the clipped objective,
-            # minimise the value error, encourage entropy (see losses.ppo_total_loss).
-            loss = L.ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef)
+            # minimise the value error, encourage entropy (see losses.ppo_total_loss); GRPO adds β·KL.
+            loss = L.ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef, kl_term, kl_loss_coef or 0.0)
             check_finite(iteration, loss=loss.detach(), values=values.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
-            step = {"loss/total": loss.item(), "policy/loss": pg_loss.item(), "value/loss": vf_loss.item(),
+            step = {"loss/total": loss.item(), "policy/loss": pg_loss.item(),
                     "policy/entropy": entropy.item(), "policy/clipfrac": pg["clipfrac"].item(),
                     "policy/approx_kl": pg["approx_kl"].item(), "policy/ratio_mean": pg["ratio_mean"].item(),
-                    "policy/ratio_max": pg["ratio_max"].item(), "value/clipfrac": vf_clipfrac.item(),
-                    "policy/grad_norm": float(grad_norm)}
+                    "policy/ratio_max": pg["ratio_max"].item(), "policy/grad_norm": float(grad_norm)}
+            if critic:
+                step.update({"value/loss": vf_loss.item(), "value/clipfrac": vf_clipfrac.item()})
+            if kl_term is not None:
+                step["policy/kl_loss"] = kl_term.item()
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -315,6 +324,16 @@ def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> 
     return state
 
 
+def policy_output(run_dir: Path, *, resume: bool, force: bool) -> Path:
+    """RUN_DIR/policy, where ppo and dpo write; refused when it exists and is neither resumed nor forced."""
+    out = Path(run_dir) / "policy"
+    if out.exists() and not (resume or force):
+        raise RlhfkitError(f"{out} already exists (use --resume to continue it or --force to start over)")
+    if resume and not (out / "trainer_state.pt").exists():
+        raise RlhfkitError(f"{out}: no checkpoint to resume from")
+    return out
+
+
 def print_samples(console, ro: Rollout, iteration: int, n: int = 4) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -329,7 +348,8 @@ def print_samples(console, ro: Rollout, iteration: int, n: int = 4) -> None:
 
 
 def run_ppo(cfg) -> dict:
-    """The ``ppo`` stage: trains RUN_DIR/policy (adapter + value head + trainer state). Returns a summary."""
+    """The ``ppo`` stage (PPO, or RLOO / GRPO by ``cfg.algorithm``): trains RUN_DIR/policy (adapter + value head +
+    trainer state). Returns a summary."""
     import dataclasses
 
     from rich.console import Console
@@ -343,11 +363,7 @@ def run_ppo(cfg) -> dict:
 
     console = Console(stderr=True)
     run_dir = Path(cfg.run_dir)
-    out = run_dir / "policy"
-    if out.exists() and not (cfg.resume or cfg.force):
-        raise RlhfkitError(f"{out} already exists (use --resume to continue it or --force to start over)")
-    if cfg.resume and not (out / "trainer_state.pt").exists():
-        raise RlhfkitError(f"{out}: no checkpoint to resume from")
+    out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
     device = pick_device(cfg.device)
     prompts = [p.prompt for p in defaults.read_prompt_spec(cfg.prompts) if p.split == "train"]
     if len(prompts) < 1:
@@ -379,17 +395,20 @@ def run_ppo(cfg) -> dict:
     save_resolved(run_dir, "ppo", cfg)
 
     stop_reason = f"reached {cfg.iterations} iterations"
-    columns = [TextColumn("ppo"), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
+    columns = [TextColumn(cfg.algorithm), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
                TextColumn("score {task.fields[score]:+.2f}  kl {task.fields[kl]:.2f}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
     t_start = time.perf_counter()
+    step_fn = ppo_step
+    if cfg.algorithm != "ppo":
+        from rlhfkit.train.critic_free import critic_free_step as step_fn
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("ppo", total=cfg.iterations, completed=start, score=float("nan"), kl=float("nan"))
+        task = bar.add_task(cfg.algorithm, total=cfg.iterations, completed=start, score=float("nan"), kl=float("nan"))
         for it in range(start, cfg.iterations):
-            batch = prompt_batch(prompts, it, cfg.batch_size, cfg.seed)
+            batch = prompt_batch(prompts, it, cfg.prompts_per_iteration, cfg.seed)
             try:
-                result = ppo_step(model, tokenizer, optimizer, kl_ctl, batch, score_fn, gold_fn, iteration=it,
-                                  seed=cfg.seed, hp=cfg, norm=norm)
+                result = step_fn(model, tokenizer, optimizer, kl_ctl, batch, score_fn, gold_fn, iteration=it,
+                                 seed=cfg.seed, hp=cfg, norm=norm)
             except PPOAlarm:
                 log.close()
                 raise
@@ -414,7 +433,7 @@ def run_ppo(cfg) -> dict:
     log.close()
     seconds = time.perf_counter() - t_start
     first, final = history[0], history[-1]
-    summary = {"path": str(out), "iterations": len(history), "stop_reason": stop_reason, "seconds": seconds,
+    summary = {"path": str(out), "algorithm": cfg.algorithm, "iterations": len(history), "stop_reason": stop_reason, "seconds": seconds,
                "reward_model": scorer_name, "dtype": dtype, "reward_norm": dataclasses.asdict(norm),
                "score_first": first["objective/score"], "score_last": final["objective/score"],
                "kl_last": final["objective/kl"], "beta_last": kl_ctl.value}

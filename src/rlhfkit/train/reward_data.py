@@ -34,7 +34,7 @@ def check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
     # A zero weight adds nothing to the loss, and a batch of only such pairs would divide 0 by 0.
     kept = [p for p in pairs if p.weight > 0]
     if len(kept) < MIN_PAIRS:
-        raise RlhfkitError(f"need at least {MIN_PAIRS} pairs with weight > 0 to train a reward model, got {len(kept)}")
+        raise RlhfkitError(f"need at least {MIN_PAIRS} pairs with weight > 0 to train on, got {len(kept)}")
     return kept
 
 

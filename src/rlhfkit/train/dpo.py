@@ -1,0 +1,242 @@
+"""``rlhfkit dpo``: direct preference optimisation on preference pairs, on a LoRA policy.
+
+No reward model and no sampling: the policy is pushed to raise log π(chosen) − log π(rejected) relative to
+the frozen reference ([DPO] Rafailov et al. 2023). The reference is the base with the adapters off, so one
+copy of the weights serves both, and its log-probs never change: they are computed once, before the first
+step, and kept with the checkpoint (a resumed run does not recompute them). The loss is
+``losses.dpo_loss`` (sigmoid, IPO, label smoothing); a pair's ``weight`` (labeler quality, from
+``rlhfkit pairs --weight quality``) weights its term.
+
+Output: RUN_DIR/policy, laid out as ppo's (trainable.safetensors, adapter/, config.yaml, trainer_state.pt),
+so ``rlhfkit eval`` and ``load_aligned`` read it unchanged; plus ref_logps.safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.data.records import Pair
+from rlhfkit.models.load import format_prompt
+from rlhfkit.models.policy import PolicyWithValue
+from rlhfkit.train import losses as L
+
+REF_FILE = "ref_logps.safetensors"
+
+
+@dataclass
+class PairBatch:
+    """b pairs as 2b sequences: rows 0..b−1 the chosen replies, rows b..2b−1 the rejected ones (same prompts).
+
+    T = P + A: the prompt left-padded to P, then the reply (with EOS) right-padded to A, as a rollout's layout.
+    """
+
+    input_ids: Tensor  # (2b, T)
+    attention_mask: Tensor  # (2b, T) 1 on prompt and reply tokens
+    reply_mask: Tensor  # (2b, A) 1 on reply tokens (incl. EOS)
+
+    @property
+    def n_reply(self) -> int:
+        return self.reply_mask.shape[1]
+
+
+def encode(tokenizer, prompt: str, reply: str, *, eos_id: int, system_prompt: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids + EOS) as the sampler sees them: the chat-formatted prompt, then the reply's own tokens.
+
+    Too long: the prompt keeps its last max_length // 2 tokens (its end is nearest the reply), the reply is cut.
+    """
+    p = tokenizer(format_prompt(tokenizer, prompt, system_prompt), add_special_tokens=False)["input_ids"]
+    r = tokenizer(reply, add_special_tokens=False)["input_ids"] + [eos_id]
+    if len(p) + len(r) > max_length:
+        p = p[-max(max_length - len(r), max_length // 2):]
+        r = r[: max_length - len(p)]
+    return p, r
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> PairBatch:
+    """Sequences (prompt ids, reply ids) → left-padded prompts + right-padded replies."""
+    P = max(len(p) for p, _ in rows)
+    A = max(len(r) for _, r in rows)
+    n = len(rows)
+    input_ids = torch.full((n, P + A), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, P + A), dtype=torch.long)
+    for i, (p, r) in enumerate(rows):
+        input_ids[i, P - len(p) : P] = torch.tensor(p)
+        input_ids[i, P : P + len(r)] = torch.tensor(r)
+        attention_mask[i, P - len(p) : P + len(r)] = 1
+    return PairBatch(input_ids, attention_mask, attention_mask[:, P:].clone())
+
+
+def sequence_logps(logits: Tensor, batch: PairBatch, average: bool) -> Tensor:
+    """(2b,) log π(reply | prompt): the sum over reply tokens, or their mean (IPO, as TRL). logits (2b, A, V)."""
+    lp = L.logprobs_from_logits(logits, batch.input_ids[:, -batch.n_reply:])  # (2b, A)
+    return L.masked_mean(lp, batch.reply_mask, dim=-1) if average else L.masked_sum(lp, batch.reply_mask, dim=-1)
+
+
+def pair_batch(encoded: list[tuple[tuple, tuple]], idx: list[int], pad_id: int, device: str) -> PairBatch:
+    b = collate([encoded[i][0] for i in idx] + [encoded[i][1] for i in idx], pad_id)
+    return PairBatch(*(t.to(device) for t in dataclasses.astuple(b)))
+
+
+@torch.no_grad()
+def reference_logps(model: PolicyWithValue, encoded, *, batch_size: int, pad_id: int, device: str,
+                    average: bool) -> Tensor:
+    """(N, 2) reference log-probs of every pair's chosen and rejected reply: the base with adapters off, once."""
+    out = []
+    for lo in range(0, len(encoded), batch_size):
+        idx = list(range(lo, min(lo + batch_size, len(encoded))))
+        batch = pair_batch(encoded, idx, pad_id, device)
+        logps = sequence_logps(model.reference_logits(batch.input_ids, batch.attention_mask, batch.n_reply, 1.0),
+                               batch, average)  # (2b,)
+        out.append(logps.view(2, -1).T.cpu())  # (b, 2): [chosen, rejected]
+    return torch.cat(out)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The pair order of an epoch: a pure function of (seed, epoch), so a resumed run sees what a straight one would."""
+    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+
+
+def dpo_step(model: PolicyWithValue, optimizer, batch: PairBatch, ref: Tensor, weight: Tensor, *, beta: float,
+             loss_type: str, label_smoothing: float, max_grad_norm: float, step: int) -> dict[str, float]:
+    """One update on b pairs. ref: (b, 2) cached reference log-probs; weight: (b,). Returns the step's metrics."""
+    logits, _ = model(batch.input_ids, batch.attention_mask, batch.n_reply, 1.0)  # (2b, A, V)
+    logps = sequence_logps(logits, batch, average=loss_type == "ipo").view(2, -1)  # (2, b): chosen, rejected
+    del logits
+    loss, stats = L.dpo_loss(logps[0], logps[1], ref[:, 0], ref[:, 1], beta, loss_type, label_smoothing,
+                             weight=weight)
+    if not torch.isfinite(loss):
+        raise RlhfkitError(f"step {step}: non-finite DPO loss (NaN or inf); the last good checkpoint is kept")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    return {"dpo/loss": loss.item(), **{k: v.mean().item() for k, v in stats.items()},
+            "policy/grad_norm": float(grad_norm)}
+
+
+def _fingerprint(pairs: list[Pair], cfg) -> str:
+    """What a checkpoint must share with the run resuming it: the pairs and every setting that changes what is
+    computed (more epochs or another save interval continue the same run)."""
+    from rlhfkit.train.reward_data import fingerprint
+
+    return fingerprint(pairs, dataclasses.replace(cfg, epochs=1, save_every=1))
+
+
+def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, ref: Tensor, step: int, config: dict,
+                    history: list[dict], fingerprint: str) -> None:
+    """Write ``folder`` atomically: a crash keeps the last complete checkpoint."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from rlhfkit.data.io import atomic_directory
+    from rlhfkit.models.policy import TRAINABLE_FILE
+
+    with atomic_directory(folder) as tmp:
+        save_file(model.trainable_state(), str(tmp / TRAINABLE_FILE))
+        model.lm.save_pretrained(tmp / "adapter")
+        save_file({"ref_logps": ref.contiguous()}, str(tmp / REF_FILE))
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history,
+                    "fingerprint": fingerprint}, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def load_pairs_checked(spec: str) -> list[Pair]:
+    """Pairs with weight > 0; bad ones refused naming file:line (Pair.from_dict) or the pair's number."""
+    from rlhfkit.data.formats import load_pairs
+    from rlhfkit.train.reward_data import check_pairs
+
+    return check_pairs(load_pairs(spec))
+
+
+def run_dpo(cfg) -> dict:
+    """The ``dpo`` stage: trains RUN_DIR/policy from pairs. Returns a summary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from safetensors.torch import load_file
+
+    from rlhfkit.config import save_resolved
+    from rlhfkit.generate import eos_ids
+    from rlhfkit.models.load import pick_device, resolve_dtype
+    from rlhfkit.models.policy import build_policy
+    from rlhfkit.train.metrics import MetricsLog
+    from rlhfkit.train.ppo import policy_output, seed_everything
+
+    run_dir = Path(cfg.run_dir)
+    out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
+    spec = cfg.pairs or str(run_dir / "pairs.jsonl")
+    pairs = load_pairs_checked(spec)  # before anything is written: bad input leaves the run directory as it was
+    fingerprint = _fingerprint(pairs, cfg)
+    state = None
+    if cfg.resume:
+        state = torch.load(out / "trainer_state.pt", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise RlhfkitError(f"{out}: the checkpoint was trained on other pairs or settings; use --force to start over")
+
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,
+                                    lora_layers=cfg.lora_layers, dtype=dtype)
+    eos_id, pad_id = eos_ids(tokenizer, model.lm)[0], tokenizer.pad_token_id
+    enc = dict(eos_id=eos_id, system_prompt=cfg.sampling.system_prompt, max_length=cfg.max_length)
+    encoded = [(encode(tokenizer, p.prompt, p.chosen, **enc), encode(tokenizer, p.prompt, p.rejected, **enc))
+               for p in pairs]
+    weights = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5)
+    config = {**dataclasses.asdict(cfg), "algorithm": "dpo"}
+    console = Console(stderr=True)
+    t_start = time.perf_counter()
+    if state is not None:
+        model.load_trained(out)
+        optimizer.load_state_dict(state["optimizer"])
+        ref = load_file(str(out / REF_FILE))["ref_logps"]
+        start, history = state["step"], state["history"]
+    else:
+        ref = reference_logps(model, encoded, batch_size=cfg.batch_size, pad_id=pad_id, device=device,
+                              average=cfg.loss_type == "ipo")
+        start, history = 0, []
+    log = MetricsLog(run_dir, "dpo")
+    if state is not None:
+        log.resume_from(start - 1)
+    else:
+        log.start_fresh()
+    save_resolved(run_dir, "dpo", cfg)
+
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    columns = [TextColumn("dpo"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.0%}"), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    hp = dict(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+              max_grad_norm=cfg.max_grad_norm)
+    try:
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("dpo", total=total, completed=start, loss=float("nan"), acc=float("nan"))
+            for step in range(start, total):
+                epoch, k = divmod(step, steps_per_epoch)
+                idx = epoch_order(len(pairs), cfg.seed, epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+                batch = pair_batch(encoded, idx, pad_id, device)
+                stats = dpo_step(model, optimizer, batch, ref[idx].to(device), weights[idx].to(device), step=step, **hp)
+                history.append(stats)
+                log.log(step, stats)
+                bar.update(task, advance=1, loss=stats["dpo/loss"], acc=stats["rewards/accuracies"])
+                if (step + 1) % cfg.save_every == 0 or step + 1 == total:
+                    save_checkpoint(out, model, optimizer, ref, step + 1, config, history, fingerprint)
+    finally:
+        log.close()
+    first, last = history[0], history[-1]
+    window = history[-steps_per_epoch:]  # the last epoch's steps
+    return {"path": str(out), "algorithm": "dpo", "pairs": len(pairs), "pairs_spec": spec, "steps": len(history),
+            "seconds": time.perf_counter() - t_start, "dtype": dtype, "loss_first": first["dpo/loss"],
+            "loss_last": last["dpo/loss"],
+            "accuracy_last_epoch": float(np.mean([h["rewards/accuracies"] for h in window])),
+            "margin_last_epoch": float(np.mean([h["rewards/margins"] for h in window]))}

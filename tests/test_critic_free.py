@@ -1,0 +1,193 @@
+"""RLOO and GRPO (``rlhfkit ppo --algorithm rloo|grpo``) on tiny models.
+
+Independent sources: hand-worked advantages; a constant scorer (every group flat, so the policy-gradient
+term is exactly 0 and only the KL term can move the policy); the base model on disk for "frozen stays frozen".
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.config import PPOConfig, load_config
+from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.feedback.gold import GoldScorer
+from rlhfkit.models.load import load_policy
+from rlhfkit.models.policy import build_policy
+from rlhfkit.train import losses as L
+from rlhfkit.train.critic_free import critic_free_step, group_advantages, repeat_prompts
+from rlhfkit.train.kl_control import FixedKLController
+from rlhfkit.train.metrics import read_metrics
+from rlhfkit.train.ppo import PPOAlarm, run_ppo
+
+PROMPTS = ["hello the cat", "why does the big dog run so often today my friend?"]
+
+
+def _hp(algorithm, **kw):
+    base = dict(algorithm=algorithm, group_size=3, batch_size=6, minibatch_size=3, ppo_epochs=2, max_new_tokens=6,
+                temperature=1.0, penalize_missing_eos=False)
+    base.update(kw)
+    return load_config(PPOConfig, None, base)
+
+
+def _cfg(run_dir, model, algorithm, **kw):
+    base = dict(run_dir=str(run_dir), model=str(model), reward_model="gold", iterations=2, sample_every=0,
+                save_every=1, device="cpu")
+    base.update(kw)
+    return _hp(algorithm, **base)
+
+
+def _perturb_adapters(model, std=0.05):
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, std)
+
+
+def _step(model, tok, hp, score, it=0, beta=0.1, norm=None):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
+    return critic_free_step(model, tok, opt, FixedKLController(beta), PROMPTS, score, None, iteration=it, seed=0,
+                            hp=hp, norm=norm)
+
+
+def test_group_advantages_hand_values_and_where_the_kl_enters():
+    # one group of 3; completion lengths 2, 1, 3 (padding 0); per-token k1 sums 1, 0, 2
+    scores = torch.tensor([1.0, 2.0, 6.0])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    kl = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [1.0, 0.5, 0.5]])
+    # rloo, β = 1: R = (0, 2, 4); baselines (2+4)/2 = 3, (0+4)/2 = 2, (0+2)/2 = 1 → A = (−3, 0, 3)
+    adv = group_advantages("rloo", scores, kl, mask, 1.0, 3)
+    assert torch.equal(adv, torch.tensor([[-3.0, -3.0, 0.0], [0.0, 0.0, 0.0], [3.0, 3.0, 3.0]]))
+    # grpo: the KL is not in the advantage; scores (1, 2, 6): mean 3, unbiased std √7 = 2.645751
+    adv = group_advantages("grpo", scores, kl, mask, 1.0, 3)
+    want = torch.tensor([-2.0, -1.0, 3.0]) / (math.sqrt(7) + 1e-4)
+    torch.testing.assert_close(adv, want[:, None] * mask)
+    assert torch.equal(adv, group_advantages("grpo", scores, torch.zeros_like(kl), mask, 1.0, 3))
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_rollout_groups_prompts_and_advantages_balance_per_group(tiny_llama, algorithm):
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    _perturb_adapters(model)  # KL ≠ 0, so rloo's reward differs from the score
+    ro = _step(model, tok, _hp(algorithm), GoldScorer().score).rollout
+    assert ro.prompts == repeat_prompts(PROMPTS, 3) == [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
+    mask = ro.response_mask.bool()
+    per_row = ro.advantages.max(1).values  # the row's advantage sits on every generated token…
+    assert torch.all((ro.advantages == per_row[:, None]) | ~mask) and torch.all(ro.advantages[~mask] == 0)
+    kl_seq = ro.kl.sum(1)
+    assert (kl_seq.abs() > 1e-4).any()
+    if algorithm == "rloo":  # …the KL is in the reward: Σ_t rewards = score − β·Σ_t k1, and A sums to 0 per group
+        torch.testing.assert_close(ro.rewards.sum(1), ro.scores - 0.1 * kl_seq)
+        torch.testing.assert_close(per_row.view(2, 3).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+        r = ro.scores - 0.1 * kl_seq
+        torch.testing.assert_close(per_row[0], r[0] - (r[1] + r[2]) / 2)
+    else:  # …the KL is not in the reward; per group A has mean 0 and std 1
+        torch.testing.assert_close(ro.rewards.sum(1), ro.scores)
+        g = per_row.view(2, 3)
+        torch.testing.assert_close(g.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(g.std(1), torch.ones(2), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_training_moves_adapters_only_not_the_value_head_nor_the_base(tiny_llama, algorithm):
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hp, norm = _hp(algorithm, lr=5e-2), None
+    for it in range(2):
+        result = _step(model, tok, hp, GoldScorer().score, it=it, norm=norm)
+        norm = result.rollout.norm
+    now = dict(model.named_parameters())
+    assert any(not torch.equal(now[n], b) for n, b in before.items() if "lora_B" in n)
+    for n in ("value_head.weight", "value_head.bias"):  # no critic: nothing trains it
+        assert torch.equal(now[n], before[n]), n
+    base, _ = load_policy(str(tiny_llama))
+    for n, p in base.named_parameters():
+        assert torch.equal(model.lm.get_base_model().get_parameter(n), p), n
+    assert "value/loss" not in result.stats and "value/explained_var" not in result.stats
+    assert ("policy/kl_loss" in result.stats) == (algorithm == "grpo")
+
+
+def _constant(prompts, texts):
+    return [0.5] * len(texts)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_grpo_kl_in_the_loss_is_the_only_force_when_every_group_is_flat(tiny_llama, beta):
+    """A constant scorer makes every group flat: advantage 0, so the clipped term gives no gradient. With β = 0
+    nothing moves; with β > 0 the KL term alone pulls the perturbed policy back towards the reference."""
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    _perturb_adapters(model, std=0.3)
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    hp = _hp("grpo", lr=1e-2, ppo_epochs=4)
+    result = _step(model, tok, hp, _constant, beta=beta)
+    assert result.stats["rollout/flat_groups"] == 1.0
+    assert torch.all(result.rollout.advantages == 0)
+    moved = [n for n, p in model.named_parameters() if "lora_" in n and not torch.equal(p, lora[n])]
+    if beta == 0:
+        assert not moved
+    else:
+        assert moved
+        ro = result.rollout
+        with torch.no_grad():  # the same samples now have a smaller KL to the reference
+            logits, _ = model(ro.input_ids, ro.attention_mask, ro.n_response, 1.0, prefix=ro.prefix)
+            logp = L.logprobs_from_logits(logits, ro.input_ids[:, -ro.n_response:])
+        assert L.kl_loss(logp, ro.ref_logprobs, ro.response_mask) < L.kl_loss(ro.logprobs, ro.ref_logprobs, ro.response_mask)
+
+
+def test_run_rloo_writes_metrics_and_a_loadable_checkpoint(tiny_llama, tmp_path):
+    summary = run_ppo(_cfg(tmp_path / "run", tiny_llama, "rloo"))
+    assert summary["algorithm"] == "rloo" and summary["iterations"] == 2 and summary["reward_norm"]["n"] == 6
+    trained = load_file(str(tmp_path / "run" / "policy" / "trainable.safetensors"))
+    assert any("lora_" in n for n in trained)
+    m = read_metrics(tmp_path / "run" / "logs" / "metrics.csv", "ppo")
+    for name in ["objective/score", "objective/kl", "objective/reward", "policy/clipfrac", "rollout/flat_groups",
+                 "gold/score", "loss/total"]:
+        assert [s for s, _ in m[name]] == [0, 1], name
+    assert "value/loss" not in m and "policy/kl_loss" not in m
+
+
+def test_grpo_resume_is_exact(tiny_llama, tmp_path):
+    """Stopped after iteration 1 and resumed to 3 ends bit-identical to 3 iterations straight."""
+    run_ppo(_cfg(tmp_path / "a", tiny_llama, "grpo", iterations=3, save_every=3))
+    run_ppo(_cfg(tmp_path / "b", tiny_llama, "grpo", iterations=1))
+    run_ppo(_cfg(tmp_path / "b", tiny_llama, "grpo", iterations=3, resume=True))
+    a = load_file(str(tmp_path / "a" / "policy" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "b" / "policy" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    ma = read_metrics(tmp_path / "a" / "logs" / "metrics.csv", "ppo")
+    mb = read_metrics(tmp_path / "b" / "logs" / "metrics.csv", "ppo")
+    assert ma["policy/kl_loss"] == mb["policy/kl_loss"] and len(ma["policy/kl_loss"]) == 3
+
+
+def test_nan_scorer_stops_naming_iteration(tiny_llama, tmp_path, monkeypatch):
+    import rlhfkit.feedback.gold as gold
+
+    monkeypatch.setattr(gold.GoldScorer, "score", lambda self, p, c: [math.nan] * len(c))
+    with pytest.raises(PPOAlarm, match=r"iteration 0: non-finite scores"):
+        run_ppo(_cfg(tmp_path / "run", tiny_llama, "rloo", iterations=1))
+    assert not (tmp_path / "run" / "policy").exists()  # nothing half-written
+
+
+def test_config_refuses_k1_ragged_batches_and_unknown_algorithms():
+    with pytest.raises(RlhfkitError, match=r"'group_size' must be ≥ 2 for grpo"):
+        _hp("grpo", group_size=1)
+    with pytest.raises(RlhfkitError, match=r"'batch_size' must be a multiple of group_size \(4\) for rloo"):
+        _hp("rloo", group_size=4, batch_size=6)
+    with pytest.raises(RlhfkitError, match="'algorithm' must be one of ppo, rloo, grpo"):
+        _hp("dpo")
+    assert _hp("ppo", group_size=1).prompts_per_iteration == 6  # ppo ignores group_size
+    assert _hp("rloo").prompts_per_iteration == 2
+
+
+def test_cli_k1_is_a_one_line_error_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    result = CliRunner().invoke(app, ["ppo", "--run-dir", str(tmp_path / "run"), "--algorithm", "rloo", "--group-size", "1"])
+    assert result.exit_code == 2 and "group_size" in result.output and "≥ 2" in result.output
+    assert not (tmp_path / "run").exists()
