@@ -60,6 +60,10 @@ def test_generate_label_report_pairs(tiny_llama, tmp_path):
     assert pairs and all(p["chosen"] != p["rejected"] and p["source"] == "simulated" for p in pairs)
     trl = [json.loads(line) for line in (tmp_path / "trl.jsonl").read_text().splitlines()]
     assert len(trl) == len(pairs) and set(trl[0]) == {"prompt", "chosen", "rejected"}
+    r = invoke("pairs", "--run-dir", run)  # issue 19.6: pairs refuses to overwrite, as every stage does
+    assert r.exit_code == 2 and "pairs.jsonl already exists (use --force to overwrite it)" in r.output
+    r = invoke("pairs", "--run-dir", run, "--no-drop-flagged", "--force")
+    assert r.exit_code == 0, r.output
     # a finished artifact is not overwritten without --force
     r = invoke("generate", "--run-dir", run, "--model", tiny_llama, "--prompts", prompts, "--device", "cpu")
     assert r.exit_code == 2 and "already exists" in r.output

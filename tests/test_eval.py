@@ -101,7 +101,7 @@ def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     # models must then write the same texts, the KL must be 0 for every sample, every win rate ½, and the
     # reference's numbers must not move: the reference never depends on the policy's weights.
     _zero_adapters(run / "policy")
-    same = run_eval(load_config(EvalConfig, None, eval_cfg))
+    same = run_eval(load_config(EvalConfig, None, {**eval_cfg, "force": True}))
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert [s["policy"] for s in samples] == [s["reference"] for s in samples]
     assert all(s["kl"] == 0.0 for s in samples) and same["kl"]["value"] == 0.0

@@ -18,6 +18,7 @@ import typer
 from rlhfkit.config import (
     CaiLabelConfig,
     CaiReviseConfig,
+    KNOWN_SECTIONS,
     EvalConfig,
     GenerateConfig,
     LabelConfig,
@@ -26,9 +27,10 @@ from rlhfkit.config import (
     RewardConfig,
     ScoreConfig,
     SftConfig,
+    build_config,
     config_fields,
     field_types,
-    load_config,
+    gather_config,
 )
 from rlhfkit.data.errors import RlhfkitError
 
@@ -40,14 +42,18 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    """rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from rlhfkit import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"rlhfkit {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                       callback=_print_version)) -> None:
+    """rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval."""
 
 
 def _fail(message: str) -> None:
@@ -90,7 +96,9 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
             decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag]
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types[f.name]],
-                default=typer.Option(None, *decls, help=f"{f.metadata['help']} [default: {f.default}]", show_default=False),
+                # "\[": rich markup would swallow a bare "[default: X]" (the option's own default is None)
+                default=typer.Option(None, *decls, help=f"{f.metadata['help']} \\[default: {_shown(f.default)}]",
+                                     show_default=False),
             ))
 
         def command(ctx: typer.Context | None = None, **kwargs):
@@ -98,8 +106,10 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
                 return
             config_path = kwargs.pop("config")
             overrides = {k: v for k, v in kwargs.items() if v is not None}
-            cfg = run_stage(load_config, config_cls, config_path, overrides, section=section or name)
+            cfg = run_stage(resolve, config_cls, section or name, config_path, overrides)
             run_stage(fn, cfg)
+
+        KNOWN_SECTIONS.add(section or name)
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -113,6 +123,32 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
         return fn
 
     return decorator
+
+
+def _shown(default) -> str:
+    """How --help shows a default ('' shown as '', so an empty default is visible too)."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    return repr(default) if default == "" else str(default)
+
+
+def resolve(config_cls: type, section: str, config_path: Path | None, overrides: dict):
+    """A stage's config: defaults ← what the run directory remembers ← --config YAML ← options.
+
+    Printing on stderr what came from the run (``run_memory``) and each given value that differs from it.
+    """
+    import dataclasses
+
+    from rlhfkit.run_memory import flat_values, remembered
+
+    explicit = gather_config(config_cls, config_path, overrides, section=section)
+    defaults = flat_values(config_cls, dataclasses.asdict(config_cls()))
+    memory = remembered(section, config_cls, explicit.get("run_dir", defaults["run_dir"]),
+                        resume=bool(explicit.get("resume")))
+    cfg = build_config(config_cls, {**memory.values, **explicit})
+    for line in memory.notes(explicit, defaults):
+        typer.echo(line, err=True)
+    return cfg
 
 
 @stage_command("generate", GenerateConfig)

@@ -80,16 +80,12 @@ def _marker(run_dir: Path, stage: str) -> Path:
 
 def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, dict] | None = None) -> dict[str, Any]:
     """Each stage's config from the pipeline YAML (top-level run_dir/seed shared, one section per stage)."""
-    import yaml
-
-    from rlhfkit.config import field_types, load_config, nested_configs
+    from rlhfkit.config import field_types, load_config, nested_configs, read_yaml
 
     data: dict = {}
     if config_path is not None:
         path = Path(config_path)
-        if not path.exists():
-            raise RlhfkitError(f"{path}: pipeline config does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path, "pipeline config") or {}
         if not isinstance(data, dict):
             raise RlhfkitError(f"{path}: a pipeline config must be a mapping")
         unknown = sorted(set(data) - set(STAGES) - set(SHARED) - {"feedback"})
@@ -107,7 +103,8 @@ def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, d
         values = {k: v for k, v in shared.items() if k in fields}
         values.update(section)
         values.update(overrides.get(name, {}))
-        out[name] = load_config(stage.config_cls, None, values, section=name)
+        where = f"{config_path}: {name}" if config_path is not None else "command line"
+        out[name] = load_config(stage.config_cls, None, values, section=name, where=where)
     return out
 
 

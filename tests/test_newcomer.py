@@ -1,0 +1,140 @@
+"""Issue 19: the traps a newcomer hit in the CLI, one test each (exit codes and messages as a user sees them)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rlhfkit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+def write_prompts(path: Path, n: int = 6) -> Path:
+    lines = [json.dumps({"id": f"q{i}", "prompt": f"why does the dog {i} run?", "split": "eval" if i % 3 == 2 else "train"})
+             for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TINY_PPO = ("--iterations", 1, "--batch-size", 2, "--minibatch-size", 2, "--ppo-epochs", 1, "--max-new-tokens", 4,
+            "--reward-model", "gold", "--no-gold", "--sample-every", 0, "--device", "cpu", "--dtype", "float32")
+
+
+# 1 ---------------------------------------------------------------------------------------------------------------
+
+def test_ppo_resume_and_eval_use_the_runs_own_settings(tiny_llama, tmp_path):
+    run, prompts = tmp_path / "run", write_prompts(tmp_path / "mine.jsonl")
+    r = invoke("ppo", "--run-dir", run, "--model", tiny_llama, "--prompts", prompts, *TINY_PPO)
+    assert r.exit_code == 0, r.output
+    started = yaml.safe_load((run / "policy" / "config.yaml").read_text())
+
+    # --resume with nothing but one more iteration: the run's prompts, model, batch and tokens, not the defaults
+    r = invoke("ppo", "--run-dir", run, "--resume", "--iterations", 2, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert f"resuming with the settings of {run / 'policy' / 'config.yaml'}" in r.output
+    assert "note: iterations = 2 differs from this run's 1" in r.output
+    resumed = yaml.safe_load((run / "policy" / "config.yaml").read_text())
+    assert resumed == {**started, "iterations": 2, "resume": True}
+    assert yaml.safe_load((run / "config.yaml").read_text())["ppo"]["prompts"] == str(prompts)
+
+    # eval without --prompts evaluates the run's prompts, sampled as PPO sampled; it says where they came from
+    r = invoke("eval", "--run-dir", run, "--reward-model", "gold", "--no-gold", "--no-report", "--batch-size", 2,
+               "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert f"from {run / 'config.yaml'} [ppo]: prompts='{prompts}', max_new_tokens=4" in r.output
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["config"]["prompts"] == str(prompts) and result["n_prompts"] == 2  # q2, q5: the eval split
+    assert result["sampling"]["max_new_tokens"] == 4 and result["sampling_differs_from_ppo"] == {}
+
+    # 6: a second eval refuses to overwrite; a value that differs from the run's is named before that
+    r = invoke("eval", "--run-dir", run, "--reward-model", "gold", "--max-new-tokens", 6)
+    assert r.exit_code == 2
+    assert "note: max_new_tokens = 6 differs from this run's 4" in r.output
+    assert "eval.json already exists (use --force to overwrite it)" in r.output
+
+
+def test_a_new_run_has_nothing_to_inherit(tmp_path):
+    from rlhfkit.cli import resolve
+    from rlhfkit.config import PPOConfig
+
+    cfg = resolve(PPOConfig, "ppo", None, {"run_dir": str(tmp_path / "new")})
+    assert cfg.prompts == "default" and cfg.model == "smollm2"
+
+
+# 5, 6 ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage, option, value, message", [
+    ("ppo", "--max-new-tokens", 0, "config field 'max_new_tokens' must be ≥ 1"),
+    ("ppo", "--ppo-epochs", 0, "config field 'ppo_epochs' must be ≥ 1"),
+    ("ppo", "--gamma", 1.5, "config field 'gamma' must be in [0, 1]"),
+    ("eval", "--max-new-tokens", -5, "config field 'max_new_tokens' must be ≥ 1"),
+    ("eval", "--temperature", -1, "config field 'temperature' must be ≥ 0"),
+    ("generate", "--top-p", 0, "config field 'top_p' must be in (0, 1]"),
+])
+def test_bad_options_are_refused_before_anything_loads_or_is_made(tiny_llama, tmp_path, stage, option, value, message):
+    run = tmp_path / "run"
+    model = ("--model", tiny_llama) if stage != "eval" else ()
+    reward = ("--reward-model", "gold") if stage != "generate" else ()
+    r = invoke(stage, "--run-dir", run, *model, *reward, option, value, "--device", "cpu")
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+    assert not run.exists()
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("run_dir: runs/x\ngenerate:\n  k: [4\n")
+    for args in (("pipeline", bad), ("generate", "--config", bad)):
+        r = invoke(*args)
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and re.match(rf"error: {re.escape(str(bad))}:\d+: not valid YAML", lines[0]), lines
+
+
+# 2, 11 -----------------------------------------------------------------------------------------------------------
+
+def test_help_shows_every_default():
+    r = invoke("ppo", "--help", env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    for text in ["[default: runs/demo]", "[default: 12]", "[default: smollm2]", "[default: 0.7]", "[default: true]",
+                 "[default: '']"]:
+        assert text in r.output, text
+
+
+def test_version():
+    from rlhfkit import __version__
+
+    r = invoke("--version")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == f"rlhfkit {__version__}"
+
+
+# 12 --------------------------------------------------------------------------------------------------------------
+
+def test_yaml_mistakes_name_the_file_and_field(tmp_path):
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("run_dir: runs/x\nppo:\n  iterations: many\n")
+    r = invoke("pipeline", pipe)
+    assert r.exit_code == 2
+    assert f"error: {pipe}: ppo: field 'iterations' must be int, got 'many'" in r.output
+    pipe.write_text("run_dir: runs/x\nppo:\n  iteratoins: 3\n")
+    r = invoke("pipeline", pipe)
+    assert r.exit_code == 2
+    assert f"{pipe}: ppo: unknown field 'iteratoins' for ppo; did you mean 'iterations'?" in r.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generat:\n  k: 2\n")
+    r = invoke("generate", "--config", cfg, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 2
+    assert f"{cfg}: unknown section 'generat'; did you mean 'generate'?" in r.output
+    assert not (tmp_path / "run").exists()
