@@ -138,3 +138,25 @@ def test_yaml_mistakes_name_the_file_and_field(tmp_path):
     assert r.exit_code == 2
     assert f"{cfg}: unknown section 'generat'; did you mean 'generate'?" in r.output
     assert not (tmp_path / "run").exists()
+
+
+# 9 ---------------------------------------------------------------------------------------------------------------
+
+def test_score_refuses_a_cut_json_line():
+    from rlhfkit.data.errors import RlhfkitError
+    from rlhfkit.train.reward_stage import read_score_input
+
+    lines = ['{"prompt": "p", "completion": "fine"}\n', '{"prompt": "p", "completion": "cut off he\n']
+    with pytest.raises(RlhfkitError, match=r"^in.jsonl:2: not valid JSON \(Unterminated string"):
+        read_score_input(iter(lines), "in.jsonl")
+
+
+# 10 --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [("label", "invite", "ann"), ("label", "serve", "--host", "256.0.0.1")]  # unbindable: no hang if broken)
+def test_a_mistyped_run_dir_makes_no_store(tmp_path, command):
+    typo = tmp_path / "runs" / "dmeo"
+    r = invoke(*command, "--run-dir", typo)
+    assert r.exit_code == 2, r.output
+    assert f"{typo / 'feedback.db'}: no feedback store (check --run-dir/--store" in r.output
+    assert not typo.exists()

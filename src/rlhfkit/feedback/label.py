@@ -20,7 +20,8 @@ def open_store(run_dir: str, store: str, *, must_exist: bool = False):
 
     where = store_location(run_dir, store)
     if must_exist and "://" not in where and not Path(where).exists():
-        raise RlhfkitError(f"{where}: no feedback store (run `rlhfkit label` first)")
+        raise RlhfkitError(f"{where}: no feedback store (check --run-dir/--store; `rlhfkit label` makes one from "
+                           "RUN_DIR/completions.jsonl)")
     return FeedbackStore(where)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,8 @@ def read_score_input(lines: Iterator[str], name: str = "<stdin>") -> list[tuple[
     """(record to echo, prompt, completion) per non-blank line.
 
     A line that is a JSON object needs 'completion' or 'text' (completions.jsonl works as is) and
-    may have 'prompt'; any other line is a completion without a prompt (the record {"text": line}).
+    may have 'prompt'; a line starting with '{' must be one. Any other line is a completion without a
+    prompt (the record {"text": line}).
     """
     from rlhfkit.data.errors import RecordError
 
@@ -52,8 +52,12 @@ def read_score_input(lines: Iterator[str], name: str = "<stdin>") -> list[tuple[
             continue
         obj = None
         if text.lstrip().startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError):
+            # a line that opens like JSON and does not parse is a broken record (a cut line), not a text to score
+            try:
                 obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"not valid JSON ({exc.msg} at column {exc.colno}); a line starting with '{{' must "
+                                  "be a JSON object", path=name, line=n) from None
         if isinstance(obj, dict):
             completion = obj.get("completion", obj.get("text"))
             prompt = obj.get("prompt", "")
