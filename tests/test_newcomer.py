@@ -153,7 +153,8 @@ def test_score_refuses_a_cut_json_line():
 
 # 10 --------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [("label", "invite", "ann"), ("label", "serve", "--host", "256.0.0.1")]  # unbindable: no hang if broken)
+# the host cannot be bound: were the store check broken, serve fails instead of serving forever
+@pytest.mark.parametrize("command", [("label", "invite", "ann"), ("label", "serve", "--host", "256.0.0.1")])
 def test_a_mistyped_run_dir_makes_no_store(tmp_path, command):
     typo = tmp_path / "runs" / "dmeo"
     r = invoke(*command, "--run-dir", typo)
