@@ -585,3 +585,28 @@ def test_a_step_scores_each_distinct_text_once_with_the_pairwise_loss_and_gradie
     assert g_shared.keys() == g_pair.keys()
     for n in g_pair:
         torch.testing.assert_close(g_shared[n], g_pair[n], atol=1e-6, rtol=1e-5)
+
+
+def test_rows_left_out_of_an_import_are_named_and_recorded(tiny_bert, tmp_path):
+    # issue 19.8: a TRL file with one chosen == rejected row and one malformed row: said, with file:line, and in eval.json
+    from rlhfkit.data.io import write_jsonl
+
+    trl = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in toy_pairs(n_prompts=4, per_prompt=2)]
+    rows.insert(2, {"prompt": "q", "chosen": "same", "rejected": "same"})
+    rows.insert(5, {"prompt": "q", "chosen": "only chosen"})
+    write_jsonl(trl, rows)
+    cfg = RewardConfig(run_dir=str(tmp_path / "run"), pairs=f"trl:{trl}", backbone=str(tiny_bert), epochs=1, batch_size=4,
+                       max_length=32, device="cpu", eval_fraction=0.25)
+    summary = R.run_train_rm(cfg, progress=False)
+    expected = [f"{trl}:3: fields 'chosen' and 'rejected' are the same text", f"{trl}:6:"]
+    assert summary["skipped_rows"] == 2 and summary["skipped"][0] == expected[0]
+    assert summary["skipped"][1].startswith(expected[1])
+    recorded = json.loads((tmp_path / "run" / "reward_model" / "eval.json").read_text())
+    assert recorded["skipped_rows"] == {"count": 2, "rows": 10, "why": summary["skipped"]}
+    assert recorded["pairs"]["given"] == 8
+
+    # a file of only bad rows: the error says why, not just "got 0 pairs"
+    write_jsonl(trl, rows[2:3] + rows[5:6])
+    with pytest.raises(RlhfkitError, match=rf"got 0; 2 of 2 rows of trl:{trl} were left out, first: {trl}:1: fields"):
+        R.run_train_rm(RewardConfig(run_dir=str(tmp_path / "run2"), pairs=f"trl:{trl}", device="cpu"), progress=False)

@@ -253,6 +253,10 @@ def train_rm(cfg: RewardConfig) -> None:
 
     s = train_rm_with_gold(cfg)
     typer.echo(describe("train_rm", s))
+    for reason in s["skipped"][:5]:
+        typer.echo(f"  left out {reason}", err=True)
+    if len(s["skipped"]) > 5:
+        typer.echo(f"  … and {len(s['skipped']) - 5} more (every one in reward_model/eval.json)", err=True)
 
 
 @stage_command("score", ScoreConfig)

@@ -195,7 +195,10 @@ def describe(name: str, s: dict) -> str:
         acc = (s.get("heldout") or {}).get("accuracy", s.get("accuracy"))
         gold = s.get("gold_accuracy")
         extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
-        return f"held-out accuracy {acc:.1%}{extra} → {s.get('path', 'reward_model/')}" if isinstance(acc, float) else str(s)
+        left = (f"; {s['skipped_rows']} bad rows of {s['pairs_spec']} left out (listed in eval.json)"
+                if s.get("skipped_rows") else "")
+        return (f"held-out accuracy {acc:.1%}{extra} → {s.get('path', 'reward_model/')}{left}" if isinstance(acc, float)
+                else str(s))
     if name == "ppo":
         gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
         return f"{s['iterations']} iterations ({s['stop_reason']}); score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}"

@@ -30,10 +30,22 @@ def run_train_rm(cfg, *, gold_scorer: Callable[[list[str], list[str]], list[floa
     skipped: list[RecordError] = []
     # Public HH/TRL files hold a few malformed rows: skip and count them. Our own pairs are read strictly.
     pairs = load_pairs(spec, skipped=skipped)
-    report = train_reward_model(pairs, cfg, out_dir=out, run_dir=run_dir, checkpoint_path=ckpt, gold_scorer=gold_scorer,
-                                progress=progress)
+    reasons = [str(e) for e in skipped]  # "FILE:LINE: why", one per row left out
+    try:
+        report = train_reward_model(pairs, cfg, out_dir=out, run_dir=run_dir, checkpoint_path=ckpt,
+                                    gold_scorer=gold_scorer, progress=progress)
+    except RlhfkitError as exc:
+        if not skipped:
+            raise
+        raise RlhfkitError(f"{exc}; {len(skipped)} of {len(skipped) + len(pairs)} rows of {spec} were left out, "
+                           f"first: {reasons[0]}") from None
+    if skipped:  # recorded beside the metrics, so a reader of eval.json knows what the model was trained on
+        from rlhfkit.data.io import atomic_write_json
+
+        report["skipped_rows"] = {"count": len(skipped), "rows": len(skipped) + len(pairs), "why": reasons}
+        atomic_write_json(out / "eval.json", report)
     save_resolved(run_dir, "train_rm", cfg)
-    return {**report, "path": str(out), "pairs_spec": spec, "skipped_rows": len(skipped)}
+    return {**report, "path": str(out), "pairs_spec": spec, "skipped_rows": len(skipped), "skipped": reasons}
 
 
 def read_score_input(lines: Iterator[str], name: str = "<stdin>") -> list[tuple[dict, str, str]]:
