@@ -459,7 +459,7 @@ def test_loop_with_ai_feedback_end_to_end(tmp_path, tiny_llama):
         run_dir=str(run), model=str(tiny_llama), reward_model=str(rm_run / "reward_model"), prompts=str(prompts), iterations=1,
         batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, sample_every=0, device="cpu", gold=False)))
     assert summary["iterations"] == 1 and math.isfinite(summary["score_last"])
-    assert (run / "policy" / "adapter").exists()
+    assert (run / "policy" / "adapter_config.json").exists()
 
 
 def test_cli_revise_then_sft_then_generate_from_the_merged_model(tmp_path, tiny_llama):
