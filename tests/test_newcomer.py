@@ -161,3 +161,32 @@ def test_a_mistyped_run_dir_makes_no_store(tmp_path, command):
     assert r.exit_code == 2, r.output
     assert f"{typo / 'feedback.db'}: no feedback store (check --run-dir/--store" in r.output
     assert not typo.exists()
+
+
+# 15 --------------------------------------------------------------------------------------------------------------
+
+def test_a_hub_id_while_offline_says_how_to_go_online(monkeypatch):
+    from rlhfkit.data.errors import RlhfkitError
+    from rlhfkit.models.load import resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RlhfkitError, match=r"^gpt2: not a local folder, and the model hub is off .* HF_HUB_OFFLINE=0"):
+        resolve("gpt2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert resolve("gpt2") == "gpt2"  # a hub id, left to transformers
+    with pytest.raises(RlhfkitError, match="model folder does not exist"):
+        resolve("./no/such/folder")
+
+
+# TRL's option names -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alias, value, message", [
+    ("--learning-rate", 0, "config field 'lr' must be > 0"),
+    ("--cliprange", 0, "config field 'clip_eps' must be > 0"),
+    ("--response-length", 0, "config field 'max_new_tokens' must be ≥ 1"),
+])
+def test_trl_option_names_are_aliases(tmp_path, alias, value, message):
+    r = invoke("ppo", "--output-dir", tmp_path / "run", alias, value)
+    assert r.exit_code == 2 and f"error: {message}" in r.output, r.output
+    r = invoke("train-rm", "--num-train-epochs", 0, "--output-dir", tmp_path / "run")
+    assert r.exit_code == 2 and "config field 'epochs' must be ≥ 1" in r.output, r.output

@@ -63,7 +63,9 @@ def _fail(message: str) -> None:
 
 def run_stage(fn: Callable, *args, **kwargs):
     """Call a stage; a user-fixable error becomes one line on stderr and exit code 2."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub unless the user asks for one
+    # No model hub unless the user asks (HF_HUB_OFFLINE=0): without a network a hub lookup stalls; a hub id
+    # given while offline is refused with that advice (models.load.resolve).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return fn(*args, **kwargs)
     except RlhfkitError as exc:
@@ -71,6 +73,11 @@ def run_stage(fn: Callable, *args, **kwargs):
     except KeyboardInterrupt:
         typer.echo("interrupted: finished artifacts are kept; re-run to continue", err=True)
         raise typer.Exit(code=130)
+
+
+TRL_NAMES = {"lr": ("--learning-rate",), "epochs": ("--num-train-epochs",), "run_dir": ("--output-dir",),
+             "max_new_tokens": ("--response-length",), "clip_eps": ("--cliprange",)}
+"""TRL's names for our options, accepted as aliases (a TRL user's muscle memory works; --help lists both)."""
 
 
 def stage_command(name: str, config_cls: type, section: str | None = None, group: typer.Typer | None = None,
@@ -93,7 +100,7 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
         ]
         for f in config_fields(config_cls):
             flag = "--" + f.name.replace("_", "-")
-            decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag]
+            decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag, *TRL_NAMES.get(f.name, ())]
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types[f.name]],
                 # "\[": rich markup would swallow a bare "[default: X]" (the option's own default is None)
@@ -265,7 +272,7 @@ def score(cfg: ScoreConfig) -> None:
     from rlhfkit.train.reward_stage import run_score
 
     s = run_score(cfg)
-    typer.echo(f"scored {s['scored']} texts with {s['model']}", err=True)
+    typer.echo(f"scored {s['scored']} text{'s' if s['scored'] != 1 else ''} with {s['model']}", err=True)
 
 
 @stage_command("ppo", PPOConfig)

@@ -101,8 +101,11 @@ def resolve(name_or_path: str) -> str:
             raise RlhfkitError(f"{path}: not a model folder (no config.json)")
         return str(path)
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in name_or_path:
+    if looks_like_path:
         raise RlhfkitError(f"{name_or_path}: model folder does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":  # rlhfkit's default: say how to reach the hub, not "no folder"
+        raise RlhfkitError(f"{name_or_path}: not a local folder, and the model hub is off (HF_HUB_OFFLINE=1, rlhfkit's "
+                           f"default); run with HF_HUB_OFFLINE=0 to download {name_or_path} from the hub")
     return name_or_path  # a hub id, for users who have a hub
 
 
