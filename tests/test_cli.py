@@ -42,8 +42,10 @@ def test_generate_label_report_pairs(tiny_llama, tmp_path):
     run = tmp_path / "run"
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     r = invoke("generate", "--run-dir", run, "--model", tiny_llama, "--prompts", prompts, "--k", 4,
-               "--max-new-tokens", 8, "--temperature", 1.0, "--device", "cpu")
+               "--max-new-tokens", 8, "--temperature", 1.0, "--device", "cpu", "--num-prompts", 8)
     assert r.exit_code == 0, r.output
+    # issue 19.16: more prompts asked for than the split holds is said, not silent
+    assert f"note: --num-prompts 8, but split 'train' of {prompts} holds only 4 prompts: all 4 used" in r.output
     completions = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
     assert len(completions) == 4 * 4  # 4 train prompts × K
     assert "generate" in (run / "config.yaml").read_text()

@@ -164,6 +164,9 @@ def generate(cfg: GenerateConfig) -> None:
     from rlhfkit.generate import run_generate
 
     s = run_generate(cfg)
+    if cfg.num_prompts > s["prompts"]:
+        typer.echo(f"note: --num-prompts {cfg.num_prompts}, but split '{cfg.split}' of {cfg.prompts} holds only "
+                   f"{s['prompts']} prompts: all {s['prompts']} used", err=True)
     typer.echo(
         f"generated {s['completions']} completions for {s['prompts']} prompts "
         f"({s['ended']} ended with EOS) in {s['seconds']:.1f} s, {s['tokens_per_s']:.0f} new tokens/s → {s['path']}"
