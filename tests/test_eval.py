@@ -122,3 +122,14 @@ def test_eval_errors(tiny_llama, tmp_path):
         run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), prompts=str(prompts))))
     with pytest.raises(RlhfkitError, match="no prompts with split 'eval'"):
         run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), prompts=str(prompts), reward_model="gold")))
+
+
+def test_wilson_interval_by_hand_and_small_samples_said():
+    # issue 19.14. 2 of 2: centre (1 + z²/4)/(1 + z²/2) = 1.9604/2.9208 = 0.67119, half z·√(z²/16)/2.9208 = 0.32881
+    lo, hi = M.wilson_interval(1.0, 2)
+    assert lo == pytest.approx(0.34238, abs=1e-5) and hi == 1.0
+    lo, hi = M.wilson_interval(0.5, 100)  # ≈ 0.5 ± 1.96·0.05 for large n: [0.4038, 0.5962]
+    assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)
+    assert M.proportion_text(1.0, 2, "held-out pairs") == (
+        "100.0% of 2 held-out pairs (95% interval 34%–100%; under 50 held-out pairs: a rough figure)")
+    assert "rough" not in M.proportion_text(0.5, 100, "pairs")

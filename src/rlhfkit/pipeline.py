@@ -192,13 +192,15 @@ def describe(name: str, s: dict) -> str:
         flagged = f" (flagged and dropped: {', '.join(s['flagged'])})" if s["flagged"] else ""
         return f"{s['pairs']} pairs from {s['rankings']} rankings{flagged} → {s['path']}"
     if name == "train_rm":
+        from rlhfkit.eval.metrics import proportion_text
+
         acc = (s.get("heldout") or {}).get("accuracy", s.get("accuracy"))
-        gold = s.get("gold_accuracy")
-        extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
-        left = (f"; {s['skipped_rows']} bad rows of {s['pairs_spec']} left out (listed in eval.json)"
-                if s.get("skipped_rows") else "")
-        return (f"held-out accuracy {acc:.1%}{extra} → {s.get('path', 'reward_model/')}{left}" if isinstance(acc, float)
-                else str(s))
+        n = (s.get("pairs") or {}).get("heldout") if isinstance(s.get("pairs"), dict) else None
+        if not isinstance(acc, float):
+            return str(s)
+        # the count and interval: "100%" from 2 held-out pairs must not read like a result
+        shown = proportion_text(acc, n, "held-out pairs") if isinstance(n, int) else f"{acc:.1%}"
+        return f"held-out accuracy {shown}{_gold_and_left(s)} → {s.get('path', 'reward_model/')}"
     if name == "ppo":
         gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
         return f"{s['iterations']} iterations ({s['stop_reason']}); score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}"
@@ -211,6 +213,14 @@ def describe(name: str, s: dict) -> str:
         parts.append(f"KL {s['kl']['value']:.2f}")
         return ", ".join(parts) + (f"; report → {s['report']}" if "report" in s else "")
     return ""
+
+
+def _gold_and_left(s: dict) -> str:
+    gold = s.get("gold_accuracy")
+    extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
+    if s.get("skipped_rows"):
+        extra += f"; {s['skipped_rows']} bad rows of {s['pairs_spec']} left out (listed in eval.json)"
+    return extra
 
 
 def seed_from(source: Path, target: Path, configs: dict[str, Any], upto: str) -> list[str]:
