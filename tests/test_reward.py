@@ -494,6 +494,23 @@ def test_train_rm_and_score_stages(tiny_bert, tmp_path):
     rm = RewardModel.load(run / "reward_model", device="cpu", dtype="auto")  # as the score stage loads it
     assert [r["reward"] for r in rows[:2]] == pytest.approx(rm.score(["question 1 cat"] * 2, ["dog good", "dog bad"]))
 
+    # issue 19.7: the folder's README shows how plain transformers gets the same rewards (mean pooling here);
+    # its code is run as printed, and plain .logits ([CLS]) is shown to differ, so the README is needed
+    import re
+
+    from transformers import AutoModelForSequenceClassification
+
+    card = (run / "reward_model" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    space: dict = {}
+    exec(compile(code, "README.md", "exec"), space)  # noqa: S102 (our own card, the test of it)
+    assert rm.pooling == "mean"
+    assert [space["reward"](r["prompt"], r["completion"]) for r in rows[:2]] == pytest.approx([r["reward"] for r in rows[:2]],
+                                                                                             abs=1e-5)
+    enc = space["tok"]("question 1 cat", "dog good", return_tensors="pt")
+    plain = AutoModelForSequenceClassification.from_pretrained(run / "reward_model").eval()(**enc).logits.item()
+    assert abs((plain - rm.mean) / rm.std - rows[0]["reward"]) > 1e-3
+
 
 def test_unfinished_checkpoint_needs_resume_or_force(tmp_path):
     run = tmp_path / "run"
