@@ -114,6 +114,7 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     configs = resolve_stage_configs(config_path, overrides)
     run_dir = Path(configs["generate"].run_dir)
     registry = stages(configs.pop("_feedback"))
+    _refuse_stale_rankings(registry, configs, run_dir, force)
     summaries: dict[str, Any] = {}
     rerun = force  # once a stage runs, every stage after it must run too: its inputs changed
     t_all = time.perf_counter()
@@ -144,6 +145,22 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     summaries["seconds"] = time.perf_counter() - t_all
     summaries["stages"] = timings
     return summaries
+
+
+def _refuse_stale_rankings(registry: dict, configs: dict, run_dir: Path, force: bool) -> None:
+    """Before anything runs: a change upstream of label would make feedback.db's rankings rank completions
+    that no longer exist. Say so now, naming the stage — not after regenerating, with a misleading error."""
+    db = run_dir / "feedback.db"
+    if force or not db.exists() or not _marker(run_dir, "label").exists():
+        return
+    for name in STAGES[: STAGES.index("label")]:
+        marker, stage = _marker(run_dir, name), registry[name]
+        if not (marker.exists() and marker.read_text().strip() == config_hash(configs[name])
+                and stage.done_when(run_dir)):
+            raise RlhfkitError(
+                f"the {name} config changed since {db} was labeled: its rankings are of the old completions, and "
+                f"re-running {name} would strand them. Use a new run_dir (the old run stays as it is), or "
+                "`rlhfkit pipeline --force` to start this run over (its rankings are deleted)")
 
 
 RUN_FILE = "run.json"
