@@ -190,3 +190,20 @@ def test_trl_option_names_are_aliases(tmp_path, alias, value, message):
     assert r.exit_code == 2 and f"error: {message}" in r.output, r.output
     r = invoke("train-rm", "--num-train-epochs", 0, "--output-dir", tmp_path / "run")
     assert r.exit_code == 2 and "config field 'epochs' must be ≥ 1" in r.output, r.output
+
+
+# 14 --------------------------------------------------------------------------------------------------------------
+
+def test_label_report_fits_80_columns_and_warns_on_few_rankings(capsys, monkeypatch):
+    from rlhfkit.feedback.report import print_feedback_report
+
+    monkeypatch.setenv("COLUMNS", "80")
+    row = {"labeler": "sim-01", "n_rankings": 4, "consensus_agreement": 0.75, "position_bias": 0.1, "f_rate": 0.0,
+           "tie_rate": 0.0, "gold_accuracy": 0.5, "score": 0.61, "flagged": False, "reasons": []}
+    report = {"n_rankings": 8, "n_tasks": 4, "n_labelers": 2, "n_overlap_tasks": 4, "pairwise_agreement": 0.7,
+              "pairwise_table": [], "kendall_tau_b_mean": 0.4, "krippendorff_alpha_ordinal": 0.3,
+              "labelers": [row, {**row, "labeler": "sim-02", "n_rankings": 5}]}
+    print_feedback_report(report)
+    out = capsys.readouterr().out
+    assert "…" not in out and "labeler " in out and "sim-01" in out and "consensus" in out
+    assert "fewer than 20 rankings per labeler (fewest: 4) are rough" in " ".join(out.split())
