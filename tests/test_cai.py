@@ -479,6 +479,7 @@ def test_cli_revise_then_sft_then_generate_from_the_merged_model(tmp_path, tiny_
                             "--no-drop-failed", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert f"--model {run / 'sft' / 'merged'}" in r.output.replace("\n", "")
+    assert "Writing model shards" not in r.output  # issue 19.16: no stray progress bar from transformers
     r = runner.invoke(app, ["generate", "--run-dir", str(run), "--model", str(run / "sft" / "merged"), "--prompts",
                             str(prompts), "--k", "2", "--max-new-tokens", "4", "--device", "cpu"])
     assert r.exit_code == 0, r.output
