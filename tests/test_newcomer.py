@@ -207,3 +207,17 @@ def test_label_report_fits_80_columns_and_warns_on_few_rankings(capsys, monkeypa
     out = capsys.readouterr().out
     assert "…" not in out and "labeler " in out and "sim-01" in out and "consensus" in out
     assert "fewer than 20 rankings per labeler (fewest: 4) are rough" in " ".join(out.split())
+
+
+# 4 ---------------------------------------------------------------------------------------------------------------
+
+def test_generate_force_says_what_it_invalidates(tiny_llama, tmp_path):
+    run = tmp_path / "run"
+    (run / "reward_model").mkdir(parents=True)
+    (run / "feedback.db").write_text("")
+    args = ("generate", "--run-dir", run, "--model", tiny_llama, "--prompts", write_prompts(tmp_path / "p.jsonl"),
+            "--k", 2, "--max-new-tokens", 2, "--device", "cpu")
+    r = invoke(*args, "--force")
+    assert r.exit_code == 0, r.output
+    assert (f"note: completions.jsonl replaced; feedback.db, reward_model in {run} were made from the old completions"
+            in " ".join(r.output.split()))

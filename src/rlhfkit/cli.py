@@ -164,6 +164,11 @@ def generate(cfg: GenerateConfig) -> None:
     from rlhfkit.generate import run_generate
 
     s = run_generate(cfg)
+    stale = [name for name in ("feedback.db", "pairs.jsonl", "reward_model", "policy", "eval")
+             if (Path(cfg.run_dir) / name).exists()]
+    if cfg.force and stale:
+        typer.echo(f"note: completions.jsonl replaced; {', '.join(stale)} in {cfg.run_dir} were made from the old "
+                   "completions: re-run those stages with --force, or start a new --run-dir", err=True)
     if cfg.num_prompts > s["prompts"]:
         typer.echo(f"note: --num-prompts {cfg.num_prompts}, but split '{cfg.split}' of {cfg.prompts} holds only "
                    f"{s['prompts']} prompts: all {s['prompts']} used", err=True)
