@@ -123,3 +123,17 @@ def fresh_store_url(request, store_url, tmp_path) -> Iterator[str]:
             yield url
     else:
         yield str(tmp_path / "fresh" / "feedback.db")
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> None:
+    """The PAL sandbox works on this kernel (Landlock, namespaces); where it cannot, its tests are skipped,
+    except in CI, where that is a failure. The sandbox itself never runs code with weaker isolation."""
+    from rlhfkit.apps.sandbox import SandboxUnavailable, run_python
+
+    try:
+        run_python("pass")
+    except SandboxUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=true but {e}")
+        pytest.skip(str(e))

@@ -253,3 +253,17 @@ def test_decoded_text_never_holds_a_nul(tiny_llama):
     ids = torch.tensor([tok.encode("the", add_special_tokens=False) + nul + tok.encode(" cat", add_special_tokens=False)])
     (text,) = decode_responses(tok, ids, torch.tensor([ids.shape[1]]))
     assert "\x00" not in text and "\ufffd" in text and text.endswith("cat")
+
+
+def test_written_replies_join_the_samples_of_their_prompt():
+    from rlhfkit.generate import written_completions
+
+    ps = [Prompt(id="a", prompt="Insult me.", references=("No.", "I'd rather not."), harmful=("You idiot.",)),
+          Prompt(id="b", prompt="Hi", references=("Hello!",)), Prompt(id="c", prompt="Bye")]
+    got = written_completions(ps, seed=0)
+    assert [(c.prompt_id, c.completion_id, c.model) for c in got] == [
+        ("a", "a-reference", "written:reference"), ("a", "a-harmful", "written:harmful"), ("b", "b-reference", "written:reference")]
+    assert got[0].text in ps[0].references and got[1].text == "You idiot." and got[2].text == "Hello!"
+    picks = {written_completions(ps, seed=s)[0].text for s in range(20)}
+    assert picks == set(ps[0].references)  # the seed picks among the references
+    assert [c.text for c in written_completions(ps, seed=3)] == [c.text for c in written_completions(ps, seed=3)]

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import typer
 
 from rlhfkit.config import (
+    AskConfig,
     CaiLabelConfig,
     CaiReviseConfig,
     KNOWN_SECTIONS,
@@ -24,8 +25,10 @@ from rlhfkit.config import (
     LabelConfig,
     PairsConfig,
     PPOConfig,
+    RagIndexConfig,
     RewardConfig,
     ScoreConfig,
+    ServeConfig,
     SftConfig,
     build_config,
     config_fields,
@@ -389,6 +392,31 @@ def sft(cfg: SftConfig) -> None:
         f"sft on {s['examples']} examples ({s['dropped_failed']} failed the guideline, left out): "
         f"reply loss {s['loss_before']:.3f} → {s['loss_after']:.3f} in {s['seconds']:.0f} s → {s['path']}{merged}"
     )
+
+
+@stage_command("serve", ServeConfig)
+def serve(cfg: ServeConfig) -> None:
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) over a run's aligned policy or a model."""
+    from rlhfkit.serve.app import run_serve
+
+    run_serve(cfg)
+
+
+@stage_command("rag-index", RagIndexConfig)
+def rag_index(cfg: RagIndexConfig) -> None:
+    """Index a folder of text/Markdown files for `rlhfkit ask --method rag|react` (MiniLM + faiss)."""
+    from rlhfkit.apps.ask import run_rag_index
+
+    s = run_rag_index(cfg)
+    typer.echo(f"indexed {s['files']} files as {s['chunks']} chunks → {s['index']}")
+
+
+@stage_command("ask", AskConfig)
+def ask(cfg: AskConfig) -> None:
+    """Ask one question through an app: plain, chain-of-thought, PAL (sandboxed Python), RAG, or ReAct."""
+    from rlhfkit.apps.ask import run_ask
+
+    typer.echo(run_ask(cfg))
 
 
 def main() -> None:

@@ -271,6 +271,8 @@ class GenerateConfig:
     split: str = opt("train", "Which prompts to complete: train, eval or all.")
     num_prompts: int = opt(0, "Use only the first N prompts of the split (0 = all).")
     k: int = opt(4, "Completions sampled per prompt.")
+    written: bool = opt(False, "Also put the prompt file's written replies up for ranking: one reference reply and, "
+                               "where it has them, one harmful reply per prompt (the contrast samples rarely show).")
     sampling: SamplingConfig = sampling_opt()
     batch_size: int = opt(16, "Completions generated together (rows of one batch share the KV cache step).")
     seed: int = opt(0, "Random seed: the same seed gives the same completions.")
@@ -570,4 +572,71 @@ class CaiLabelConfig:
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.max_reply_tokens >= 1, "max_reply_tokens", "must be ≥ 1")
         _check(self.tie_eps >= 0, "tie_eps", "must be ≥ 0")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class ServeConfig:
+    """An OpenAI-compatible HTTP API over an aligned policy or any causal LM."""
+
+    model: str = opt("runs/demo", "What to serve: a run directory or its policy/ folder (the LoRA merged in, sampled "
+                                  "as it was aligned), or a model folder, hub id or 'smollm2'.")
+    name: str = opt("", "Model id clients ask for ('' = the run directory's or the model folder's name).")
+    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0 = every interface: set an API key first).")
+    port: int = opt(8000, "Port to listen on.")
+    api_key: str = opt("", "Key clients must send as 'Authorization: Bearer KEY' ('' = RLHFKIT_SERVE_API_KEY, else "
+                           "none). A key given here shows in process lists: prefer the environment variable.")
+    max_batch: int = opt(8, "Most requests generated together in one batch.")
+    max_tokens: int = opt(256, "New tokens of a chat reply whose request does not say (within the context window).")
+    seed: int = opt(0, "Random seed at start (a request's own 'seed' makes that request reproducible).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
+
+    def validate(self) -> None:
+        _check(self.max_batch >= 1, "max_batch", "must be ≥ 1")
+        _check(self.max_tokens >= 1, "max_tokens", "must be ≥ 1")
+        _check(0 < self.port < 65536, "port", "must be in 1..65535")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class RagIndexConfig:
+    """Index a folder of text/Markdown files for RAG (MiniLM embeddings, a faiss index)."""
+
+    docs: str = opt("docs", "Folder of .txt/.md files (searched recursively).")
+    index: str = opt("rag-index", "Folder to write the index to (index.faiss, chunks.jsonl); replaced atomically.")
+
+    def validate(self) -> None:
+        _check(bool(self.docs), "docs", "must name a folder")
+        _check(bool(self.index), "index", "must name a folder")
+
+
+ASK_METHODS = ("plain", "cot", "pal", "rag", "react")
+
+
+@dataclass
+class AskConfig:
+    """Ask the model one question through an app: plain, chain-of-thought, PAL, RAG or ReAct."""
+
+    question: str = opt("", "The question.")
+    method: str = opt("plain", f"How to answer: {', '.join(ASK_METHODS)}. pal and react run the model's Python in "
+                               "a sandbox; rag and react search --index.")
+    model: str = opt("runs/demo", "A run directory (its aligned policy), a model folder, or 'smollm2'.")
+    base_url: str = opt("", "Instead of --model: an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1 from "
+                            "`rlhfkit serve`); the key comes from RLHFKIT_SERVE_API_KEY.")
+    served_name: str = opt("", "With --base-url: the model id to ask for ('' = the server's first).")
+    index: str = opt("rag-index", "RAG index folder (`rlhfkit rag-index`), for rag and react.")
+    k: int = opt(4, "Documents retrieved for rag (as many as fit the context window are shown).")
+    max_steps: int = opt(6, "Most ReAct steps.")
+    max_tokens: int = opt(256, "Most new tokens per reply.")
+    seed: int = opt(0, "Random seed (replies are greedy).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
+
+    def validate(self) -> None:
+        _check(bool(self.question.strip()), "question", "must not be empty")
+        _check(self.method in ASK_METHODS, "method", f"must be one of {', '.join(ASK_METHODS)}")
+        _check(self.k >= 1, "k", "must be ≥ 1")
+        _check(self.max_steps >= 1, "max_steps", "must be ≥ 1")
+        _check(self.max_tokens >= 1, "max_tokens", "must be ≥ 1")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")

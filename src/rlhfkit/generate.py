@@ -209,10 +209,23 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
     from then on and leaves the batch, and the loop stops when every row has ended. The prefill is shared
     (``_prefill``).
     """
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return sample_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                      top_k=top_k)
+
+
+def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, top_k: int = 0, on_step=None) -> Sampled:
+    """``sample`` on prompts already tokenized (``rows``: B lists of ids).
+
+    ``on_step(rows, tokens)``, when given, is called after every step with the batch indices of the rows that
+    drew a token and those tokens (lists, EOS included), and returns the batch indices to end now: how
+    `rlhfkit serve` streams each token and ends a row at a stop string, its own token limit, or when its
+    client goes away. A row it ends is ``ended`` like one that drew EOS.
+    """
     import torch
 
     device, pad = model.device, tokenizer.pad_token_id
-    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompt_ids, prompt_mask = left_pad(rows, pad, device)  # (B, P)
     B = len(rows)
     stop = torch.tensor(eos_ids(tokenizer, model), device=device)
@@ -232,6 +245,10 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
             response[rows_in, t] = torch.where(running, token, pad)
             logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
             ended[rows_in] |= running & torch.isin(token, stop)
+            if on_step is not None:
+                live = running.nonzero()[:, 0]  # (r,) rows that drew a token this step
+                ends = on_step(rows_in[live].tolist(), token[live].tolist())
+                ended[torch.tensor(ends, dtype=torch.long, device=device)] = True
             running = ~ended[rows_in]
             if t + 1 == max_new_tokens or not bool(running.any()):
                 break
@@ -333,6 +350,26 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], *, k: int, max
     return completions, {"tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / max(seconds, 1e-9)}
 
 
+def written_completions(prompts: list[Prompt], seed: int) -> list[Completion]:
+    """Per prompt, the prompt file's written replies put up for ranking beside the samples: one of its
+    reference replies and, where it has one, one of its harmful replies (chosen by ``seed``).
+
+    Sampled replies rarely show the contrast that matters most on red-team and provocative prompts (11 of
+    512 demo samples were toxic): a kind refusal next to harmful compliance. InstructGPT's comparison data
+    likewise mixed labeler-written replies with model samples. Labelers rank them like any other reply.
+    """
+    import random
+
+    out = []
+    for p in prompts:
+        rng = random.Random(f"{seed}:{p.id}")
+        for tag, pool in (("reference", p.references), ("harmful", p.harmful)):
+            if pool:
+                out.append(Completion(prompt_id=p.id, completion_id=f"{p.id}-{tag}", text=rng.choice(pool),
+                                      model=f"written:{tag}", sampling={}, prompt=p.prompt))
+    return out
+
+
 def select_prompts(prompts: list[Prompt], split: str, num_prompts: int) -> list[Prompt]:
     """The prompts of ``split`` ('all' keeps every one), the first ``num_prompts`` of them (0 = all)."""
     chosen = [p for p in prompts if split == "all" or p.split == split]
@@ -361,7 +398,12 @@ def run_generate(cfg) -> dict:
         temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
         model_name=cfg.model, system_prompt=cfg.sampling.system_prompt,
     )
+    if cfg.written:
+        by_prompt = {p.id: [] for p in prompts}
+        for c in completions + written_completions(prompts, cfg.seed):
+            by_prompt[c.prompt_id].append(c)
+        completions = [c for cs in by_prompt.values() for c in cs]
     save_resolved(cfg.run_dir, "generate", cfg)
     write_jsonl(out, completions)
-    ended = sum(c.sampling["ended"] for c in completions)
+    ended = sum(c.sampling.get("ended", False) for c in completions)
     return {"path": str(out), "prompts": len(prompts), "completions": len(completions), "ended": ended, **stats}

@@ -110,6 +110,16 @@ def simulate_labeling(store, labelers, *, guideline_version: int, seed: int, pro
     return done
 
 
+def warm_gold(path: Path) -> None:
+    """Encode every text the simulated labelers will judge in a few large batches first: the sentence
+    encoder caches embeddings, and a ranking at a time would run it on ~6 texts per call (~3× slower)."""
+    from rlhfkit.data.io import read_completions
+    from rlhfkit.feedback.simulate import default_scorer
+
+    cs = read_completions(path)
+    default_scorer().components([c.prompt for c in cs], [c.text for c in cs])
+
+
 def run_label(cfg) -> dict:
     """The ``label`` stage: tasks from RUN_DIR/completions.jsonl; N simulated labelers rank them."""
     from rlhfkit.config import save_resolved
@@ -123,6 +133,8 @@ def run_label(cfg) -> dict:
         counts = import_tasks(store, completions, criterion=cfg.criterion, overlap=cfg.overlap)
         labelers = make_labelers(cfg.simulate, cfg.careless, noise=cfg.noise, position_bias=cfg.position_bias,
                                  seed=cfg.seed) if cfg.simulate else []
+        if labelers:
+            warm_gold(completions)
         n = simulate_labeling(store, labelers, guideline_version=version, seed=cfg.seed)
         progress = store.progress()
     save_resolved(cfg.run_dir, "label", cfg)

@@ -51,7 +51,7 @@ TIE_EPS = 0.02
 
 
 @lru_cache(maxsize=1)
-def _default_scorer() -> "GoldScorer":
+def default_scorer() -> "GoldScorer":
     from rlhfkit.feedback.gold import GoldScorer
 
     return GoldScorer()
@@ -121,7 +121,7 @@ class SimulatedLabeler:
             raise ValueError(f"shown_order must be a permutation of 0..{k - 1}, got {shown_order}")
         if k == 0:
             return []
-        scorer = self._scorer or _default_scorer()
+        scorer = self._scorer or default_scorer()
         gold = scorer.components([prompt] * k, completions)  # each (K,)
         sigma = CARELESS_NOISE if self.careless else self.noise
         judged: list[float] = []

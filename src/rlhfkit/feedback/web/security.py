@@ -114,8 +114,9 @@ class BodyLimit:
     as soon as the bytes received pass the cap. Uploads stream through here, so an import is stopped
     at the cap rather than copied whole and measured after (issue 16)."""
 
-    def __init__(self, app, default_bytes: int, per_path: dict[str, int]):
+    def __init__(self, app, default_bytes: int, per_path: dict[str, int], respond=None):
         self.app, self.default, self.per_path = app, default_bytes, per_path
+        self.respond = respond or error_response  # (request, status, detail) → response; `rlhfkit serve` answers JSON
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -124,7 +125,7 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > cap):
             too_large = BodyTooLarge(cap) if length.isdigit() else HTTPException(400, "bad Content-Length")
-            return await error_response(Request(scope), too_large.status_code, too_large.detail)(scope, receive, send)
+            return await self.respond(Request(scope), too_large.status_code, too_large.detail)(scope, receive, send)
         received, started = 0, False
 
         async def limited_receive():
@@ -145,7 +146,7 @@ class BodyLimit:
         except BodyTooLarge as e:  # read outside FastAPI's body parsing, which answers it itself
             if started:
                 raise
-            await error_response(Request(scope), e.status_code, e.detail)(scope, receive, send)
+            await self.respond(Request(scope), e.status_code, e.detail)(scope, receive, send)
 
 
 class SignInGuard:

@@ -1,0 +1,1 @@
+"""Applications over the aligned model: RAG, chain-of-thought, PAL (sandboxed), ReAct."""
