@@ -69,6 +69,9 @@ def test_a_new_run_has_nothing_to_inherit(tmp_path):
 
     cfg = resolve(PPOConfig, "ppo", None, {"run_dir": str(tmp_path / "new")})
     assert cfg.prompts == "default" and cfg.model == "smollm2"
+    from rlhfkit.config import ServeConfig  # a command without a run directory
+
+    assert resolve(ServeConfig, "serve", None, {}) == ServeConfig()
 
 
 # 5, 6 ------------------------------------------------------------------------------------------------------------

@@ -149,12 +149,13 @@ def resolve(config_cls: type, section: str, config_path: Path | None, overrides:
     """
     import dataclasses
 
-    from rlhfkit.run_memory import flat_values, remembered
+    from rlhfkit.run_memory import Remembered, flat_values, remembered
 
     explicit = gather_config(config_cls, config_path, overrides, section=section)
     defaults = flat_values(config_cls, dataclasses.asdict(config_cls()))
-    memory = remembered(section, config_cls, explicit.get("run_dir", defaults["run_dir"]),
-                        resume=bool(explicit.get("resume")))
+    run_dir = explicit.get("run_dir", defaults.get("run_dir"))  # a command without a run (serve, ask) has none
+    memory = (remembered(section, config_cls, run_dir, resume=bool(explicit.get("resume"))) if run_dir is not None
+              else Remembered())
     cfg = build_config(config_cls, {**memory.values, **explicit})
     for line in memory.notes(explicit, defaults):
         typer.echo(line, err=True)
