@@ -42,8 +42,10 @@ def test_generate_label_report_pairs(tiny_llama, tmp_path):
     run = tmp_path / "run"
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     r = invoke("generate", "--run-dir", run, "--model", tiny_llama, "--prompts", prompts, "--k", 4,
-               "--max-new-tokens", 8, "--temperature", 1.0, "--device", "cpu")
+               "--max-new-tokens", 8, "--temperature", 1.0, "--device", "cpu", "--num-prompts", 8)
     assert r.exit_code == 0, r.output
+    # issue 19.16: more prompts asked for than the split holds is said, not silent
+    assert f"note: --num-prompts 8, but split 'train' of {prompts} holds only 4 prompts: all 4 used" in r.output
     completions = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
     assert len(completions) == 4 * 4  # 4 train prompts × K
     assert "generate" in (run / "config.yaml").read_text()
@@ -60,6 +62,10 @@ def test_generate_label_report_pairs(tiny_llama, tmp_path):
     assert pairs and all(p["chosen"] != p["rejected"] and p["source"] == "simulated" for p in pairs)
     trl = [json.loads(line) for line in (tmp_path / "trl.jsonl").read_text().splitlines()]
     assert len(trl) == len(pairs) and set(trl[0]) == {"prompt", "chosen", "rejected"}
+    r = invoke("pairs", "--run-dir", run)  # issue 19.6: pairs refuses to overwrite, as every stage does
+    assert r.exit_code == 2 and "pairs.jsonl already exists (use --force to overwrite it)" in r.output
+    r = invoke("pairs", "--run-dir", run, "--no-drop-flagged", "--force")
+    assert r.exit_code == 0, r.output
     # a finished artifact is not overwritten without --force
     r = invoke("generate", "--run-dir", run, "--model", tiny_llama, "--prompts", prompts, "--device", "cpu")
     assert r.exit_code == 2 and "already exists" in r.output

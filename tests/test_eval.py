@@ -101,7 +101,7 @@ def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     # models must then write the same texts, the KL must be 0 for every sample, every win rate ½, and the
     # reference's numbers must not move: the reference never depends on the policy's weights.
     _zero_adapters(run / "policy")
-    same = run_eval(load_config(EvalConfig, None, eval_cfg))
+    same = run_eval(load_config(EvalConfig, None, {**eval_cfg, "force": True}))
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert [s["policy"] for s in samples] == [s["reference"] for s in samples]
     assert all(s["kl"] == 0.0 for s in samples) and same["kl"]["value"] == 0.0
@@ -122,3 +122,14 @@ def test_eval_errors(tiny_llama, tmp_path):
         run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), prompts=str(prompts))))
     with pytest.raises(RlhfkitError, match="no prompts with split 'eval'"):
         run_eval(load_config(EvalConfig, None, dict(run_dir=str(run), prompts=str(prompts), reward_model="gold")))
+
+
+def test_wilson_interval_by_hand_and_small_samples_said():
+    # issue 19.14. 2 of 2: centre (1 + z²/4)/(1 + z²/2) = 1.9604/2.9208 = 0.67119, half z·√(z²/16)/2.9208 = 0.32881
+    lo, hi = M.wilson_interval(1.0, 2)
+    assert lo == pytest.approx(0.34238, abs=1e-5) and hi == 1.0
+    lo, hi = M.wilson_interval(0.5, 100)  # ≈ 0.5 ± 1.96·0.05 for large n: [0.4038, 0.5962]
+    assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)
+    assert M.proportion_text(1.0, 2, "held-out pairs") == (
+        "100.0% of 2 held-out pairs (95% interval 34%–100%; under 50 held-out pairs: a rough figure)")
+    assert "rough" not in M.proportion_text(0.5, 100, "pairs")

@@ -113,3 +113,28 @@ def test_pipeline_algorithms_swap_only_the_policy_stage(tiny_llama, tmp_path):
     assert yaml.safe_load((run / "policy" / "config.yaml").read_text())["algorithm"] == "grpo"
     report = (run / "eval" / "report.html").read_text()
     assert "<h2>GRPO training</h2>" in report and "group-normalised advantages, KL in the loss" in report
+
+
+def test_a_change_upstream_of_labeled_rankings_is_refused_before_anything_runs(tiny_llama, tmp_path):
+    """issue 19.4: a finished label stage and a changed generate config → one clear refusal, nothing regenerated."""
+    from rlhfkit.data.errors import RlhfkitError
+    from rlhfkit.pipeline import config_hash, resolve_stage_configs
+
+    cfg = _config(tmp_path, tiny_llama)
+    run = tmp_path / "run"
+    stages = run / ".stages"
+    stages.mkdir(parents=True)
+    configs = resolve_stage_configs(cfg)
+    (stages / "generate.done").write_text(config_hash(configs["generate"]) + "\n")
+    (stages / "label.done").write_text(config_hash(configs["label"]) + "\n")
+    (run / "completions.jsonl").write_text("old\n")
+    (run / "feedback.db").write_text("")
+    data = yaml.safe_load(cfg.read_text())
+    data["generate"]["max_new_tokens"] = 9
+    cfg.write_text(yaml.safe_dump(data))
+    try:
+        run_pipeline(cfg, echo=lambda line: None)
+        raise AssertionError("not refused")
+    except RlhfkitError as exc:
+        assert str(exc).startswith(f"the generate config changed since {run / 'feedback.db'} was labeled")
+    assert (run / "completions.jsonl").read_text() == "old\n"

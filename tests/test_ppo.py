@@ -297,3 +297,23 @@ def test_load_aligned_merges_the_adapters_into_a_plain_model(tiny_llama, tmp_pat
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # merging rounds: ~1e-6 relative
     assert any(not torch.allclose(g, r, atol=1e-4) for g, r in zip(unpadded_logprobs(merged, ro, 1.0),
                                                                     unpadded_logprobs(base, ro, 1.0)))  # it trained
+
+
+def test_the_policy_folder_loads_with_plain_peft_and_names_its_base(tiny_llama, tmp_path):
+    """issue 19.13: PeftModel.from_pretrained(base, RUN_DIR/policy) is the trained policy; its config names the base."""
+    import json
+
+    from peft import PeftModel
+
+    from rlhfkit.models.load import SMOLLM2_HUB_ID, base_model_id
+
+    run_ppo(_cfg(tmp_path / "run", tiny_llama, iterations=1, lr=5e-2))
+    folder = tmp_path / "run" / "policy"
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama.resolve())
+    policy, tok = build_policy(str(tiny_llama), lora_r=16, lora_alpha=32, lora_layers=8, device="cpu")
+    policy.load_trained(folder)
+    plain = PeftModel.from_pretrained(load_policy(str(tiny_llama))[0], str(folder))
+    ro = _rollout(policy, tok, T=1.0)
+    for want, got in zip(unpadded_logprobs(policy.lm, ro, 1.0), unpadded_logprobs(plain, ro, 1.0)):
+        torch.testing.assert_close(got, want)
+    assert base_model_id("smollm2") == SMOLLM2_HUB_ID  # not ~/.cache/rlhfkit/…

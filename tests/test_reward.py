@@ -494,6 +494,23 @@ def test_train_rm_and_score_stages(tiny_bert, tmp_path):
     rm = RewardModel.load(run / "reward_model", device="cpu", dtype="auto")  # as the score stage loads it
     assert [r["reward"] for r in rows[:2]] == pytest.approx(rm.score(["question 1 cat"] * 2, ["dog good", "dog bad"]))
 
+    # issue 19.7: the folder's README shows how plain transformers gets the same rewards (mean pooling here);
+    # its code is run as printed, and plain .logits ([CLS]) is shown to differ, so the README is needed
+    import re
+
+    from transformers import AutoModelForSequenceClassification
+
+    card = (run / "reward_model" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    space: dict = {}
+    exec(compile(code, "README.md", "exec"), space)  # noqa: S102 (our own card, the test of it)
+    assert rm.pooling == "mean"
+    assert [space["reward"](r["prompt"], r["completion"]) for r in rows[:2]] == pytest.approx([r["reward"] for r in rows[:2]],
+                                                                                             abs=1e-5)
+    enc = space["tok"]("question 1 cat", "dog good", return_tensors="pt")
+    plain = AutoModelForSequenceClassification.from_pretrained(run / "reward_model").eval()(**enc).logits.item()
+    assert abs((plain - rm.mean) / rm.std - rows[0]["reward"]) > 1e-3
+
 
 def test_unfinished_checkpoint_needs_resume_or_force(tmp_path):
     run = tmp_path / "run"
@@ -585,3 +602,28 @@ def test_a_step_scores_each_distinct_text_once_with_the_pairwise_loss_and_gradie
     assert g_shared.keys() == g_pair.keys()
     for n in g_pair:
         torch.testing.assert_close(g_shared[n], g_pair[n], atol=1e-6, rtol=1e-5)
+
+
+def test_rows_left_out_of_an_import_are_named_and_recorded(tiny_bert, tmp_path):
+    # issue 19.8: a TRL file with one chosen == rejected row and one malformed row: said, with file:line, and in eval.json
+    from rlhfkit.data.io import write_jsonl
+
+    trl = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in toy_pairs(n_prompts=4, per_prompt=2)]
+    rows.insert(2, {"prompt": "q", "chosen": "same", "rejected": "same"})
+    rows.insert(5, {"prompt": "q", "chosen": "only chosen"})
+    write_jsonl(trl, rows)
+    cfg = RewardConfig(run_dir=str(tmp_path / "run"), pairs=f"trl:{trl}", backbone=str(tiny_bert), epochs=1, batch_size=4,
+                       max_length=32, device="cpu", eval_fraction=0.25)
+    summary = R.run_train_rm(cfg, progress=False)
+    expected = [f"{trl}:3: fields 'chosen' and 'rejected' are the same text", f"{trl}:6:"]
+    assert summary["skipped_rows"] == 2 and summary["skipped"][0] == expected[0]
+    assert summary["skipped"][1].startswith(expected[1])
+    recorded = json.loads((tmp_path / "run" / "reward_model" / "eval.json").read_text())
+    assert recorded["skipped_rows"] == {"count": 2, "rows": 10, "why": summary["skipped"]}
+    assert recorded["pairs"]["given"] == 8
+
+    # a file of only bad rows: the error says why, not just "got 0 pairs"
+    write_jsonl(trl, rows[2:3] + rows[5:6])
+    with pytest.raises(RlhfkitError, match=rf"got 0; 2 of 2 rows of trl:{trl} were left out, first: {trl}:1: fields"):
+        R.run_train_rm(RewardConfig(run_dir=str(tmp_path / "run2"), pairs=f"trl:{trl}", device="cpu"), progress=False)

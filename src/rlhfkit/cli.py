@@ -20,6 +20,7 @@ from rlhfkit.config import (
     CaiLabelConfig,
     CaiReviseConfig,
     DpoConfig,
+    KNOWN_SECTIONS,
     EvalConfig,
     GenerateConfig,
     LabelConfig,
@@ -30,9 +31,10 @@ from rlhfkit.config import (
     ScoreConfig,
     ServeConfig,
     SftConfig,
+    build_config,
     config_fields,
     field_types,
-    load_config,
+    gather_config,
 )
 from rlhfkit.data.errors import RlhfkitError
 
@@ -44,14 +46,18 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    """rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from rlhfkit import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"rlhfkit {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                       callback=_print_version)) -> None:
+    """rlhfkit: the whole RLHF loop: generate → label → pairs → train-rm → ppo → eval."""
 
 
 def _fail(message: str) -> None:
@@ -61,7 +67,9 @@ def _fail(message: str) -> None:
 
 def run_stage(fn: Callable, *args, **kwargs):
     """Call a stage; a user-fixable error becomes one line on stderr and exit code 2."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub unless the user asks for one
+    # No model hub unless the user asks (HF_HUB_OFFLINE=0): without a network a hub lookup stalls; a hub id
+    # given while offline is refused with that advice (models.load.resolve).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return fn(*args, **kwargs)
     except RlhfkitError as exc:
@@ -69,6 +77,11 @@ def run_stage(fn: Callable, *args, **kwargs):
     except KeyboardInterrupt:
         typer.echo("interrupted: finished artifacts are kept; re-run to continue", err=True)
         raise typer.Exit(code=130)
+
+
+TRL_NAMES = {"lr": ("--learning-rate",), "epochs": ("--num-train-epochs",), "run_dir": ("--output-dir",),
+             "max_new_tokens": ("--response-length",), "clip_eps": ("--cliprange",)}
+"""TRL's names for our options, accepted as aliases (a TRL user's muscle memory works; --help lists both)."""
 
 
 def stage_command(name: str, config_cls: type, section: str | None = None, group: typer.Typer | None = None,
@@ -91,10 +104,12 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
         ]
         for f in config_fields(config_cls):
             flag = "--" + f.name.replace("_", "-")
-            decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag]
+            decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag, *TRL_NAMES.get(f.name, ())]
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types[f.name]],
-                default=typer.Option(None, *decls, help=f"{f.metadata['help']} [default: {f.default}]", show_default=False),
+                # "\[": rich markup would swallow a bare "[default: X]" (the option's own default is None)
+                default=typer.Option(None, *decls, help=f"{f.metadata['help']} \\[default: {_shown(f.default)}]",
+                                     show_default=False),
             ))
 
         def command(ctx: typer.Context | None = None, **kwargs):
@@ -102,8 +117,10 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
                 return
             config_path = kwargs.pop("config")
             overrides = {k: v for k, v in kwargs.items() if v is not None}
-            cfg = run_stage(load_config, config_cls, config_path, overrides, section=section or name)
+            cfg = run_stage(resolve, config_cls, section or name, config_path, overrides)
             run_stage(fn, cfg)
+
+        KNOWN_SECTIONS.add(section or name)
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -119,12 +136,47 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
     return decorator
 
 
+def _shown(default) -> str:
+    """How --help shows a default ('' shown as '', so an empty default is visible too)."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    return repr(default) if default == "" else str(default)
+
+
+def resolve(config_cls: type, section: str, config_path: Path | None, overrides: dict):
+    """A stage's config: defaults ← what the run directory remembers ← --config YAML ← options.
+
+    Printing on stderr what came from the run (``run_memory``) and each given value that differs from it.
+    """
+    import dataclasses
+
+    from rlhfkit.run_memory import Remembered, flat_values, remembered
+
+    explicit = gather_config(config_cls, config_path, overrides, section=section)
+    defaults = flat_values(config_cls, dataclasses.asdict(config_cls()))
+    run_dir = explicit.get("run_dir", defaults.get("run_dir"))  # a command without a run (serve, ask) has none
+    memory = (remembered(section, config_cls, run_dir, resume=bool(explicit.get("resume"))) if run_dir is not None
+              else Remembered())
+    cfg = build_config(config_cls, {**memory.values, **explicit})
+    for line in memory.notes(explicit, defaults):
+        typer.echo(line, err=True)
+    return cfg
+
+
 @stage_command("generate", GenerateConfig)
 def generate(cfg: GenerateConfig) -> None:
     """Sample K completions per prompt with the policy → RUN_DIR/completions.jsonl."""
     from rlhfkit.generate import run_generate
 
     s = run_generate(cfg)
+    stale = [name for name in ("feedback.db", "pairs.jsonl", "reward_model", "policy", "eval")
+             if (Path(cfg.run_dir) / name).exists()]
+    if cfg.force and stale:
+        typer.echo(f"note: completions.jsonl replaced; {', '.join(stale)} in {cfg.run_dir} were made from the old "
+                   "completions: re-run those stages with --force, or start a new --run-dir", err=True)
+    if cfg.num_prompts > s["prompts"]:
+        typer.echo(f"note: --num-prompts {cfg.num_prompts}, but split '{cfg.split}' of {cfg.prompts} holds only "
+                   f"{s['prompts']} prompts: all {s['prompts']} used", err=True)
     typer.echo(
         f"generated {s['completions']} completions for {s['prompts']} prompts "
         f"({s['ended']} ended with EOS) in {s['seconds']:.1f} s, {s['tokens_per_s']:.0f} new tokens/s → {s['path']}"
@@ -221,6 +273,10 @@ def train_rm(cfg: RewardConfig) -> None:
 
     s = train_rm_with_gold(cfg)
     typer.echo(describe("train_rm", s))
+    for reason in s["skipped"][:5]:
+        typer.echo(f"  left out {reason}", err=True)
+    if len(s["skipped"]) > 5:
+        typer.echo(f"  … and {len(s['skipped']) - 5} more (every one in reward_model/eval.json)", err=True)
 
 
 @stage_command("score", ScoreConfig)
@@ -229,7 +285,7 @@ def score(cfg: ScoreConfig) -> None:
     from rlhfkit.train.reward_stage import run_score
 
     s = run_score(cfg)
-    typer.echo(f"scored {s['scored']} texts with {s['model']}", err=True)
+    typer.echo(f"scored {s['scored']} text{'s' if s['scored'] != 1 else ''} with {s['model']}", err=True)
 
 
 @stage_command("ppo", PPOConfig)

@@ -121,23 +121,58 @@ def _build(cls: type, values: dict[str, Any]):
     return cfg
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: dict | None = None, *, section: str | None = None):
-    """Defaults ← YAML file (its ``section`` mapping if it has one) ← overrides; validated."""
+KNOWN_SECTIONS: set[str] = {"generate", "label", "pairs", "train_rm", "score", "ppo", "eval", "cai_revise",
+                              "cai_label", "sft"}
+"""Section names a config file may hold (one per stage); ``cli.stage_command`` adds every stage it registers,
+so a misspelled section (``generat:``) is refused rather than ignored."""
+
+
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """A YAML file's data; a syntax error is a one-line RlhfkitError naming the file and line."""
     import yaml
 
+    if not path.exists():
+        raise RlhfkitError(f"{path}: {what} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RlhfkitError(f"{path}{line}: not valid YAML ({problem})") from None
+
+
+def _check_sections(data: dict, nested: dict, where: str) -> None:
+    """A mapping under a key that is neither a nested config nor a known stage is a misspelling."""
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in nested and key not in KNOWN_SECTIONS:
+            raise RlhfkitError(f"{where}: unknown section '{key}'{_hint(key, KNOWN_SECTIONS)} "
+                               f"(sections: {', '.join(sorted(KNOWN_SECTIONS))})")
+
+
+def _closest(word: str, choices: typing.Iterable[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(choices), n=1)
+    return found[0] if found else None
+
+
+def gather_config(cls: type, path: str | Path | None = None, overrides: dict | None = None, *,
+                  section: str | None = None, where: str = "command line") -> dict[str, Any]:
+    """The values a YAML file (its ``section`` mapping if it has one) and ``overrides`` give, flat and typed.
+
+    Not validated: ``build_config`` does that once every source is merged. ``where`` names the source
+    of ``overrides`` in errors (a pipeline passes its file).
+    """
     types = field_types(cls)
     nested = nested_configs(cls)
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise RlhfkitError(f"{path}: config file does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RlhfkitError(f"{path}: not valid YAML ({exc})") from None
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise RlhfkitError(f"{path}: a config file must be a mapping of field: value")
+        _check_sections(data, nested, str(path))
         # a pipeline YAML: the shared top-level fields (and a top-level 'sampling:'), then the stage's section
         if section and isinstance(data.get(section), dict):
             shared = {k: v for k, v in data.items() if (k in types and not isinstance(v, dict)) or k in nested}
@@ -148,13 +183,30 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
             data = _flatten(cls, data, str(path))
         for key, value in data.items():
             if key not in types:
-                raise RlhfkitError(f"{path}: unknown field '{key}' for {section or cls.__name__}")
+                raise RlhfkitError(f"{path}: unknown field '{key}' for {section or cls.__name__}{_hint(key, types)}")
             values[key] = _coerce(value, types[key], key, str(path))
-    for key, value in _flatten(cls, overrides or {}, "command line").items():
+    for key, value in _flatten(cls, overrides or {}, where).items():
         if key not in types:
-            raise RlhfkitError(f"unknown option '{key}' for {section or cls.__name__}")
-        values[key] = _coerce(value, types[key], key, "command line")
+            what = "option" if where == "command line" else "field"
+            raise RlhfkitError(f"{where}: unknown {what} '{key}' for {section or cls.__name__}{_hint(key, types)}")
+        values[key] = _coerce(value, types[key], key, where)
+    return values
+
+
+def _hint(key: str, types: dict) -> str:
+    near = _closest(key, types)
+    return f"; did you mean '{near}'?" if near else ""
+
+
+def build_config(cls: type, values: dict[str, Any]):
+    """The validated config from flat, typed values (missing fields keep their defaults)."""
     return _build(cls, values)
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: dict | None = None, *, section: str | None = None,
+                where: str = "command line"):
+    """Defaults ← YAML file (its ``section`` mapping if it has one) ← overrides; validated."""
+    return _build(cls, gather_config(cls, path, overrides, section=section, where=where))
 
 
 def save_resolved(run_dir: str | Path, section: str, cfg: Any) -> Path:
@@ -190,6 +242,9 @@ class SamplingConfig:
     top_k: int = opt(0, "Keep only the k most likely tokens (0 = off; ppo and eval need 0).")
 
     def validate(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
+        _check(self.temperature >= 0, "temperature", "must be ≥ 0 (0 = greedy)")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.top_k >= 0, "top_k", "must be ≥ 0")
 
     def require_full_distribution(self, stage: str) -> None:
@@ -264,6 +319,7 @@ class PairsConfig:
     drop_flagged: bool = opt(True, "Leave out the rankings of labelers flagged as poor by `label report`.")
     weight: str = opt("none", "Per-pair weight: none (1.0), quality (the labeler's quality score).")
     trl: str = opt("", "Also write the pairs in TRL's format (prompt/chosen/rejected) to this file.")
+    force: bool = opt(False, "Overwrite a finished pairs.jsonl (and the --trl file).")
 
     def validate(self) -> None:
         _check(self.weight in ("none", "quality"), "weight", f"must be none or quality, got {self.weight!r}")
@@ -393,8 +449,25 @@ class PPOConfig:
             _check(self.batch_size % self.group_size == 0, "batch_size",
                    f"must be a multiple of group_size ({self.group_size}) for {self.algorithm}")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
+        _check(self.ppo_epochs >= 1, "ppo_epochs", "must be ≥ 1")
         self.sampling.require_full_distribution("ppo")
+        _check(self.lr > 0, "lr", "must be > 0")
         _check(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
+        _check(self.kl_budget >= 0, "kl_budget", "must be ≥ 0 (0 = no budget)")
+        _check(self.kl_target > 0, "kl_target", "must be > 0")
+        _check(self.kl_horizon > 0, "kl_horizon", "must be > 0")
+        _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
+        _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
+        _check(self.clip_eps > 0, "clip_eps", "must be > 0")
+        _check(self.vf_clip > 0, "vf_clip", "must be > 0")
+        _check(self.vf_coef >= 0, "vf_coef", "must be ≥ 0")
+        _check(self.ent_coef >= 0, "ent_coef", "must be ≥ 0")
+        _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        _check(self.ratio_alarm > 1, "ratio_alarm", "must be > 1")
+        _check(self.save_every >= 0, "save_every", "must be ≥ 0")
+        _check(self.sample_every >= 0, "sample_every", "must be ≥ 0")
+        _check(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
         _check(0 <= self.length_alarm <= 1, "length_alarm", "must be in [0, 1]")
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
@@ -478,12 +551,14 @@ class EvalConfig:
     device: str = device_opt()
     dtype: str = dtype_opt()
     report: bool = opt(True, "Write eval/report.html after the evaluation.")
+    force: bool = opt(False, "Overwrite a finished eval/eval.json.")
 
     def validate(self) -> None:
         _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be ≥ 1")
         _check(self.toxic_samples_per_prompt >= 0, "toxic_samples_per_prompt", "must be ≥ 0")
         self.sampling.require_full_distribution("eval")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.kl_budget >= 0, "kl_budget", "must be ≥ 0")
         _check(self.num_prompts >= 0, "num_prompts", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 

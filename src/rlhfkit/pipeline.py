@@ -99,16 +99,12 @@ def _marker(run_dir: Path, stage: str) -> Path:
 
 def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, dict] | None = None) -> dict[str, Any]:
     """Each stage's config from the pipeline YAML (top-level run_dir/seed shared, one section per stage)."""
-    import yaml
-
-    from rlhfkit.config import field_types, load_config, nested_configs
+    from rlhfkit.config import field_types, load_config, nested_configs, read_yaml
 
     data: dict = {}
     if config_path is not None:
         path = Path(config_path)
-        if not path.exists():
-            raise RlhfkitError(f"{path}: pipeline config does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path, "pipeline config") or {}
         if not isinstance(data, dict):
             raise RlhfkitError(f"{path}: a pipeline config must be a mapping")
         unknown = sorted(set(data) - set(STAGES) - set(SHARED) - {"feedback", "dpo"})
@@ -127,7 +123,8 @@ def resolve_stage_configs(config_path: str | Path | None, overrides: dict[str, d
         values = {k: v for k, v in shared.items() if k in fields}
         values.update(section)
         values.update(overrides.get(stage.name, {}))
-        out[name] = load_config(stage.config_cls, None, values, section=stage.name)
+        where = f"{config_path}: {stage.name}" if config_path is not None else "command line"
+        out[name] = load_config(stage.config_cls, None, values, section=stage.name, where=where)
     return out
 
 
@@ -137,6 +134,7 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     configs = resolve_stage_configs(config_path, overrides)
     run_dir = Path(configs["generate"].run_dir)
     registry = stages(configs.pop("_feedback"), configs.pop("_algorithm"))
+    _refuse_stale_rankings(registry, configs, run_dir, force)
     summaries: dict[str, Any] = {}
     rerun = force  # once a stage runs, every stage after it must run too: its inputs changed
     t_all = time.perf_counter()
@@ -167,6 +165,22 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
     summaries["seconds"] = time.perf_counter() - t_all
     summaries["stages"] = timings
     return summaries
+
+
+def _refuse_stale_rankings(registry: dict, configs: dict, run_dir: Path, force: bool) -> None:
+    """Before anything runs: a change upstream of label would make feedback.db's rankings rank completions
+    that no longer exist. Say so now, naming the stage — not after regenerating, with a misleading error."""
+    db = run_dir / "feedback.db"
+    if force or not db.exists() or not _marker(run_dir, "label").exists():
+        return
+    for name in STAGES[: STAGES.index("label")]:
+        marker, stage = _marker(run_dir, name), registry[name]
+        if not (marker.exists() and marker.read_text().strip() == config_hash(configs[name])
+                and stage.done_when(run_dir)):
+            raise RlhfkitError(
+                f"the {name} config changed since {db} was labeled: its rankings are of the old completions, and "
+                f"re-running {name} would strand them. Use a new run_dir (the old run stays as it is), or "
+                "`rlhfkit pipeline --force` to start this run over (its rankings are deleted)")
 
 
 RUN_FILE = "run.json"
@@ -219,10 +233,15 @@ def describe(name: str, s: dict) -> str:
         flagged = f" (flagged and dropped: {', '.join(s['flagged'])})" if s["flagged"] else ""
         return f"{s['pairs']} pairs from {s['rankings']} rankings{flagged} → {s['path']}"
     if name == "train_rm":
+        from rlhfkit.eval.metrics import proportion_text
+
         acc = (s.get("heldout") or {}).get("accuracy", s.get("accuracy"))
-        gold = s.get("gold_accuracy")
-        extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
-        return f"held-out accuracy {acc:.1%}{extra} → {s.get('path', 'reward_model/')}" if isinstance(acc, float) else str(s)
+        n = (s.get("pairs") or {}).get("heldout") if isinstance(s.get("pairs"), dict) else None
+        if not isinstance(acc, float):
+            return str(s)
+        # the count and interval: "100%" from 2 held-out pairs must not read like a result
+        shown = proportion_text(acc, n, "held-out pairs") if isinstance(n, int) else f"{acc:.1%}"
+        return f"held-out accuracy {shown}{_gold_and_left(s)} → {s.get('path', 'reward_model/')}"
     if name == "ppo":
         gold = f", gold {s['gold_first']:+.2f} → {s['gold_last']:+.2f}" if "gold_first" in s else ""
         return f"{s['iterations']} iterations ({s['stop_reason']}); score {s['score_first']:+.2f} → {s['score_last']:+.2f}{gold}"
@@ -238,6 +257,14 @@ def describe(name: str, s: dict) -> str:
         parts.append(f"KL {s['kl']['value']:.2f}")
         return ", ".join(parts) + (f"; report → {s['report']}" if "report" in s else "")
     return ""
+
+
+def _gold_and_left(s: dict) -> str:
+    gold = s.get("gold_accuracy")
+    extra = f", gold scorer {gold:.1%} on the same pairs" if isinstance(gold, float) else ""
+    if s.get("skipped_rows"):
+        extra += f"; {s['skipped_rows']} bad rows of {s['pairs_spec']} left out (listed in eval.json)"
+    return extra
 
 
 def seed_from(source: Path, target: Path, configs: dict[str, Any], upto: str) -> list[str]:

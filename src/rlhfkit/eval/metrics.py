@@ -69,6 +69,31 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarra
     return float(stat(x)), float(lo), float(hi)
 
 
+FEW = 50
+"""Below this many items a proportion is shown as a rough figure (its 95% interval is wider than ±14 points)."""
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` observed on ``n`` items (Wilson 1927).
+
+    Unlike p ± z·√(p(1−p)/n) it stays inside [0, 1] and is not zero-width at p = 0 or 1: 2 of 2 right
+    gives [0.34, 1], not "100%". Ties counted half make ``p`` fractional, which the formula allows.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def proportion_text(p: float, n: int, unit: str) -> str:
+    """'100.0% of 2 pairs (95% interval 34–100%; under 50 pairs: a rough figure)'."""
+    lo, hi = wilson_interval(p, n)
+    rough = f"; under {FEW} {unit}: a rough figure" if n < FEW else ""
+    return f"{p:.1%} of {n} {unit} (95% interval {lo:.0%}–{hi:.0%}{rough})"
+
+
 def summary(values: Sequence[float], *, seed: int = 0, groups: Sequence | None = None) -> dict[str, float]:
     """{"value", "lo", "hi"}: the mean with its 95% bootstrap interval (by group when given)."""
     value, lo, hi = bootstrap_ci(values, seed=seed, groups=groups)

@@ -185,7 +185,12 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
         if n_train is not None:
             text += f", trained on {fmt_num(n_train)} pairs"
         acc = _rm_scalar(rm_eval or {}, "accuracy")
-        if acc is not None:
+        n_held = used.get("heldout")
+        if acc is not None and isinstance(n_held, int):
+            from rlhfkit.eval.metrics import proportion_text
+
+            text += f"; it ranks {proportion_text(acc, n_held, 'held-out pairs')} the labelers' way"
+        elif acc is not None:
             text += f"; it ranks {fmt_pct(acc)} of held-out pairs the labelers' way"
         steps.append(("Reward model", text + "."))
     else:

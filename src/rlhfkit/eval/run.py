@@ -146,6 +146,8 @@ def run_eval(cfg) -> dict:
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.run_dir)
+    if (run_dir / "eval" / "eval.json").exists() and not cfg.force:
+        raise RlhfkitError(f"{run_dir / 'eval' / 'eval.json'} already exists (use --force to overwrite it)")
     policy_dir = Path(cfg.policy) if cfg.policy else run_dir / "policy"
     if not policy_dir.exists():
         raise RlhfkitError(f"{policy_dir}: policy folder does not exist (run `rlhfkit ppo` first, or pass --policy)")

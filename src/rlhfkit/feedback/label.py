@@ -20,7 +20,8 @@ def open_store(run_dir: str, store: str, *, must_exist: bool = False):
 
     where = store_location(run_dir, store)
     if must_exist and "://" not in where and not Path(where).exists():
-        raise RlhfkitError(f"{where}: no feedback store (run `rlhfkit label` first)")
+        raise RlhfkitError(f"{where}: no feedback store (check --run-dir/--store; `rlhfkit label` makes one from "
+                           "RUN_DIR/completions.jsonl)")
     return FeedbackStore(where)
 
 
@@ -172,6 +173,9 @@ def run_pairs(cfg) -> dict:
     from rlhfkit.data.io import atomic_write_json, write_jsonl
     from rlhfkit.data.pairs import ranking_to_pairs
 
+    for path in [Path(cfg.run_dir) / "pairs.jsonl"] + ([Path(cfg.trl)] if cfg.trl else []):
+        if path.exists() and not cfg.force:
+            raise RlhfkitError(f"{path} already exists (use --force to overwrite it)")
     with open_store(cfg.run_dir, cfg.store, must_exist=True) as store:
         report = feedback_report(store)
         rankings = store.current_rankings()

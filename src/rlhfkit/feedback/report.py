@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+FEW_RANKINGS = 20
+"""Below this many rankings a labeler's agreement and quality score move by chance (±10 points or more)."""
+
+
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
@@ -38,8 +42,12 @@ def print_feedback_report(report: dict) -> None:
         f"Kendall τ-b {_num(report['kendall_tau_b_mean'])}   Krippendorff α (ordinal) {_num(report['krippendorff_alpha_ordinal'])}"
     )
     table = Table(title="labelers")
-    for col in ["labeler", "rankings", "agree w/ consensus", "position bias", "F rate", "tie rate", "gold acc.", "quality", "flag"]:
-        table.add_column(col, justify="left" if col in ("labeler", "flag") else "right")
+    # two-line headers and a labeler column as wide as its names: at 80 columns nothing is cut to "label…"
+    names = max([len("labeler")] + [len(row["labeler"]) for row in report["labelers"]])
+    for col in ["labeler", "rankings", "agree w/\nconsensus", "position\nbias", "F rate", "tie rate", "gold\nacc.",
+                "quality", "flag"]:
+        table.add_column(col, justify="left" if col in ("labeler", "flag") else "right",
+                         min_width=names if col == "labeler" else max(len(w) for w in col.split("\n")))
     for row in report["labelers"]:
         table.add_row(
             Text(row["labeler"]), str(row["n_rankings"]), _pct(row["consensus_agreement"]),
@@ -48,3 +56,7 @@ def print_feedback_report(report: dict) -> None:
             Text("; ".join(row["reasons"]), style="bold red") if row["flagged"] else Text("ok", style="green"),
         )
     console.print(table)
+    fewest = min((row["n_rankings"] for row in report["labelers"]), default=0)
+    if report["labelers"] and fewest < FEW_RANKINGS:
+        console.print(f"note: quality scores and flags from fewer than {FEW_RANKINGS} rankings per labeler (fewest: "
+                      f"{fewest}) are rough: a careful labeler may look careless by chance")

@@ -72,7 +72,7 @@ def smollm2_path() -> Path:
     config = gguf_model.config
     config.quantization_config = None
     del config.quantization_config
-    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    config.name_or_path = SMOLLM2_HUB_ID
     fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(gguf_model.state_dict())
     fresh.generation_config = gguf_model.generation_config
@@ -101,9 +101,24 @@ def resolve(name_or_path: str) -> str:
             raise RlhfkitError(f"{path}: not a model folder (no config.json)")
         return str(path)
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in name_or_path:
+    if looks_like_path:
         raise RlhfkitError(f"{name_or_path}: model folder does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":  # rlhfkit's default: say how to reach the hub, not "no folder"
+        raise RlhfkitError(f"{name_or_path}: not a local folder, and the model hub is off (HF_HUB_OFFLINE=1, rlhfkit's "
+                           f"default); run with HF_HUB_OFFLINE=0 to download {name_or_path} from the hub")
     return name_or_path  # a hub id, for users who have a hub
+
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def base_model_id(name_or_path: str) -> str:
+    """What a saved adapter names as its base: the hub id of a default alias (not this machine's cache
+    folder), the absolute path of a local folder, a hub id as is."""
+    if name_or_path == DEFAULT_POLICY:
+        return SMOLLM2_HUB_ID
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
 
 
 def pick_device(device: str = "auto") -> str:

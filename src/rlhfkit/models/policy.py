@@ -116,6 +116,20 @@ class PolicyWithValue(nn.Module):
             raise RlhfkitError(f"{folder}: checkpoint does not match the model ({result.unexpected_keys[:3]} …)")
 
 
+def save_adapter(lm, folder: Path, base: str) -> None:
+    """The peft adapter in ``folder`` itself, so ``PeftModel.from_pretrained(base_model, folder)`` loads it,
+    naming its real base (``load.base_model_id``) rather than a folder in this machine's cache."""
+    import json
+
+    from rlhfkit.models.load import base_model_id
+
+    lm.save_pretrained(folder)
+    path = Path(folder) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base_model_id(base)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def build_policy(model_name: str, *, lora_r: int, lora_alpha: int, device: str, lora_layers: int = 0,
                  dtype: str = "float32") -> tuple[PolicyWithValue, object]:
     """(PolicyWithValue, tokenizer): LoRA over the base (reference = adapters off), or full FT + frozen copy.

@@ -141,6 +141,47 @@ def _encoder_and_head(model):
     return None
 
 
+_READ = {
+    "mean": ("    hidden = getattr(model, model.base_model_prefix)(**enc).last_hidden_state  # (1, T, H)\n"
+             "    raw = model.classifier(hidden.mean(1)).item()  # the mean of the tokens, NOT model(**enc).logits\n"),
+    "cls": "    raw = model(**enc).logits.item()  # the model's own head at [CLS]\n",
+}
+
+
+def loading_card(folder: Path, fmt: str, pooling: str) -> str:
+    """README.md of a saved reward model: how to get rlhfkit's rewards with plain transformers.
+
+    ``AutoModelForSequenceClassification(...)(**enc).logits`` alone reads [CLS] through the pooler;
+    a mean-pooled model (the default for sentence encoders) gives other numbers that way (issue 19.7).
+    """
+    if fmt == "pair":
+        encode_line = ('    enc = tok(prompt, completion, truncation="only_first", max_length=meta["max_length"], '
+                       'return_token_type_ids=True, return_tensors="pt")  # segment ids: prompt 0, completion 1\n')
+        read = _READ[pooling]
+    else:  # concat: prompt, blank line, completion, EOS; read at the last token (right end, cut from the left)
+        encode_line = ("    ids = tok(prompt + '\\n\\n' + completion if prompt else completion)['input_ids']\n"
+                       "    ids = (ids + [tok.eos_token_id])[-meta['max_length']:]\n"
+                       "    enc = {'input_ids': torch.tensor([ids])}\n")
+        read = _READ["cls"].replace("at [CLS]", "at the last token")
+    return (
+        "# rlhfkit reward model\n\n"
+        f"Input format `{fmt}`, pooling `{pooling}` (see `rlhfkit_reward.json`). `rlhfkit score` gives the same "
+        "numbers as this (`--no-normalize`: `raw`):\n\n"
+        "```python\n"
+        "import json\n\nimport torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+        f"folder = {str(folder)!r}\n"
+        "tok = AutoTokenizer.from_pretrained(folder)\n"
+        "model = AutoModelForSequenceClassification.from_pretrained(folder).eval()\n"
+        "meta = json.load(open(f'{folder}/rlhfkit_reward.json'))\n\n\n"
+        "@torch.no_grad()\n"
+        "def reward(prompt: str, completion: str) -> float:\n"
+        f"{encode_line}{read}"
+        "    return (raw - meta['mean']) / meta['std']  # normalised as `rlhfkit score` does\n"
+        "```\n"
+    )
+
+
 def _head_name(model) -> str:
     for name in ("score", "classifier"):  # decoders' heads / encoders' heads in transformers
         if hasattr(model, name):
@@ -291,6 +332,7 @@ class RewardModel:
             meta = {"backbone": self.backbone, "format": self.format, "max_length": self.max_length,
                     "pooling": self.pooling, "mean": self.mean, "std": self.std}
             (tmp / REWARD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            (tmp / "README.md").write_text(loading_card(Path(path), self.format, self.pooling))
             if report is not None:
                 (tmp / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return Path(path)

@@ -297,12 +297,12 @@ def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl, nor
     from safetensors.torch import save_file
 
     from rlhfkit.data.io import atomic_directory
-    from rlhfkit.models.policy import TRAINABLE_FILE
+    from rlhfkit.models.policy import TRAINABLE_FILE, save_adapter
 
     with atomic_directory(folder) as tmp:
         save_file(model.trainable_state(), str(tmp / TRAINABLE_FILE))
-        if model.reference is None:  # LoRA: the adapter alone, loadable by peft (PeftModel.from_pretrained)
-            model.lm.save_pretrained(tmp / "adapter")
+        if model.reference is None:  # LoRA: PeftModel.from_pretrained(base, RUN_DIR/policy) loads the adapter
+            save_adapter(model.lm, tmp, config["model"])
         torch.save({
             "iteration": iteration, "optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict(),
             "reward_norm": dataclasses.asdict(norm),

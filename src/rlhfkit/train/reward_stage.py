@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -31,17 +30,30 @@ def run_train_rm(cfg, *, gold_scorer: Callable[[list[str], list[str]], list[floa
     skipped: list[RecordError] = []
     # Public HH/TRL files hold a few malformed rows: skip and count them. Our own pairs are read strictly.
     pairs = load_pairs(spec, skipped=skipped)
-    report = train_reward_model(pairs, cfg, out_dir=out, run_dir=run_dir, checkpoint_path=ckpt, gold_scorer=gold_scorer,
-                                progress=progress)
+    reasons = [str(e) for e in skipped]  # "FILE:LINE: why", one per row left out
+    try:
+        report = train_reward_model(pairs, cfg, out_dir=out, run_dir=run_dir, checkpoint_path=ckpt,
+                                    gold_scorer=gold_scorer, progress=progress)
+    except RlhfkitError as exc:
+        if not skipped:
+            raise
+        raise RlhfkitError(f"{exc}; {len(skipped)} of {len(skipped) + len(pairs)} rows of {spec} were left out, "
+                           f"first: {reasons[0]}") from None
+    if skipped:  # recorded beside the metrics, so a reader of eval.json knows what the model was trained on
+        from rlhfkit.data.io import atomic_write_json
+
+        report["skipped_rows"] = {"count": len(skipped), "rows": len(skipped) + len(pairs), "why": reasons}
+        atomic_write_json(out / "eval.json", report)
     save_resolved(run_dir, "train_rm", cfg)
-    return {**report, "path": str(out), "pairs_spec": spec, "skipped_rows": len(skipped)}
+    return {**report, "path": str(out), "pairs_spec": spec, "skipped_rows": len(skipped), "skipped": reasons}
 
 
 def read_score_input(lines: Iterator[str], name: str = "<stdin>") -> list[tuple[dict, str, str]]:
     """(record to echo, prompt, completion) per non-blank line.
 
     A line that is a JSON object needs 'completion' or 'text' (completions.jsonl works as is) and
-    may have 'prompt'; any other line is a completion without a prompt (the record {"text": line}).
+    may have 'prompt'; a line starting with '{' must be one. Any other line is a completion without a
+    prompt (the record {"text": line}).
     """
     from rlhfkit.data.errors import RecordError
 
@@ -52,8 +64,12 @@ def read_score_input(lines: Iterator[str], name: str = "<stdin>") -> list[tuple[
             continue
         obj = None
         if text.lstrip().startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError):
+            # a line that opens like JSON and does not parse is a broken record (a cut line), not a text to score
+            try:
                 obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"not valid JSON ({exc.msg} at column {exc.colno}); a line starting with '{{' must "
+                                  "be a JSON object", path=name, line=n) from None
         if isinstance(obj, dict):
             completion = obj.get("completion", obj.get("text"))
             prompt = obj.get("prompt", "")

@@ -143,8 +143,9 @@ def save_sft(out: Path, model, tokenizer, *, lora: bool, merge: bool, report: di
     import yaml
 
     from rlhfkit.data.io import atomic_directory, atomic_write_json
+    from rlhfkit.models.load import quiet_transformers
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out) as tmp, quiet_transformers():  # no stray "Writing model shards" bar
         if lora:
             model.save_pretrained(tmp / "adapter")
             tokenizer.save_pretrained(tmp / "adapter")

@@ -21,7 +21,8 @@ def invite(run_dir: str, store: str, name: str, admin: bool = False, base_url: s
 
     token = new_token()
     role = "admin" if admin else "labeler"
-    with open_store(run_dir, store) as s:
+    # must_exist: a mistyped --run-dir must not quietly create an empty store (an explicit --store may)
+    with open_store(run_dir, store, must_exist=not store) as s:
         if reissue:
             try:
                 labeler = s.get_labeler(name)
@@ -55,7 +56,7 @@ def serve(run_dir: str, store: str, host: str = "127.0.0.1", port: int = 8000) -
     from rlhfkit.feedback.web.app import create_app
     from rlhfkit.feedback.web.settings import Settings
 
-    with open_store(run_dir, store) as s:
+    with open_store(run_dir, store, must_exist=not store) as s:
         ensure_guideline(s)
     settings = Settings()
     if host not in ("0.0.0.0", "::", "") and host not in settings.allowed_hosts:  # the address asked for is a name too
