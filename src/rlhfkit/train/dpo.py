@@ -138,11 +138,11 @@ def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, ref: Tensor
     from safetensors.torch import save_file
 
     from rlhfkit.data.io import atomic_directory
-    from rlhfkit.models.policy import TRAINABLE_FILE
+    from rlhfkit.models.policy import TRAINABLE_FILE, save_adapter
 
     with atomic_directory(folder) as tmp:
         save_file(model.trainable_state(), str(tmp / TRAINABLE_FILE))
-        model.lm.save_pretrained(tmp / "adapter")
+        save_adapter(model.lm, tmp, config["model"])  # the same layout as ppo's: PeftModel.from_pretrained(base, folder)
         save_file({"ref_logps": ref.contiguous()}, str(tmp / REF_FILE))
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history,
                     "fingerprint": fingerprint}, tmp / "trainer_state.pt")
