@@ -12,6 +12,7 @@ References cited below:
   [GAE]    Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
   [Zieg]   Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences".
   [KLblog] Schulman 2020, "Approximating KL Divergence" (k1, k2, k3).
+  [Hinton] Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
 
 Gradient accumulation — how a trainer must scale for it to be exact
 -------------------------------------------------------------------
@@ -52,6 +53,7 @@ __all__ = [
     "ppo_total_loss",
     "logprobs_from_logits",
     "explained_variance",
+    "distillation_loss",
 ]
 
 
@@ -377,3 +379,43 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     var_returns = masked_var(returns, mask, unbiased=False)
     var_error = masked_var(returns - values, mask, unbiased=False)
     return 1.0 - var_error / var_returns
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation (deployment: a smaller student learns the aligned policy's distribution)
+# ---------------------------------------------------------------------------------------------
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    temperature: float,
+    alpha: float,
+    normalizer: Tensor | float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per token T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + α·CE(softmax(z_s), token), masked mean.
+
+    student_logits, teacher_logits: (B, A, V) logits predicting each response token (shifted, as in
+        ``logprobs_from_logits``); the teacher's carry no gradient.
+    tokens: (B, A) the hard labels (the tokens of the teacher's own samples); mask: (B, A).
+    temperature: T ≥ 1 softens both distributions (soft labels); the hard-label term is at T = 1.
+    normalizer: see module docstring (exact gradient accumulation).
+    Returns (loss 0-d, stats) with detached 0-d stats: kl (the soft term before T²), ce (the hard term).
+    """
+    # [Hinton] §2: the soft term's gradient scales as 1/T², so it is multiplied by T² to keep its weight
+    # against the hard-label term when T changes; the hard term uses the student at T = 1.
+    log_p_teacher = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # (B, A, V)
+    log_p_student = torch.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, A, V)
+    p_teacher = log_p_teacher.exp()
+    # Σ_v p_t (log p_t − log p_s); a token the teacher gives probability 0 contributes 0, never 0·(−inf).
+    terms = torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), torch.zeros_like(p_teacher))
+    kl = terms.sum(-1)  # (B, A)
+    ce = -logprobs_from_logits(student_logits, tokens)  # (B, A), at T = 1
+    per_token = temperature**2 * kl + alpha * ce
+    valid = mask.bool()
+    loss = _reduce(torch.where(valid, per_token, torch.zeros_like(per_token)), valid, normalizer)
+    with torch.no_grad():
+        stats = {"kl": masked_mean(kl, valid), "ce": masked_mean(ce, valid)}
+    return loss, {k: v.detach() for k, v in stats.items()}
