@@ -496,3 +496,34 @@ class CaiLabelConfig:
         _check(self.max_reply_tokens >= 1, "max_reply_tokens", "must be ≥ 1")
         _check(self.tie_eps >= 0, "tie_eps", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+EXPORT_FORMATS = ("hf", "gguf")
+EXPORT_QUANTIZE = ("none", "int8")
+
+
+@dataclass
+class ExportConfig:
+    """Ship the aligned policy: LoRA merged, as a transformers folder or a GGUF file; optionally pruned/quantised."""
+
+    run_dir: str = opt("runs/demo", "Run directory whose policy/ is exported (or a policy folder itself).")
+    out: str = opt("", "Output folder (required); replaced atomically, never half-written.")
+    format: str = opt("hf", "hf: a transformers folder (safetensors, tokenizer, chat template, generation_config); "
+                            "gguf: one GGUF file for llama.cpp-style runtimes (llama and qwen2 models).")
+    gguf_type: str = opt("f16", "GGUF weight type: f16 or q8_0 (int8 blocks of 32 with one scale each).")
+    dtype: str = opt("float32", "Weights of an hf export: float32 or bfloat16.")
+    quantize: str = opt("none", "none, or int8: dynamic int8 linears for CPU serving (torch.ao; hf format, float32; "
+                                "loads with rlhfkit.deploy.quantize.load_int8).")
+    sparsity: float = opt(0.0, "Prune this share of weights before export, in [0, 1) (0 = no pruning).")
+    structured: bool = opt(False, "Prune whole MLP channels (a smaller model) instead of single weights by magnitude.")
+    force: bool = opt(False, "Replace an existing output folder.")
+
+    def validate(self) -> None:
+        _check(bool(self.out), "out", "is required (the folder to write)")
+        _check(self.format in EXPORT_FORMATS, "format", f"must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        _check(self.gguf_type in ("f16", "q8_0"), "gguf_type", f"must be f16 or q8_0, got {self.gguf_type!r}")
+        _check(self.dtype in ("float32", "bfloat16"), "dtype", f"must be float32 or bfloat16, got {self.dtype!r}")
+        _check(self.quantize in EXPORT_QUANTIZE, "quantize", f"must be one of {', '.join(EXPORT_QUANTIZE)}, got {self.quantize!r}")
+        _check(0.0 <= self.sparsity < 1.0, "sparsity", f"must be in [0, 1), got {self.sparsity}")
+        _check(self.quantize == "none" or self.format == "hf", "quantize", "int8 applies to the hf format (GGUF has q8_0)")
+        _check(self.quantize == "none" or self.dtype == "float32", "quantize", "int8 starts from float32 (drop --dtype)")
