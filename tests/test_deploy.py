@@ -274,3 +274,64 @@ def test_structured_export_via_cli(llama_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert AutoConfig.from_pretrained(tmp_path / "s").intermediate_size == 64
     assert json.loads((tmp_path / "s" / "export.json").read_text())["structured"] is True
+
+
+# ------------------------------------------------------------------------------------ distillation and recovery
+
+
+def test_shallow_student_keeps_every_second_block_and_generates(tiny_models):
+    from rlhfkit.deploy.distil import shallow_student
+    from rlhfkit.generate import sample
+    from rlhfkit.models.load import format_prompt
+    from rlhfkit.models.tiny import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    teacher = build_model("llama", len(tok), layers=4, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                          bos_id=tok.bos_token_id).eval()
+    student = shallow_student(teacher, 2)
+    assert student.config.num_hidden_layers == 2 and len(student.model.layers) == 2 and teacher.config.num_hidden_layers == 4
+    for s_block, t_idx in zip(student.model.layers, (0, 2)):
+        assert torch.equal(s_block.mlp.up_proj.weight, teacher.model.layers[t_idx].mlp.up_proj.weight)
+        assert s_block.mlp.up_proj.weight.data_ptr() != teacher.model.layers[t_idx].mlp.up_proj.weight.data_ptr()
+    assert [b.self_attn.layer_idx for b in student.model.layers] == [0, 1]  # the KV cache's slots
+    torch.manual_seed(0)
+    s = sample(student, tok, [format_prompt(tok, "hello")] * 2, max_new_tokens=5, temperature=1.0)
+    assert s.response_ids.shape[0] == 2
+    # the cached sampler's log-probs are those of a plain forward of the student (layer_idx renumbered right)
+    ids = torch.cat([s.prompt_ids, s.response_ids], 1)
+    with torch.no_grad():
+        logits = student(ids, attention_mask=torch.cat([s.prompt_mask, torch.ones_like(s.response_ids)], 1)).logits
+    A = s.response_ids.shape[1]
+    lp = torch.log_softmax(logits[:, -A - 1 : -1].float(), -1).gather(-1, s.response_ids[..., None])[..., 0]
+    torch.testing.assert_close(lp[0], s.logprobs[0], atol=1e-4, rtol=1e-4)
+
+
+def test_distil_cli_brings_the_student_closer_to_the_policy(llama_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = _cli("distil", "--run-dir", llama_run, "--out", tmp_path / "student", "--num-prompts", "4",
+                  "--batch-size", "4", "--steps", "15", "--lr", "1e-2", "--alpha", "0")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "student" / "export.json").read_text())["distilled"]
+    assert (record["teacher_layers"], record["layers"], record["completions"]) == (2, 1, 4)
+    # α = 0: the loss is T²·KL alone, so the KL on the teacher's samples it trained on must fall
+    assert record["after"]["kl"] < 0.5 * record["before"]["kl"]
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert student.config.num_hidden_layers == 1 and not any("lora" in k for k in student.state_dict())
+
+
+def test_recovery_after_magnitude_pruning_keeps_the_zeros(llama_run, merged, tmp_path):
+    import copy
+
+    from rlhfkit.deploy.distil import recover
+    from rlhfkit.deploy.prune import prune_magnitude, sparsity_of
+
+    teacher, tok, config = merged
+    student = prune_magnitude(copy.deepcopy(teacher), 0.5)
+    recovered, stats = recover(student, teacher, tok, config, steps=15, num_prompts=4, batch_size=4, lr=1e-3)
+    assert stats["after"]["kl"] < 0.5 * stats["before"]["kl"]
+    assert sparsity_of(recovered) == pytest.approx(0.5)  # the merged LoRA update did not fill the pruned weights
+    result = _cli("export", llama_run, "--out", tmp_path / "r", "--recover-steps", "3")
+    assert result.exit_code == 2 and "recover_steps" in result.output and not (tmp_path / "r").exists()
+    result = _cli("export", llama_run, "--out", tmp_path / "r", "--sparsity", "0.5", "--recover-steps", "3")
+    assert result.exit_code == 0 and "recovered in 3 steps" in result.output, result.output

@@ -73,10 +73,12 @@ def prepare(model, *, sparsity: float = 0.0, structured: bool = False, dtype: st
 
 def run_export(cfg) -> dict:
     """Export RUN_DIR/policy as ``cfg.format`` into ``cfg.out`` (atomically); a summary dict."""
+    import copy
     import json
 
     from rlhfkit import __version__
     from rlhfkit.data.io import atomic_directory
+    from rlhfkit.deploy.distil import recover
     from rlhfkit.deploy.gguf_file import check_gguf_support, gguf_filename, write_gguf
     from rlhfkit.deploy.prune import check_sparsity
     from rlhfkit.models.policy import load_aligned
@@ -94,12 +96,18 @@ def run_export(cfg) -> dict:
     if cfg.format == "gguf":
         check_gguf_support(model.config)  # before any work: an unsupported architecture fails fast
     int8 = cfg.quantize == "int8"
-    model = prepare(model, sparsity=cfg.sparsity, structured=cfg.structured,
-                    dtype="float32" if cfg.format == "gguf" else cfg.dtype, int8=int8)
+    teacher = copy.deepcopy(model) if cfg.recover_steps else None
+    model = prepare(model, sparsity=cfg.sparsity, structured=cfg.structured)
+    recovery = None
+    if teacher is not None:
+        model, recovery = recover(model, teacher, tokenizer, config, steps=cfg.recover_steps)
+        del teacher
+    model = prepare(model, dtype="float32" if cfg.format == "gguf" else cfg.dtype, int8=int8)
     record = {
         "source": str(source.resolve()), "base_model": config.get("model"), "format": cfg.format,
         "gguf_type": cfg.gguf_type if cfg.format == "gguf" else None, "dtype": cfg.dtype if cfg.format == "hf" else None,
-        "quantize": cfg.quantize, "sparsity": cfg.sparsity, "structured": cfg.structured, "sampling": sampling,
+        "quantize": cfg.quantize, "sparsity": cfg.sparsity, "structured": cfg.structured, "recovery": recovery,
+        "sampling": sampling,
         # the system turn the policy was aligned with ('' = the chat template's default): pass it when you prompt
         "system_prompt": sampling.get("system_prompt", ""), "rlhfkit": __version__,
     }
