@@ -2,6 +2,7 @@
 
     python bench/deploy.py --policy RUN_DIR/policy                 # every variant, 16 held-out prompts
     python bench/deploy.py --policy RUN_DIR/policy --variants fp32,int8 --prompts 8 --batch1-prompts 2
+    python bench/deploy.py --policy RUN_DIR/policy --folder student=ship/student   # + any exported hf folder
 
 Variants, each made from the merged float32 policy (``load_aligned``) the way ``rlhfkit export`` makes it:
   fp32        the merged policy (transformers folder, float32)
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"Comma-separated, from {', '.join(VARIANTS)}.")
     ap.add_argument("--prompts", type=int, default=16, help="Held-out (eval split) prompts of the shipped set.")
     ap.add_argument("--batch1-prompts", type=int, default=4, help="Prompts sampled one at a time for batch-1 speed.")
+    ap.add_argument("--folder", action="append", default=[], metavar="NAME=DIR",
+                    help="Also compare an exported transformers folder (rlhfkit distil/export output); repeatable.")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -129,8 +132,15 @@ def main() -> None:
     rows = []
     aligned_samples = run_sampler(merged, tok, texts, 16, sampling, args.seed)[0]  # what KL is measured on
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants.split(","):
-            model, size = build(name, merged, tok, sampling, Path(tmp) / name)
+        folders = dict(f.split("=", 1) for f in args.folder)
+        for name in [v for v in args.variants.split(",") if v] + list(folders):
+            if name in folders:
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_pretrained(folders[name], dtype=torch.float32).eval()
+                size = sum(p.stat().st_size for p in Path(folders[name]).glob("*.safetensors"))
+            else:
+                model, size = build(name, merged, tok, sampling, Path(tmp) / name)
             _, n1, s1 = run_sampler(model, tok, texts[: args.batch1_prompts], 1, sampling, args.seed)
             samples, n16, s16 = run_sampler(model, tok, texts, 16, sampling, args.seed)
             completions = [c for s in samples for c in decode_responses(tok, s.response_ids,
