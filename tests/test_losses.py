@@ -371,6 +371,85 @@ def test_bt_loss_exact_under_gradient_accumulation():
     assert torch.allclose(r.grad, full, atol=1e-6)
 
 
+# --------------------------------------------------------------------------------------------- distillation
+# V = 2, teacher logits (0, 0) → p_t = (½, ½); student logits (ln 3, 0).
+#   T = 1: p_s = (¾, ¼); KL(p_t ‖ p_s) = ½ ln(½/¾) + ½ ln(½/¼) = ½ ln(4/3) = 0.143841.
+#   T = 2: z/T = (ln √3, 0) → p_s = (√3/(1+√3), 1/(1+√3)) = (0.633975, 0.366025);
+#          KL = ½ ln((1+√3)/(2√3)) + ½ ln((1+√3)/2) = ½ ln((2+√3)/(2√3)) = 0.037252; T²·KL = 0.149009.
+#   CE at T = 1: −ln ¾ = 0.287682 (token 0), −ln ¼ = 1.386294 (token 1).
+#   ∂(T²·KL)/∂z_s = T·(p_s − p_t) = 2·(0.633975 − ½, 0.366025 − ½) = (2 − √3, √3 − 2) = (0.267949, −0.267949).
+STUDENT = torch.tensor([[[math.log(3.0), 0.0]]])  # (B=1, A=1, V=2)
+TEACHER = torch.tensor([[[0.0, 0.0]]])
+ONE = torch.ones(1, 1, dtype=torch.bool)
+
+
+def test_distillation_loss_hand_values():
+    loss, stats = L.distillation_loss(STUDENT, TEACHER, torch.tensor([[0]]), ONE, temperature=1.0, alpha=0.0)
+    assert close(loss, 0.143841) and close(stats["kl"], 0.143841) and close(stats["ce"], 0.287682)
+    loss, stats = L.distillation_loss(STUDENT, TEACHER, torch.tensor([[0]]), ONE, temperature=2.0, alpha=0.0)
+    assert close(stats["kl"], 0.037252) and close(loss, 0.149009)  # T² = 4 times the soft KL
+    # α = ½ adds half the hard-label CE, always at T = 1: 0.149009 + ½·0.287682 = 0.292850
+    loss, _ = L.distillation_loss(STUDENT, TEACHER, torch.tensor([[0]]), ONE, temperature=2.0, alpha=0.5)
+    assert close(loss, 0.292850)
+    loss, _ = L.distillation_loss(STUDENT, TEACHER, torch.tensor([[1]]), ONE, temperature=2.0, alpha=0.5)
+    assert close(loss, 0.149009 + 0.5 * 1.386294)
+
+
+def test_distillation_gradient_hand_value_and_teacher_gets_none():
+    student = STUDENT.clone().requires_grad_(True)
+    teacher = TEACHER.clone().requires_grad_(True)
+    loss, _ = L.distillation_loss(student, teacher, torch.tensor([[0]]), ONE, temperature=2.0, alpha=0.0)
+    loss.backward()
+    assert close(student.grad[0, 0], [2 - math.sqrt(3), math.sqrt(3) - 2])
+    assert teacher.grad is None  # the teacher is a fixed target
+    # the hard term alone: ∂CE/∂z = p_s(T=1) − onehot(0) = (¾ − 1, ¼), times α = 2
+    student.grad = None
+    L.distillation_loss(student, teacher, torch.tensor([[0]]), ONE, temperature=2.0, alpha=2.0)[0].backward()
+    assert close(student.grad[0, 0], [2 - math.sqrt(3) + 2 * (-0.25), math.sqrt(3) - 2 + 2 * 0.25])
+
+
+def test_distillation_loss_zero_soft_term_when_student_is_teacher():
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(3, 4, 7, generator=g)
+    tokens = torch.randint(0, 7, (3, 4), generator=g)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    for T in (1.0, 3.0):
+        loss, stats = L.distillation_loss(z, z, tokens, mask, temperature=T, alpha=0.7)
+        assert close(stats["kl"], 0.0, tol=1e-6)
+        ce = -L.logprobs_from_logits(z, tokens).mean()
+        assert close(loss, 0.7 * ce, tol=1e-5)
+
+
+def test_distillation_loss_ignores_padding_even_if_garbage():
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    tokens = torch.randint(0, 5, (2, 3), generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    clean, _ = L.distillation_loss(s, t, tokens, mask, temperature=2.0, alpha=0.5)
+    s2, t2 = s.clone(), t.clone()
+    s2[~mask], t2[~mask] = float("nan"), float("inf")
+    dirty, _ = L.distillation_loss(s2, t2, tokens, mask, temperature=2.0, alpha=0.5)
+    assert torch.isfinite(dirty) and close(dirty, clean)
+    # the same as the mean over the three valid tokens computed one at a time
+    per = [L.distillation_loss(s[b : b + 1, a : a + 1], t[b : b + 1, a : a + 1], tokens[b : b + 1, a : a + 1],
+                               ONE, temperature=2.0, alpha=0.5)[0] for b, a in ((0, 0), (0, 1), (1, 0))]
+    assert close(clean, sum(per) / 3)
+
+
+def test_distillation_loss_exact_under_gradient_accumulation():
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(3, 4, 6, generator=g).requires_grad_(True)
+    t = torch.randn(3, 4, 6, generator=g)
+    tokens = torch.randint(0, 6, (3, 4), generator=g)
+    mask = torch.arange(4)[None, :] < torch.tensor([4, 1, 2])[:, None]
+    fn = lambda rows, n=None: L.distillation_loss(z[rows], t[rows], tokens[rows], mask[rows], 2.0, 0.5, n)[0]  # noqa: E731
+    full = _grad(lambda: fn(slice(None)), z)
+    z.grad = None
+    for rows in (slice(0, 1), slice(1, 3)):
+        fn(rows, int(mask.sum())).backward()
+    assert torch.allclose(z.grad, full, atol=1e-6)
+
+
 def test_losses_imports_torch_only():
     import ast
     import inspect

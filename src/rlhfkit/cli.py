@@ -21,7 +21,9 @@ from rlhfkit.config import (
     CaiReviseConfig,
     DpoConfig,
     KNOWN_SECTIONS,
+    DistilConfig,
     EvalConfig,
+    ExportConfig,
     GenerateConfig,
     LabelConfig,
     PairsConfig,
@@ -439,6 +441,50 @@ def ask(cfg: AskConfig) -> None:
     from rlhfkit.apps.ask import run_ask
 
     typer.echo(run_ask(cfg))
+
+
+def _help(config_cls: type, name: str) -> str:
+    """A config field's one help text, for commands that take a positional argument."""
+    return next(f.metadata["help"] for f in config_fields(config_cls) if f.name == name)
+
+
+@app.command("export")
+def export(
+    run_dir: str = typer.Argument(..., help=_help(ExportConfig, "run_dir")),
+    out: str = typer.Option(..., "--out", help=_help(ExportConfig, "out")),
+    format: str = typer.Option("hf", "--format", help=_help(ExportConfig, "format")),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help=_help(ExportConfig, "gguf_type")),
+    dtype: str = typer.Option("float32", "--dtype", help=_help(ExportConfig, "dtype")),
+    quantize: str = typer.Option("none", "--quantize", help=_help(ExportConfig, "quantize")),
+    sparsity: float = typer.Option(0.0, "--sparsity", help=_help(ExportConfig, "sparsity")),
+    structured: bool = typer.Option(False, "--structured", help=_help(ExportConfig, "structured")),
+    recover_steps: int = typer.Option(0, "--recover-steps", help=_help(ExportConfig, "recover_steps")),
+    force: bool = typer.Option(False, "--force", help=_help(ExportConfig, "force")),
+) -> None:
+    """Ship the aligned policy (LoRA merged): a transformers folder or a GGUF file, optionally pruned or int8."""
+    from rlhfkit.deploy.export import run_export
+
+    values = dict(run_dir=run_dir, out=out, format=format, gguf_type=gguf_type, dtype=dtype, quantize=quantize,
+                  sparsity=sparsity, structured=structured, recover_steps=recover_steps, force=force)
+    cfg = run_stage(load_config, ExportConfig, None, values, section="export")
+    s = run_stage(run_export, cfg)
+    what = f"GGUF {s['gguf_type'].upper()}" if s["format"] == "gguf" else f"transformers folder ({s['dtype']}, quantize {s['quantize']})"
+    pruned = f", {s['sparsity']:.0%} {'MLP channels' if s['structured'] else 'weights'} pruned" if s["sparsity"] else ""
+    if s["recovery"]:
+        r = s["recovery"]
+        pruned += f", recovered in {r['steps']} steps (KL to the policy {r['before']['kl']:.3f} → {r['after']['kl']:.3f} per token)"
+    typer.echo(f"exported {s['source']} as {what}{pruned}: {s['bytes'] / 1e6:.1f} MB in {s['seconds']:.0f} s → {s['path']}")
+
+
+@stage_command("distil", DistilConfig)
+def distil(cfg: DistilConfig) -> None:
+    """Distil the aligned policy into a shallower student (every N-th block) on its own samples → a transformers folder."""
+    from rlhfkit.deploy.distil import run_distil
+
+    s = run_distil(cfg)
+    typer.echo(f"distilled {s['teacher_layers']} → {s['layers']} blocks on {s['completions']} teacher completions, "
+               f"{s['steps']} steps: KL to the teacher {s['before']['kl']:.3f} → {s['after']['kl']:.3f} per token "
+               f"in {s['seconds']:.0f} s: {s['bytes'] / 1e6:.1f} MB → {s['path']}")
 
 
 def main() -> None:

@@ -710,3 +710,66 @@ class AskConfig:
         _check(self.max_steps >= 1, "max_steps", "must be ≥ 1")
         _check(self.max_tokens >= 1, "max_tokens", "must be ≥ 1")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
+EXPORT_FORMATS = ("hf", "gguf")
+EXPORT_QUANTIZE = ("none", "int8")
+
+
+@dataclass
+class ExportConfig:
+    """Ship the aligned policy: LoRA merged, as a transformers folder or a GGUF file; optionally pruned/quantised."""
+
+    run_dir: str = opt("runs/demo", "Run directory whose policy/ is exported (or a policy folder itself).")
+    out: str = opt("", "Output folder (required); replaced atomically, never half-written.")
+    format: str = opt("hf", "hf: a transformers folder (safetensors, tokenizer, chat template, generation_config); "
+                            "gguf: one GGUF file for llama.cpp-style runtimes (llama and qwen2 models).")
+    gguf_type: str = opt("f16", "GGUF weight type: f16 or q8_0 (int8 blocks of 32 with one scale each).")
+    dtype: str = opt("float32", "Weights of an hf export: float32 or bfloat16.")
+    quantize: str = opt("none", "none, or int8: dynamic int8 linears for CPU serving (torch.ao; hf format, float32; "
+                                "loads with rlhfkit.deploy.quantize.load_int8).")
+    sparsity: float = opt(0.0, "Prune this share of weights before export, in [0, 1) (0 = no pruning).")
+    structured: bool = opt(False, "Prune whole MLP channels (a smaller model) instead of single weights by magnitude.")
+    recover_steps: int = opt(0, "After pruning: this many LoRA distillation steps towards the unpruned policy on its "
+                                "own samples of the run's train prompts (0 = none).")
+    force: bool = opt(False, "Replace an existing output folder.")
+
+    def validate(self) -> None:
+        _check(bool(self.out), "out", "is required (the folder to write)")
+        _check(self.format in EXPORT_FORMATS, "format", f"must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        _check(self.gguf_type in ("f16", "q8_0"), "gguf_type", f"must be f16 or q8_0, got {self.gguf_type!r}")
+        _check(self.dtype in ("float32", "bfloat16"), "dtype", f"must be float32 or bfloat16, got {self.dtype!r}")
+        _check(self.quantize in EXPORT_QUANTIZE, "quantize", f"must be one of {', '.join(EXPORT_QUANTIZE)}, got {self.quantize!r}")
+        _check(0.0 <= self.sparsity < 1.0, "sparsity", f"must be in [0, 1), got {self.sparsity}")
+        _check(self.recover_steps >= 0, "recover_steps", "must be ≥ 0")
+        _check(self.recover_steps == 0 or self.sparsity > 0, "recover_steps", "needs --sparsity > 0 (it recovers from pruning)")
+        _check(self.quantize == "none" or self.format == "hf", "quantize", "int8 applies to the hf format (GGUF has q8_0)")
+        _check(self.quantize == "none" or self.dtype == "float32", "quantize", "int8 starts from float32 (drop --dtype)")
+
+
+@dataclass
+class DistilConfig:
+    """A shallower student of the aligned policy, trained on the policy's own samples (T²·KL + α·CE)."""
+
+    run_dir: str = opt("runs/demo", "Run directory whose policy/ is the teacher (or a policy folder itself).")
+    out: str = opt("", "Output folder (required): the student as a transformers folder, replaced atomically.")
+    every: int = opt(2, "Keep every N-th decoder block of the teacher (2 = half the depth), initialised from it.")
+    num_prompts: int = opt(64, "Train prompts of the run the teacher completes (its own samples are the data).")
+    batch_size: int = opt(8, "Completions per step.")
+    steps: int = opt(100, "Optimizer steps.")
+    lr: float = opt(1e-3, "AdamW learning rate.")
+    temperature: float = opt(2.0, "T: both distributions softened by T in the KL term (Hinton et al. 2015).")
+    alpha: float = opt(0.5, "α: weight of the cross-entropy on the teacher's sampled tokens (hard labels).")
+    lora_r: int = opt(16, "LoRA rank of the student's update, merged in at the end (0 = train every weight).")
+    seed: int = opt(0, "Random seed of the teacher's samples and the training.")
+    force: bool = opt(False, "Replace an existing output folder.")
+
+    def validate(self) -> None:
+        _check(bool(self.out), "out", "is required (the folder to write)")
+        _check(self.every >= 2, "every", "must be ≥ 2")
+        _check(self.num_prompts >= 1 and self.batch_size >= 1 and self.steps >= 1, "steps",
+               "num_prompts, batch_size and steps must be ≥ 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.alpha >= 0, "alpha", "must be ≥ 0")
+        _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")

@@ -18,6 +18,7 @@ References cited below:
   [RLOO]   Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
            Human Feedback in LLMs" (Kool et al. 2019's leave-one-out baseline).
   [GRPO]   Shao et al. 2024, "DeepSeekMath" §4.1 (group-relative advantages, KL in the loss).
+  [Hinton] Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
 
 Gradient accumulation — how a trainer must scale for it to be exact
 -------------------------------------------------------------------
@@ -62,6 +63,7 @@ __all__ = [
     "rloo_advantages",
     "group_normalized_advantages",
     "kl_loss",
+    "distillation_loss",
 ]
 
 
@@ -510,3 +512,43 @@ def dpo_loss(
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
         }
     return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation (deployment: a smaller student learns the aligned policy's distribution)
+# ---------------------------------------------------------------------------------------------
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    temperature: float,
+    alpha: float,
+    normalizer: Tensor | float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per token T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + α·CE(softmax(z_s), token), masked mean.
+
+    student_logits, teacher_logits: (B, A, V) logits predicting each response token (shifted, as in
+        ``logprobs_from_logits``); the teacher's carry no gradient.
+    tokens: (B, A) the hard labels (the tokens of the teacher's own samples); mask: (B, A).
+    temperature: T ≥ 1 softens both distributions (soft labels); the hard-label term is at T = 1.
+    normalizer: see module docstring (exact gradient accumulation).
+    Returns (loss 0-d, stats) with detached 0-d stats: kl (the soft term before T²), ce (the hard term).
+    """
+    # [Hinton] §2: the soft term's gradient scales as 1/T², so it is multiplied by T² to keep its weight
+    # against the hard-label term when T changes; the hard term uses the student at T = 1.
+    log_p_teacher = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # (B, A, V)
+    log_p_student = torch.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, A, V)
+    p_teacher = log_p_teacher.exp()
+    # Σ_v p_t (log p_t − log p_s); a token the teacher gives probability 0 contributes 0, never 0·(−inf).
+    terms = torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student), torch.zeros_like(p_teacher))
+    kl = terms.sum(-1)  # (B, A)
+    ce = -logprobs_from_logits(student_logits, tokens)  # (B, A), at T = 1
+    per_token = temperature**2 * kl + alpha * ce
+    valid = mask.bool()
+    loss = _reduce(torch.where(valid, per_token, torch.zeros_like(per_token)), valid, normalizer)
+    with torch.no_grad():
+        stats = {"kl": masked_mean(kl, valid), "ce": masked_mean(ce, valid)}
+    return loss, {k: v.detach() for k, v in stats.items()}
