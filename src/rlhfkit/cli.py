@@ -37,6 +37,7 @@ from rlhfkit.config import (
     config_fields,
     field_types,
     gather_config,
+    load_config,
 )
 from rlhfkit.data.errors import RlhfkitError
 
