@@ -23,25 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def cpu_description() -> str:
-    """The CPU model and the vector/bf16 flags that decide float32 vs bfloat16 speed (from lscpu)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU (no lscpu)"
-    name = re.search(r"Model name:\s*(.+)", out)
-    flag_line = re.search(r"Flags:\s*(.+)", out)
-    flags = set(flag_line.group(1).split()) if flag_line else set()
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name.group(1).strip() if name else 'unknown CPU'}, {os.cpu_count()} CPUs, flags: {' '.join(shown) or 'none of avx2/avx512'}"
+    """The CPU model and the vector/bf16 flags that decide float32 vs bfloat16 speed."""
+    from rlhfkit.machine import cpu_line
+
+    return cpu_line()
 
 
 def plain_generate(model, tok, texts, batch_size, max_new_tokens, temperature, seed, stop):

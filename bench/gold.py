@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -42,7 +31,9 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     from rlhfkit.feedback.gold import GoldScorer, agreement
 
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, float32")
+    from rlhfkit.machine import cpu_line
+
+    print(f"machine: {cpu_line()}, {torch.get_num_threads()} threads, float32")
     pairs = [json.loads(line) for line in (ROOT / "tests" / "data" / "judged_pairs.jsonl").read_text().splitlines()]
     gold = GoldScorer()
     kinds = sorted({p["kind"] for p in pairs})

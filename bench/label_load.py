@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -49,19 +48,11 @@ import numpy as np
 from rlhfkit.feedback.label import ensure_guideline, open_store
 from rlhfkit.feedback.pg_scratch import scratch_schema, unreachable
 from rlhfkit.feedback.web.cli_support import invite
+from rlhfkit.machine import cpu_line
 
 K = 4
 OVERLAP = 3
 POSTGRES_DEFAULT = "postgresql://rlhfkit:rlhfkit@127.0.0.1:5432/rlhfkit_test"  # what `make postgres` creates
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        return f"{model}, {os.cpu_count()} CPUs"
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:
@@ -255,7 +246,7 @@ async def main() -> int:
                         help="in the steady phase, an admin imports this many new tasks while the labelers work")
     args = parser.parse_args()
     backends = args.backends.split(",") if args.backends else ["sqlite", "postgresql"]
-    print(f"machine: {cpu_name()}; one server process (uvicorn), clients in this process; "
+    print(f"machine: {cpu_line()}; one server process (uvicorn), clients in this process; "
           f"{args.labelers} labelers × {args.per_labeler} rankings, K={K}, overlap {OVERLAP}")
     ok = True
     for backend in backends:

@@ -31,6 +31,11 @@ def cpu_flags() -> list[str]:
     return [name for flag, name in wanted if flag in flags]
 
 
+def cpu_line() -> str:
+    """'AMD EPYC, 2 CPUs, flags: AVX2' — for benchmarks; no torch import."""
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, flags: {' '.join(cpu_flags()) or 'none of AVX2/AVX-512/AMX'}"
+
+
 def describe() -> dict:
     """{"cpu", "flags", "cores", "threads", "device", "torch"}: JSON-ready, cheap (imports torch)."""
     import torch
