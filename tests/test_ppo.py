@@ -86,9 +86,11 @@ def test_sampler_logprobs_equal_the_rollouts_under_a_meddling_generation_config(
 
     model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu", lora_layers=1)
     _perturb_adapters(model)
-    model.lm.generation_config = GenerationConfig(
+    # on the base model: that is where PeftModel.generate (and so any generate-based sampler) reads it
+    model.lm.get_base_model().generation_config = GenerationConfig(
         do_sample=True, temperature=0.2, top_k=3, top_p=0.3, repetition_penalty=3.0, no_repeat_ngram_size=1,
         min_new_tokens=6, typical_p=0.5, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert model.lm.get_base_model().generation_config.top_k == 3
     ro = _rollout(model, tok, T=0.7, A=10)
     m = ro.response_mask.bool()
     torch.testing.assert_close(ro.sampler_logprobs[m], ro.logprobs[m], atol=1e-5, rtol=1e-5)
