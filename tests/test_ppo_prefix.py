@@ -72,3 +72,35 @@ def test_a_hook_that_never_fires_is_a_clear_error(tiny_llama):
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(RlhfkitError, match="never reached transformer block 0"):
         model.frozen_prefix(ids, torch.ones_like(ids))
+
+
+def test_eval_kl_equals_an_unpadded_plain_forward_per_row(tiny_models):
+    """eval.run.sequence_kl (which reuses the frozen prefix for both models) against each row run alone,
+    unpadded, through the LM with adapters on and off: Σ_t k1 and Σ_t k3 over the response tokens."""
+    from rlhfkit.eval.run import sequence_kl
+    from rlhfkit.train import losses as L
+
+    model, tok = build_policy(str(tiny_models["llama"]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ro = _batch(model, tok)
+    k1, k3 = sequence_kl(model, ro.input_ids, ro.attention_mask, ro.response_mask, 0.7)
+    A = ro.n_response
+    for b in range(len(PROMPTS)):
+        keep = ro.attention_mask[b].bool()
+        ids = ro.input_ids[b][keep][None]  # (1, T_b): no padding at all
+        n_resp = int(ro.response_mask[b].sum())
+        target = ro.input_ids[b, -A:][:n_resp][None]
+        with torch.no_grad():
+            pol = model.lm(ids).logits[0].float() / 0.7
+            with model.lm.disable_adapter():
+                ref = model.lm(ids).logits[0].float() / 0.7
+        # the response's first token sits right after the prompt's real tokens
+        n_prompt = int(keep[: ro.input_ids.shape[1] - A].sum())
+        lp = L.logprobs_from_logits(pol[n_prompt - 1 : n_prompt - 1 + n_resp][None], target)
+        lr = L.logprobs_from_logits(ref[n_prompt - 1 : n_prompt - 1 + n_resp][None], target)
+        assert float(k1[b]) == pytest.approx(float(L.kl_k1(lp, lr).sum()), abs=1e-4)
+        assert float(k3[b]) == pytest.approx(float(L.kl_k3(lp, lr).sum()), abs=1e-4)
+    assert float(k3.sum()) > 1e-4  # the adapters moved: the check compares something

@@ -35,9 +35,12 @@ def sequence_kl(model, input_ids, attention_mask, response_mask, temperature: fl
 
     A = response_mask.shape[1]
     with torch.no_grad():
-        logits, _ = model(input_ids, attention_mask, A, temperature)
+        prefix = model.frozen_prefix(input_ids, attention_mask)  # the blocks below the adapters run once for both
+        logits, _ = model(input_ids, attention_mask, A, temperature, prefix=prefix)
         logp = L.logprobs_from_logits(logits, input_ids[:, -A:])
-        ref = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature), input_ids[:, -A:])
+        del logits
+        ref = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature, prefix=prefix),
+                                     input_ids[:, -A:])
     mask = response_mask.bool()
     k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(logp)).sum(1)
     k3 = torch.where(mask, L.kl_k3(logp, ref), torch.zeros_like(logp)).sum(1)
