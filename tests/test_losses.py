@@ -583,3 +583,13 @@ def test_kl_loss_zero_at_reference_with_zero_gradient_and_hand_value():
     loss = L.kl_loss(logp, torch.tensor([[-1.0]]), torch.tensor([[1]]))
     loss.backward()
     assert close(loss, 0.367879) and close(logp.grad, [[0.632121]])
+
+
+def test_missing_eos_scores_by_hand():
+    scores, ended = torch.tensor([0.5, -0.3, 1.2]), torch.tensor([True, False, False])
+    # replace: the cut-off rows score the penalty, whatever the reward model said
+    assert L.missing_eos_scores(scores, ended, -1.0, "replace").tolist() == [0.5, -1.0, -1.0]
+    # subtract: the cut-off rows keep their order, lowered by 1 (-0.3 - 1, 1.2 - 1)
+    torch.testing.assert_close(L.missing_eos_scores(scores, ended, -1.0, "subtract"), torch.tensor([0.5, -1.3, 0.2]))
+    with pytest.raises(ValueError, match="replace"):
+        L.missing_eos_scores(scores, ended, -1.0, "clip")

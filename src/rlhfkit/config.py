@@ -425,8 +425,12 @@ class PPOConfig:
     vf_coef: float = opt(0.1, "c1: weight of the value loss.")
     ent_coef: float = opt(0.0, "c2: weight of the entropy bonus (encourages exploration).")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
-    penalize_missing_eos: bool = opt(True, "Give completions that never end a fixed score instead of theirs.")
-    missing_eos_penalty: float = opt(-1.0, "The fixed score of a completion that hit max_new_tokens.")
+    penalize_missing_eos: bool = opt(True, "Penalise completions that never end (hit max_new_tokens).")
+    missing_eos_penalty: float = opt(-1.0, "The penalty, in normalised score units (see missing_eos_mode).")
+    missing_eos_mode: str = opt("replace", "replace: a completion that never ends scores missing_eos_penalty "
+                                           "instead of its score (Stiennon et al. 2020); subtract: the penalty is "
+                                           "added to its score (TRL's missing_eos_penalty), keeping the reward "
+                                           "model's ranking of cut-off replies.")
     ratio_alarm: float = opt(10.0, "Stop when the mean max probability ratio of an iteration exceeds this.")
     length_alarm: float = opt(0.9, "Stop when this share of the last 3 iterations' completions hit max_new_tokens, "
                                    "having started below it (lengths drifting to the limit; 0 = off).")
@@ -469,6 +473,8 @@ class PPOConfig:
         _check(self.lora_alpha > 0, "lora_alpha", "must be > 0")
         _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
         _check(0 <= self.length_alarm <= 1, "length_alarm", "must be in [0, 1]")
+        _check(self.missing_eos_mode in ("replace", "subtract"), "missing_eos_mode",
+               f"must be replace or subtract, got {self.missing_eos_mode!r}")
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")

@@ -69,7 +69,7 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
     ro = collect_rollout(model, tokenizer, repeat_prompts(prompts, K), score_fn, sampling=hp.sampling,
                          beta=beta if algorithm == "rloo" else 0.0, gamma=1.0, lam=1.0,
                          missing_eos_penalty=hp.missing_eos_penalty if hp.penalize_missing_eos else None,
-                         iteration=iteration, norm=norm)
+                         missing_eos_mode=hp.missing_eos_mode, iteration=iteration, norm=norm)
     # 4. critic-free advantages replace GAE's; no returns: the value head is not trained
     advantages = group_advantages(algorithm, ro.scores, ro.kl, ro.response_mask, beta, K)
     check_finite(iteration, advantages=advantages)

@@ -199,6 +199,24 @@ def _check_right_padded(mask: Tensor) -> None:
         raise ValueError("response mask must be right-padded: valid tokens first, then padding only")
 
 
+MISSING_EOS_MODES = ("replace", "subtract")
+
+
+def missing_eos_scores(scores: Tensor, ended: Tensor, penalty: float, mode: str) -> Tensor:
+    """Scores (B,) of completions that never ended (``ended`` False: cut at max_new_tokens), penalised.
+
+    replace: their score becomes ``penalty`` (Stiennon et al. 2020; [N-det] detail 23) — the reward model's view
+    of them is dropped. subtract: ``penalty`` is added to their score (penalty < 0; TRL's ``missing_eos_penalty``
+    subtracts a positive one), so cut-off replies keep their order among themselves and PPO still learns
+    what the reward model prefers from them while it learns to finish.
+    """
+    if mode not in MISSING_EOS_MODES:
+        raise ValueError(f"missing_eos mode must be one of {MISSING_EOS_MODES}, got {mode!r}")
+    cut = ~ended.to(torch.bool)
+    penalised = torch.full_like(scores, penalty) if mode == "replace" else scores + penalty
+    return torch.where(cut, penalised, scores)
+
+
 @torch.no_grad()
 def kl_penalized_rewards(
     score: Tensor,

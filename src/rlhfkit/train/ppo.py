@@ -84,11 +84,12 @@ def check_finite(iteration: int, **tensors: Tensor) -> None:
 @torch.no_grad()
 def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score_fn: Scorer, *, sampling,
                     beta: float, gamma: float, lam: float, missing_eos_penalty: float | None, iteration: int,
-                    norm: RewardNorm | None = None) -> Rollout:
+                    norm: RewardNorm | None = None, missing_eos_mode: str = "replace") -> Rollout:
     """Phase 1: generate, score, compute log-probs, values, KL-shaped rewards and advantages.
 
     ``sampling``: a SamplingConfig (temperature > 0, no truncation). ``norm``: the reward normalisation;
-    None fits it on these rollouts (iteration 0, when the policy is the reference).
+    None fits it on these rollouts (iteration 0, when the policy is the reference). ``missing_eos_penalty``
+    (None: off) and ``missing_eos_mode``: see ``losses.missing_eos_scores``.
     """
     model.eval()  # dropout off in rollouts and in the log-prob passes alike ([N-det])
     T = sampling.temperature
@@ -104,9 +105,10 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     check_finite(iteration, scores=raw)  # before normalisation or the penalty can hide a broken scorer
     norm = norm or RewardNorm.fit(raw)
     scores = norm(raw)
-    # Completions that never end get a fixed penalty instead of their score ([Stien], [N-det] detail 23).
+    # Completions that never end are penalised: a fixed score instead of theirs ([Stien], [N-det] detail 23),
+    # or their score lowered by the penalty (TRL's missing_eos_penalty).
     if missing_eos_penalty is not None:
-        scores = torch.where(s.ended.cpu(), scores, torch.tensor(missing_eos_penalty))
+        scores = L.missing_eos_scores(scores, s.ended.cpu(), missing_eos_penalty, missing_eos_mode)
 
     # log-probs of the sampled tokens at the sampling temperature, under the policy and the reference;
     # the frozen lower blocks (LoRA on the top blocks only) run once for both and for the update epochs
@@ -237,7 +239,7 @@ def ppo_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, prompts: list
     # 1–4. generate, score, KL-shaped reward, advantages (GAE)
     ro = collect_rollout(model, tokenizer, prompts, score_fn, sampling=hp.sampling, beta=kl_ctl.value, gamma=hp.gamma,
                          lam=hp.lam, missing_eos_penalty=hp.missing_eos_penalty if hp.penalize_missing_eos else None,
-                         iteration=iteration, norm=norm)
+                         missing_eos_mode=hp.missing_eos_mode, iteration=iteration, norm=norm)
     t1 = time.perf_counter()
     # 5. epochs of clipped updates
     generator = torch.Generator().manual_seed(seed * 7_919 + iteration)
@@ -420,7 +422,9 @@ def run_ppo(cfg) -> dict:
             if cfg.sample_every and (it + 1) % cfg.sample_every == 0:
                 print_samples(bar.console, result.rollout, it)
             reason = alarm_reason(history, kl_budget=cfg.kl_budget, ratio_alarm=cfg.ratio_alarm,
-                                  length_alarm=cfg.length_alarm, penalize_missing_eos=cfg.penalize_missing_eos)
+                                  length_alarm=cfg.length_alarm,
+                                  # only a replaced score leaves nothing to learn when no completion ends
+                                  penalize_missing_eos=cfg.penalize_missing_eos and cfg.missing_eos_mode == "replace")
             if reason is None and stats["objective/score"] >= cfg.target_reward:
                 reason = f"target reward reached: objective/score = {stats['objective/score']:.2f} ≥ {cfg.target_reward}"
             last = it + 1 == cfg.iterations
