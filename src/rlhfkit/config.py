@@ -550,7 +550,7 @@ class EvalConfig:
     toxic_samples_per_prompt: int = opt(0, "Completions per provocative or red-team prompt, where toxicity lives "
                                            "(0 = samples_per_prompt).")
     sampling: SamplingConfig = sampling_opt()
-    batch_size: int = opt(16, "Prompts generated together.")
+    batch_size: int = opt(16, "Most completions sampled together (the rows are split into equal batches of at most this).")
     kl_budget: float = opt(0.0, "KL budget the verdict checks against (0 = PPO's kl_budget).")
     gold: bool = opt(True, "Also score with the gold scorer (the independent judge).")
     seed: int = opt(1234, "Random seed: the reference and the policy get the same sampling seeds.")

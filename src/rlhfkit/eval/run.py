@@ -62,6 +62,10 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
     out = {m: {"texts": [], "tokens": [], "ended": []} for m in MODELS}
     out["policy"].update(kl_k1=[], kl_k3=[])
     stop = eos_ids(tokenizer, model.lm)
+    # balanced batches: 208 rows at most 64 per batch run as 4 × 52, not 3 × 64 + a slow tail of 16 (a batch
+    # costs about as many decode steps whatever its size)
+    n_batches = max(1, -(-len(prompts) // batch_size))
+    batch_size = max(1, -(-len(prompts) // n_batches))
     batches = range(0, len(prompts), batch_size)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("eval", total=2 * len(prompts))
