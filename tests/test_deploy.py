@@ -195,29 +195,64 @@ def test_gguf_qwen2_reads_back_too(tiny_models, tmp_path):
 # ------------------------------------------------------------------------------------ int8
 
 
-def test_int8_export_is_smaller_and_its_logits_stay_close(llama_run, merged, tmp_path):
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic"])
+def test_int8_export_is_smaller_and_its_logits_stay_close(llama_run, merged, tmp_path, method):
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
     from rlhfkit.deploy.export import prepare
-    from rlhfkit.deploy.quantize import INT8_FILE, load_int8
+    from rlhfkit.deploy.quantize import INT8_FILE, Int8Linear, load_int8
     from rlhfkit.models.policy import load_aligned
 
     assert _cli("export", llama_run, "--out", tmp_path / "f32").exit_code == 0
-    result = _cli("export", llama_run, "--out", tmp_path / "int8", "--quantize", "int8")
+    result = _cli("export", llama_run, "--out", tmp_path / "int8", "--quantize", method)
     assert result.exit_code == 0, result.output
     q = load_int8(tmp_path / "int8")
-    assert sum(isinstance(m, QLinear) for m in q.modules()) == 2 * 7  # q k v o gate up down in 2 blocks
+    kind = Int8Linear if method == "int8" else QLinear
+    assert sum(isinstance(m, kind) for m in q.modules()) == 2 * 7  # q k v o gate up down in 2 blocks
+    assert not any(isinstance(m, torch.nn.Linear) for m in q.model.layers.modules())  # no block linear left float
     lm, tok, _ = merged
     want, got = _logits(lm, tok), _logits(q, tok)
-    # per-channel int8 weights (step = max/127) and int8 activations per batch: ~1% of the logits' size
+    # per-channel int8 weights (step = max/127; weight-only feeds the kernel bfloat16 activations, dynamic
+    # quantises them to int8 per batch): ~1% of the logits' size
     assert (got - want).abs().max() < 5e-2 * want.abs().max()
     assert (got - want).abs().max() > 0  # it is not the float model
     # the saved int8 model is the one quantised in memory, exactly
-    fresh = prepare(load_aligned(llama_run / "policy")[0], int8=True)
+    fresh = prepare(load_aligned(llama_run / "policy")[0], quantize=method)
     torch.testing.assert_close(got, _logits(fresh, tok), atol=0, rtol=0)
     f32 = (tmp_path / "f32" / "model.safetensors").stat().st_size
     int8 = (tmp_path / "int8" / INT8_FILE).stat().st_size
     assert int8 < 0.6 * f32  # block linears at 1 byte instead of 4; the (tied) embedding stays float32
+
+
+def test_int8_per_channel_by_hand():
+    from rlhfkit.deploy.quantize import int8_per_channel
+
+    w = torch.tensor([[1.27, -0.635, 0.0], [0.0, 0.0, 0.0], [-2.54, 1.0, 0.01]])
+    q, scale = int8_per_channel(w)
+    # row 0: step 1.27/127 = 0.01 → 127, -63.5 → -64 (round half to even gives -64), 0
+    # row 2: step 0.02 → -127, 50, 0.5 → 0 (half to even); the zero row keeps a positive scale, all zeros
+    assert q.tolist() == [[127, -64, 0], [0, 0, 0], [-127, 50, 0]]
+    torch.testing.assert_close(scale[[0, 2]], torch.tensor([0.01, 0.02]))
+    assert scale[1] > 0
+
+
+@pytest.mark.parametrize("width", [64, 24])  # 64: torch's int8 kernel; 24: not a multiple of 32, de-quantised per call
+def test_int8_linear_equals_its_dequantised_weight(width):
+    from rlhfkit.deploy.quantize import Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(width, 40)
+    q = Int8Linear.from_linear(lin)
+    x = torch.randn(3, 5, width)  # (batch, tokens, in)
+    w = q.weight_int8.float() * q.weight_scale[:, None]
+    want = torch.nn.functional.linear(x, w, lin.bias)  # (3, 5, 40)
+    got = q(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    # the kernel's bfloat16 activations round each x to 8 significant bits (2^-9 relative): a dot of 64 terms
+    # errs ~1e-2 of its size at most; the de-quantising path is exact up to float32 summation order
+    tol = 2e-2 if width % 32 == 0 else 1e-5
+    assert (got - want).abs().max() <= tol * want.abs().max()
+    assert (torch.nn.functional.linear(x, lin.weight, lin.bias) - got).abs().max() > 0  # int8, not the float weight
 
 
 # ------------------------------------------------------------------------------------ pruning

@@ -719,7 +719,7 @@ class AskConfig:
 
 
 EXPORT_FORMATS = ("hf", "gguf")
-EXPORT_QUANTIZE = ("none", "int8")
+EXPORT_QUANTIZE = ("none", "int8", "int8-dynamic")  # deploy/quantize.py: INT8_METHODS
 
 
 @dataclass
@@ -732,8 +732,10 @@ class ExportConfig:
                             "gguf: one GGUF file for llama.cpp-style runtimes (llama and qwen2 models).")
     gguf_type: str = opt("f16", "GGUF weight type: f16 or q8_0 (int8 blocks of 32 with one scale each).")
     dtype: str = opt("float32", "Weights of an hf export: float32 or bfloat16.")
-    quantize: str = opt("none", "none, or int8: dynamic int8 linears for CPU serving (torch.ao; hf format, float32; "
-                                "loads with rlhfkit.deploy.quantize.load_int8).")
+    quantize: str = opt("none", "none; int8: weight-only int8 linears, one scale per output channel (keeps the "
+                                "alignment); int8-dynamic: also int8 activations (torch.ao; faster at batch 16, loses "
+                                "it on models with outlier activations such as SmolLM2). hf format, float32; loads "
+                                "with rlhfkit.deploy.quantize.load_int8.")
     sparsity: float = opt(0.0, "Prune this share of weights before export, in [0, 1) (0 = no pruning).")
     structured: bool = opt(False, "Prune whole MLP channels (a smaller model) instead of single weights by magnitude.")
     recover_steps: int = opt(0, "After pruning: this many LoRA distillation steps towards the unpruned policy on its "

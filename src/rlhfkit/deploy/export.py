@@ -3,7 +3,8 @@
 hf   → a transformers folder: LoRA merged into the weights, safetensors, the tokenizer with its chat
        template, and a generation_config that samples as the policy was aligned (temperature, top_p,
        top_k, max_new_tokens of its PPO config); ``AutoModelForCausalLM.from_pretrained`` loads it alone.
-       With quantize=int8 the weights are torch.ao dynamic int8 instead (see deploy/quantize.py).
+       With quantize=int8 the block linears are int8 (weight-only, per channel; or torch.ao dynamic with
+       int8-dynamic) in model.int8.safetensors instead (see deploy/quantize.py).
 gguf → one ``model.{f16,q8_0}.gguf`` for llama.cpp-style runtimes (see deploy/gguf_file.py).
 
 Every export also writes ``export.json``: where it came from and what was done to it.
@@ -57,8 +58,8 @@ def write_hf(model, tokenizer, folder: Path, sampling: dict, *, int8: bool = Fal
     tokenizer.save_pretrained(folder)
 
 
-def prepare(model, *, sparsity: float = 0.0, structured: bool = False, dtype: str = "float32", int8: bool = False):
-    """The merged float32 policy → the variant to ship (pruned, then cast or quantised), in place."""
+def prepare(model, *, sparsity: float = 0.0, structured: bool = False, dtype: str = "float32", quantize: str = "none"):
+    """The merged float32 policy → the variant to ship (pruned, then cast or quantised: none, int8, int8-dynamic), in place."""
     import torch
 
     from rlhfkit.deploy.prune import prune_magnitude, prune_mlp_channels
@@ -66,8 +67,8 @@ def prepare(model, *, sparsity: float = 0.0, structured: bool = False, dtype: st
 
     if sparsity > 0:
         (prune_mlp_channels if structured else prune_magnitude)(model, sparsity)
-    if int8:
-        return quantize_int8(model)
+    if quantize != "none":
+        return quantize_int8(model, quantize)
     return model.to(getattr(torch, dtype))
 
 
@@ -95,14 +96,14 @@ def run_export(cfg) -> dict:
     sampling = dict(config.get("sampling") or {})
     if cfg.format == "gguf":
         check_gguf_support(model.config)  # before any work: an unsupported architecture fails fast
-    int8 = cfg.quantize == "int8"
+    int8 = cfg.quantize != "none"
     teacher = copy.deepcopy(model) if cfg.recover_steps else None
     model = prepare(model, sparsity=cfg.sparsity, structured=cfg.structured)
     recovery = None
     if teacher is not None:
         model, recovery = recover(model, teacher, tokenizer, config, steps=cfg.recover_steps)
         del teacher
-    model = prepare(model, dtype="float32" if cfg.format == "gguf" else cfg.dtype, int8=int8)
+    model = prepare(model, dtype="float32" if cfg.format == "gguf" else cfg.dtype, quantize=cfg.quantize)
     record = {
         "source": str(source.resolve()), "base_model": config.get("model"), "format": cfg.format,
         "gguf_type": cfg.gguf_type if cfg.format == "gguf" else None, "dtype": cfg.dtype if cfg.format == "hf" else None,
