@@ -82,6 +82,10 @@ def device_of(world: World, device: str) -> str:
     return f"cuda:{world.local_rank}" if world.distributed and device.startswith("cuda") else device
 
 
+def is_initialized() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
 def close() -> None:
     if tdist.is_initialized():
         tdist.destroy_process_group()
@@ -181,12 +185,14 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return lists[0]
 
 
-def wrap(model: nn.Module, strategy: str, device: str, forward_methods: Sequence[str] = ()) -> nn.Module:
+def wrap(model: nn.Module, strategy: str, device: str, forward_methods: Sequence[str] = (),
+         find_unused: bool = False) -> nn.Module:
     """The module to call for training forwards: ``model`` itself on one process, DDP(model) or FSDP2-sharded.
 
     DDP keeps ``model`` unchanged inside (``.module``); FSDP2 shards ``model`` in place and returns it, and
     registers ``forward_methods`` (methods other than forward that run the model, e.g. the reference's) so
-    they gather the weights too.
+    they gather the weights too. ``find_unused``: DDP must not wait for gradients of trainable weights that
+    some losses leave out (the value head under RLOO / GRPO).
     """
     if not _on():
         return model
@@ -199,7 +205,7 @@ def wrap(model: nn.Module, strategy: str, device: str, forward_methods: Sequence
         frozen += [n for n, _ in model.named_buffers()]
         DDP._set_params_and_buffers_to_ignore_for_model(model, frozen)
         ids = [torch.device(device).index] if device.startswith("cuda") else None
-        return DDP(model, device_ids=ids)
+        return DDP(model, device_ids=ids, find_unused_parameters=find_unused)
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
