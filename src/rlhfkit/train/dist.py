@@ -107,13 +107,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _comm(t: Tensor) -> Tensor:
+    """A copy of ``t`` on the device the backend communicates from (nccl: this rank's GPU; gloo: where it is)."""
+    if tdist.get_backend() == "nccl":
+        return t.detach().to(torch.device("cuda", torch.cuda.current_device()), copy=True)
+    return t.detach().clone()
+
+
 def all_sum(t: Tensor) -> Tensor:
-    """Σ over ranks of ``t`` (a new tensor; ``t`` itself on one process). Autograd does not flow through it."""
+    """Σ over ranks of ``t`` (a new tensor on ``t``'s device; ``t`` itself on one process). No autograd through it."""
     if not _on():
         return t
-    out = t.detach().clone()
+    out = _comm(t)
     tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
-    return out
+    return out.to(t.device)
 
 
 def all_mean(t: Tensor) -> Tensor:
@@ -124,18 +131,19 @@ def all_mean(t: Tensor) -> Tensor:
 def all_max(t: Tensor) -> Tensor:
     if not _on():
         return t
-    out = t.detach().clone()
+    out = _comm(t)
     tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
-    return out
+    return out.to(t.device)
 
 
 def all_gather_rows(t: Tensor) -> Tensor:
     """(N·b, …) the ranks' ``t`` (b, …) stacked in rank order; every rank must pass the same shape."""
     if not _on():
         return t
-    parts = [torch.empty_like(t) for _ in range(world_size())]
-    tdist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
+    mine = _comm(t)
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    tdist.all_gather(parts, mine)
+    return torch.cat(parts).to(t.device)
 
 
 def mean_stats(stats: dict[str, float], maxima: Sequence[str] = ()) -> dict[str, float]:
