@@ -22,7 +22,10 @@ import torch
 from dist_worker import HP, PROMPTS
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-TIMEOUT_S = 300  # generous for a loaded 2-core CI machine; a hang is caught well before CI's own limit
+# The ranks' collectives time out after 60 s (dist_worker: dist.init), so a hang inside a collective ends the ranks
+# with an error; this kills them in any case. 300 s is generous on 2 free cores (the run takes ~20–40 s); on a
+# machine shared with heavy jobs raise it with RLHFKIT_DIST_TEST_TIMEOUT.
+TIMEOUT_S = float(os.environ.get("RLHFKIT_DIST_TEST_TIMEOUT", "300"))
 
 
 def free_port() -> int:
