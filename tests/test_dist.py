@@ -23,7 +23,8 @@ from dist_worker import HP, PROMPTS
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 # The ranks' collectives time out after 60 s (dist_worker: dist.init), so a hang inside a collective ends the ranks
-# with an error; this kills them in any case. 300 s is generous on 2 free cores (the run takes ~20–40 s); on a
+# with an error; this kills them in any case. 300 s is generous: both ranks of one strategy used ~20 s of CPU in all
+# (measured, ddp, 2-core EPYC), so on free cores the launch takes about that; on a
 # machine shared with heavy jobs raise it with RLHFKIT_DIST_TEST_TIMEOUT.
 TIMEOUT_S = float(os.environ.get("RLHFKIT_DIST_TEST_TIMEOUT", "300"))
 
