@@ -298,7 +298,8 @@ def ppo(cfg: PPOConfig) -> None:
     from rlhfkit.train.ppo import run_ppo
 
     s = run_ppo(cfg)
-    typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the run's summary once, from rank 0
+        typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
 
 
 @stage_command("dpo", DpoConfig)

@@ -38,6 +38,22 @@ def dtype_opt() -> Any:
                        "LoRA adapters, value head, losses and reward-model weights stay float32.")
 
 
+STRATEGIES = ("ddp", "fsdp")
+"""How trainers split work under torchrun (train/dist.py); one process ignores it."""
+
+
+def strategy_opt() -> Any:
+    """The ``strategy`` field of the trainers that run under torchrun (one help text)."""
+    return opt("ddp", "Under torchrun (N processes): ddp (each rank holds the model; gradients of what trains are "
+                      "averaged) or fsdp (FSDP2: each decoder block sharded over the ranks, for models that do not fit "
+                      "on one device). Ignored by one process.")
+
+
+def dist_timeout_opt() -> Any:
+    return opt(300.0, "Under torchrun: seconds a rank waits for the others (process-group start and every "
+                      "collective) before the run fails instead of hanging.")
+
+
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise RlhfkitError(f"config field '{name}' {message}")
@@ -440,6 +456,8 @@ class PPOConfig:
     seed: int = opt(0, "Random seed.")
     device: str = device_opt()
     dtype: str = dtype_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint.")
     force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
 
@@ -479,6 +497,8 @@ class PPOConfig:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
 
     @property
     def prompts_per_iteration(self) -> int:

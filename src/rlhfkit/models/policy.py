@@ -116,14 +116,17 @@ class PolicyWithValue(nn.Module):
             raise RlhfkitError(f"{folder}: checkpoint does not match the model ({result.unexpected_keys[:3]} …)")
 
 
-def save_adapter(lm, folder: Path, base: str) -> None:
+def save_adapter(lm, folder: Path, base: str, state_dict: dict | None = None) -> None:
     """The peft adapter in ``folder`` itself, so ``PeftModel.from_pretrained(base_model, folder)`` loads it,
-    naming its real base (``load.base_model_id``) rather than a folder in this machine's cache."""
+    naming its real base (``load.base_model_id``) rather than a folder in this machine's cache.
+
+    ``state_dict``: the adapter weights as full tensors, keyed as in ``lm.state_dict()`` — needed when ``lm``'s
+    own weights are FSDP shards; None reads them from ``lm``."""
     import json
 
     from rlhfkit.models.load import base_model_id
 
-    lm.save_pretrained(folder)
+    lm.save_pretrained(folder, state_dict=state_dict)
     path = Path(folder) / "adapter_config.json"
     config = json.loads(path.read_text())
     config["base_model_name_or_path"] = base_model_id(base)

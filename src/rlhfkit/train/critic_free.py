@@ -27,8 +27,9 @@ from torch import Tensor
 
 from rlhfkit.models.policy import PolicyWithValue
 from rlhfkit.models.reward import RewardNorm, Scorer
+from rlhfkit.train import dist
 from rlhfkit.train import losses as L
-from rlhfkit.train.ppo import StepResult, check_finite, collect_rollout, ppo_update, rollout_stats
+from rlhfkit.train.ppo import MAX_STATS, StepResult, check_finite, collect_rollout, ppo_update, rollout_stats
 
 
 def repeat_prompts(prompts: list[str], group_size: int) -> list[str]:
@@ -60,10 +61,14 @@ def flat_groups(scores: Tensor, group_size: int) -> float:
 
 
 def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, prompts: list[str], score_fn: Scorer,
-                     gold_fn: Scorer | None, *, iteration: int, seed: int, hp, norm: RewardNorm | None) -> StepResult:
-    """One RLOO or GRPO iteration over ``prompts`` (the iteration's distinct prompts), numbered as ``ppo_step``."""
+                     gold_fn: Scorer | None, *, iteration: int, seed: int, hp, norm: RewardNorm | None,
+                     wrapped=None) -> StepResult:
+    """One RLOO or GRPO iteration over ``prompts`` (the iteration's distinct prompts), numbered as ``ppo_step``.
+
+    Under torchrun ``prompts`` are this rank's share: whole groups, so the group baselines need no other rank.
+    """
     t0 = time.perf_counter()
-    torch.manual_seed(seed * 1_000_003 + iteration)  # sampling depends on (seed, iteration) only: exact resume
+    torch.manual_seed(dist.rank_seed(seed, iteration))  # sampling depends on (seed, rank, iteration): exact resume
     K, beta, algorithm = hp.group_size, kl_ctl.value, hp.algorithm
     # 1–3. generate K per prompt, score; the per-token rewards carry −β·k1 for rloo only (grpo: the loss does)
     ro = collect_rollout(model, tokenizer, repeat_prompts(prompts, K), score_fn, sampling=hp.sampling,
@@ -77,17 +82,19 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
     t1 = time.perf_counter()
     # 5. epochs of clipped updates, without a value loss (grpo: with β·KL in the loss)
     generator = torch.Generator().manual_seed(seed * 7_919 + iteration)
-    train = ppo_update(model, optimizer, ro, epochs=hp.ppo_epochs, minibatch_size=hp.minibatch_size,
+    train = ppo_update(model, optimizer, ro, epochs=hp.ppo_epochs, minibatch_size=hp.minibatch_size // dist.world_size(),
                        clip_eps=hp.clip_eps, vf_clip=hp.vf_clip, vf_coef=0.0, ent_coef=hp.ent_coef,
                        temperature=hp.sampling.temperature, max_grad_norm=hp.max_grad_norm, generator=generator,
-                       iteration=iteration, critic=False, kl_loss_coef=beta if algorithm == "grpo" else None)
+                       iteration=iteration, critic=False, kl_loss_coef=beta if algorithm == "grpo" else None,
+                       wrapped=wrapped)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}
     del stats["value/explained_var"]  # no critic
     if gold_fn is not None:
         stats["gold/score"] = float(np.mean(gold_fn(ro.prompts, ro.texts)))
-    B = len(ro.prompts)
-    kl_ctl.update(stats["objective/kl_k1"], B)
+    B = len(ro.prompts) * dist.world_size()
     stats.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "time/samples_per_s": B / (t2 - t0)})
+    stats = dist.mean_stats(stats, maxima=MAX_STATS)  # the run's statistics, on every rank
+    kl_ctl.update(stats["objective/kl_k1"], B)
     return StepResult(stats, ro)

@@ -143,14 +143,21 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, total=None) -> Tensor:
     """(x − mean) / std over valid entries; invalid positions are set to 0. x, mask: (B, A) → (B, A).
 
     shift_mean=False adds the mean back (only the scale changes) — used for rewards.
+    total: under data parallelism, a function summing a tensor over ranks (train.dist.all_sum), so the
+    moments are those of the global batch, not of this rank's share; None = this process only.
     """
     # [lmhp] utils/core.py whiten(): rsqrt(var + 1e-8); [N-det] computes the moments over valid tokens only,
-    # so padding does not drag the mean towards 0.
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    # so padding does not drag the mean towards 0. Bessel-corrected variance, as masked_var.
+    total = total or (lambda t: t)
+    count = total(mask.to(x.dtype).sum())
+    if count < 2:
+        raise ValueError(f"masked_whiten needs at least 2 valid entries, got {int(count)}")
+    mean = total(masked_sum(x, mask)) / count
+    var = total(masked_sum((x - mean) ** 2, mask)) / (count - 1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from rlhfkit.data.errors import RlhfkitError
-from rlhfkit.generate import assemble, decode_responses, eos_ids, sample
+from rlhfkit.generate import Sampled, assemble, decode_responses, eos_ids, sample
 from rlhfkit.models.load import format_prompt
 from rlhfkit.models.policy import PolicyWithValue
 from rlhfkit.models.reward import RewardNorm, Scorer
 from rlhfkit.rewards import load_scorer
+from rlhfkit.train import dist
 from rlhfkit.train import losses as L
 from rlhfkit.train.kl_control import AdaptiveKLController, FixedKLController
 
@@ -90,12 +91,25 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     ``sampling``: a SamplingConfig (temperature > 0, no truncation). ``norm``: the reward normalisation;
     None fits it on these rollouts (iteration 0, when the policy is the reference). ``missing_eos_penalty``
     (None: off) and ``missing_eos_mode``: see ``losses.missing_eos_scores``.
+    Under torchrun ``prompts`` are this rank's share; the reward normalisation and the whitening use the
+    statistics of every rank's rollouts (train/dist.py), so they match one process on the global batch.
     """
     model.eval()  # dropout off in rollouts and in the log-prob passes alike ([N-det])
-    T = sampling.temperature
     # 1. generate: left-padded prompts through the chat template, sampled at T with the KV cache
     formatted = [format_prompt(tokenizer, p, sampling.system_prompt) for p in prompts]
-    s = sample(model.lm, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens, temperature=T)
+    with dist.gathered(model):  # FSDP: weights gathered once, so ranks that stop early cannot hang the others
+        s = sample(model.lm, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature)
+    return experience(model, tokenizer, prompts, s, score_fn, temperature=sampling.temperature, beta=beta, gamma=gamma,
+                      lam=lam, missing_eos_penalty=missing_eos_penalty, iteration=iteration, norm=norm,
+                      missing_eos_mode=missing_eos_mode)
+
+
+@torch.no_grad()
+def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled, score_fn: Scorer, *,
+               temperature: float, beta: float, gamma: float, lam: float, missing_eos_penalty: float | None,
+               iteration: int, norm: RewardNorm | None = None, missing_eos_mode: str = "replace") -> Rollout:
+    """Steps 2–4 of ``collect_rollout`` on the completions ``s`` sampled for ``prompts`` at ``temperature``."""
+    T = temperature
     lengths, response_mask, input_ids, attention_mask = assemble(s, eos_ids(tokenizer, model.lm))
     A = s.response_ids.shape[1]
 
@@ -103,7 +117,7 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     texts = decode_responses(tokenizer, s.response_ids, lengths)
     raw = torch.tensor(score_fn(prompts, texts), dtype=torch.float32)
     check_finite(iteration, scores=raw)  # before normalisation or the penalty can hide a broken scorer
-    norm = norm or RewardNorm.fit(raw)
+    norm = norm or RewardNorm.fit(dist.all_gather_rows(raw))  # every rank's scores: one normalisation
     scores = norm(raw)
     # Completions that never end are penalised: a fixed score instead of theirs ([Stien], [N-det] detail 23),
     # or their score lowered by the penalty (TRL's missing_eos_penalty).
@@ -125,7 +139,7 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     rewards, kl = L.kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, beta, L.last_valid_index(response_mask))
     # 4. advantages: GAE over response tokens, whitened over the batch ([N-det]: whiten advantages always)
     advantages, returns = L.gae(rewards, values, response_mask, gamma, lam)
-    advantages = L.masked_whiten(advantages, response_mask)
+    advantages = L.masked_whiten(advantages, response_mask, total=dist.all_sum)  # global moments
     return Rollout(input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values, scores, raw.to(values.device),
                    s.ended, rewards, kl, advantages, returns, list(prompts), texts, norm, prefix,
                    s.logprobs.to(logprobs.device))
@@ -134,30 +148,37 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
                vf_clip: float, vf_coef: float, ent_coef: float, temperature: float, max_grad_norm: float,
                generator: torch.Generator, iteration: int, critic: bool = True,
-               kl_loss_coef: float | None = None) -> dict[str, float]:
+               kl_loss_coef: float | None = None, wrapped: torch.nn.Module | None = None) -> dict[str, float]:
     """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches.
 
     critic False: no value loss (RLOO, GRPO). kl_loss_coef: β of a KL-to-reference term in the loss (GRPO), None: none.
+    wrapped: the DDP / FSDP module to run the training forward through (train/dist.py); None: ``model``.
+    Under torchrun ``minibatch_size`` is this rank's share of the global minibatch.
     """
     B, A = ro.response_mask.shape
     sums: dict[str, float] = {}
     n = 0
     params = [p for p in model.parameters() if p.requires_grad]
+    forward = wrapped if wrapped is not None else model
     for _ in range(epochs):
         order = torch.randperm(B, generator=generator)
         for lo in range(0, B, minibatch_size):
             idx = order[lo : lo + minibatch_size].to(ro.input_ids.device)
             mask = ro.response_mask[idx]  # (b, A)
             prefix = None if ro.prefix is None else ro.prefix[idx]
-            logits, values = model(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix)
+            logits, values = forward(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix)
             logp = L.logprobs_from_logits(logits, ro.input_ids[idx, -A:])
-            pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps)
-            vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip)
+            # Token means over the GLOBAL minibatch: each rank divides its token sum by (all ranks' tokens / N),
+            # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
+            # whole minibatch (losses.py: exact gradient accumulation). One process: the plain masked mean.
+            norm = dist.all_sum(mask.sum().float()) / dist.world_size()
+            pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps, norm)
+            vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip, norm)
                                     if critic else (None, None))
-            kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask)
+            kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask, norm)
             # Without an entropy bonus the entropy is only logged: no graph through (b, A, V) tensors.
             with torch.set_grad_enabled(ent_coef != 0):
-                entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
+                entropy = L.masked_sum(L.entropy_from_logits(logits), mask) / norm
             # L_PPO = L_POLICY + c1·L_VF + c2·L_ENT, signed to minimise: maximise the clipped objective,
             # minimise the value error, encourage entropy (see losses.ppo_total_loss); GRPO adds β·KL.
             loss = L.ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef, kl_term, kl_loss_coef or 0.0)
@@ -232,10 +253,13 @@ class StepResult:
 
 
 def ppo_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, prompts: list[str], score_fn: Scorer, gold_fn: Scorer | None,
-             *, iteration: int, seed: int, hp, norm: RewardNorm | None) -> StepResult:
-    """One PPO iteration, numbered as in the seeds. ``norm`` None: fit it on this iteration's rollouts."""
+             *, iteration: int, seed: int, hp, norm: RewardNorm | None, wrapped=None) -> StepResult:
+    """One PPO iteration, numbered as in the seeds. ``norm`` None: fit it on this iteration's rollouts.
+
+    Under torchrun: ``prompts`` are this rank's share, ``wrapped`` the DDP / FSDP module; stats are the run's.
+    """
     t0 = time.perf_counter()
-    torch.manual_seed(seed * 1_000_003 + iteration)  # sampling depends on (seed, iteration) only: exact resume
+    torch.manual_seed(dist.rank_seed(seed, iteration))  # sampling depends on (seed, rank, iteration) only: exact resume
     # 1–4. generate, score, KL-shaped reward, advantages (GAE)
     ro = collect_rollout(model, tokenizer, prompts, score_fn, sampling=hp.sampling, beta=kl_ctl.value, gamma=hp.gamma,
                          lam=hp.lam, missing_eos_penalty=hp.missing_eos_penalty if hp.penalize_missing_eos else None,
@@ -243,18 +267,24 @@ def ppo_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, prompts: list
     t1 = time.perf_counter()
     # 5. epochs of clipped updates
     generator = torch.Generator().manual_seed(seed * 7_919 + iteration)
-    train = ppo_update(model, optimizer, ro, epochs=hp.ppo_epochs, minibatch_size=hp.minibatch_size,
+    train = ppo_update(model, optimizer, ro, epochs=hp.ppo_epochs, minibatch_size=hp.minibatch_size // dist.world_size(),
                        clip_eps=hp.clip_eps, vf_clip=hp.vf_clip, vf_coef=hp.vf_coef, ent_coef=hp.ent_coef,
                        temperature=hp.sampling.temperature, max_grad_norm=hp.max_grad_norm, generator=generator,
-                       iteration=iteration)
+                       iteration=iteration, wrapped=wrapped)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target (Ziegler et al. 2019)
     stats = {"iteration": iteration, **rollout_stats(ro, kl_ctl.value), **train}
     if gold_fn is not None:
         stats["gold/score"] = float(np.mean(gold_fn(ro.prompts, ro.texts)))
-    kl_ctl.update(stats["objective/kl_k1"], len(prompts))
-    stats.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "time/samples_per_s": len(prompts) / (t2 - t0)})
+    B = len(prompts) * dist.world_size()
+    stats.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "time/samples_per_s": B / (t2 - t0)})
+    stats = dist.mean_stats(stats, maxima=MAX_STATS)  # the run's statistics: the KL controller steers on all ranks'
+    kl_ctl.update(stats["objective/kl_k1"], B)
     return StepResult(stats, ro)
+
+
+MAX_STATS = ("rollout/sampler_gap", "policy/ratio_max")
+"""Metrics combined over ranks by their max (the others by their mean: every rank has as many rollouts)."""
 
 
 LENGTH_WINDOW = 3
@@ -290,9 +320,14 @@ def alarm_reason(history: list[dict[str, float]], *, kl_budget: float, ratio_ala
 # Checkpoints: weights, optimiser, KL controller, reward normalisation, RNG, iteration and config
 # --------------------------------------------------------------------------------------------------
 
-def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl, norm: RewardNorm, iteration: int,
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl, norm: RewardNorm, iteration: int,
                     config: dict, history: list[dict], stop_reason: str | None) -> None:
-    """Write ``folder`` atomically (data.io.atomic_directory): a crash keeps the last complete one."""
+    """Write ``folder`` atomically (data.io.atomic_directory): a crash keeps the last complete one.
+
+    ``model``: the PolicyWithValue, or its DDP / FSDP wrapper. Under torchrun every rank calls this (FSDP gathers
+    the trained weights and optimizer state, full, to rank 0) and rank 0 writes: one checkpoint, loadable at any
+    world size; resume is exact at the same world size (each rank's sampling stream depends on its rank).
+    """
     import dataclasses
 
     import yaml
@@ -301,24 +336,37 @@ def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl, nor
     from rlhfkit.data.io import atomic_directory
     from rlhfkit.models.policy import TRAINABLE_FILE, save_adapter
 
-    with atomic_directory(folder) as tmp:
-        save_file(model.trainable_state(), str(tmp / TRAINABLE_FILE))
-        if model.reference is None:  # LoRA: PeftModel.from_pretrained(base, RUN_DIR/policy) loads the adapter
-            save_adapter(model.lm, tmp, config["model"])
-        torch.save({
-            "iteration": iteration, "optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-            "reward_norm": dataclasses.asdict(norm),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "history": history, "stop_reason": stop_reason,
-        }, tmp / "trainer_state.pt")
-        norm.save(tmp)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    trained, opt_state = dist.trainable_state(model), dist.optimizer_state(model, optimizer)  # collectives
+    policy = dist.inner(model)
+    if dist.is_main():
+        with atomic_directory(folder) as tmp:
+            save_file(trained, str(tmp / TRAINABLE_FILE))
+            if policy.reference is None:  # LoRA: PeftModel.from_pretrained(base, RUN_DIR/policy) loads the adapter
+                save_adapter(policy.lm, tmp, config["model"],
+                             state_dict={k.removeprefix("lm."): v for k, v in trained.items() if k.startswith("lm.")})
+            torch.save({
+                "iteration": iteration, "optimizer": opt_state, "kl_ctl": kl_ctl.state_dict(),
+                "reward_norm": dataclasses.asdict(norm),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                "history": history, "stop_reason": stop_reason,
+            }, tmp / "trainer_state.pt")
+            norm.save(tmp)
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dist.barrier()  # no rank runs on (and might read the folder) before it is complete
 
 
-def load_checkpoint(folder: Path, model: PolicyWithValue, optimizer, kl_ctl) -> dict:
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl) -> dict:
+    """Restore a ``save_checkpoint`` folder into ``model`` (or its DDP / FSDP wrapper); every rank reads it."""
     state = torch.load(folder / "trainer_state.pt", weights_only=False)
-    model.load_trained(folder)
-    optimizer.load_state_dict(state["optimizer"])
+    if dist.world_size() > 1:  # the same checks as load_trained, then FSDP reshards the full tensors
+        from safetensors.torch import load_file
+
+        from rlhfkit.models.policy import TRAINABLE_FILE
+
+        dist.load_trainable(model, load_file(str(folder / TRAINABLE_FILE)))
+    else:
+        model.load_trained(folder)
+    dist.load_optimizer_state(model, optimizer, state["optimizer"])
     kl_ctl.load_state_dict(state["kl_ctl"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
@@ -367,6 +415,13 @@ def run_ppo(cfg) -> dict:
     run_dir = Path(cfg.run_dir)
     out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
     device = pick_device(cfg.device)
+    started = not dist.is_initialized()
+    world = dist.init(device, cfg.dist_timeout)  # one process (no torchrun): World(0, 1)
+    device = dist.device_of(world, device)
+    for name, n in (("batch_size", cfg.prompts_per_iteration), ("minibatch_size", cfg.minibatch_size)):
+        if n % world.size:  # each rank takes 1/N of the iteration's prompts and of every minibatch
+            raise RlhfkitError(f"{name}: {n} {'prompts' if name == 'batch_size' else 'rollouts'} do not split over "
+                               f"{world.size} processes; make it a multiple of {world.size}")
     prompts = [p.prompt for p in defaults.read_prompt_spec(cfg.prompts) if p.split == "train"]
     if len(prompts) < 1:
         raise RlhfkitError(f"{cfg.prompts}: no prompts in the train split")
@@ -381,20 +436,28 @@ def run_ppo(cfg) -> dict:
         from rlhfkit.feedback.gold import GoldScorer
 
         gold_fn = GoldScorer().score
+    if world.distributed and cfg.strategy == "fsdp":
+        model.prefix.n_frozen = 0  # the frozen-block cache swaps blocks out of a forward: not with sharded blocks
+    # the critic-free algorithms compute values but never train them: DDP must not wait for their gradients
+    wrapped = dist.wrap(model, cfg.strategy, device, forward_methods=("reference_logits", "frozen_prefix"),
+                        find_unused=cfg.algorithm != "ppo")
+    # after wrapping: FSDP2 replaces the parameters by their shards
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     config = dataclasses.asdict(cfg)
-    log = MetricsLog(run_dir, "ppo")
+    log = MetricsLog(run_dir, "ppo") if world.main else None  # metrics, samples and files: rank 0 only
     start, history, norm = 0, [], None
     if cfg.resume:
-        state = load_checkpoint(out, model, optimizer, kl_ctl)
+        state = load_checkpoint(out, wrapped, optimizer, kl_ctl)
         start, history, norm = state["iteration"], state["history"], RewardNorm(**state["reward_norm"])
-        log.resume_from(start - 1)
-        console.print(f"resuming {out} after iteration {start - 1}")
-    else:
+        if log:
+            log.resume_from(start - 1)
+            console.print(f"resuming {out} after iteration {start - 1}")
+    elif log:
         log.start_fresh()
-    save_resolved(run_dir, "ppo", cfg)
+    if world.main:
+        save_resolved(run_dir, "ppo", cfg)
 
     stop_reason = f"reached {cfg.iterations} iterations"
     columns = [TextColumn(cfg.algorithm), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
@@ -404,22 +467,25 @@ def run_ppo(cfg) -> dict:
     step_fn = ppo_step
     if cfg.algorithm != "ppo":
         from rlhfkit.train.critic_free import critic_free_step as step_fn
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, disable=not world.main) as bar:
         task = bar.add_task(cfg.algorithm, total=cfg.iterations, completed=start, score=float("nan"), kl=float("nan"))
         for it in range(start, cfg.iterations):
-            batch = prompt_batch(prompts, it, cfg.prompts_per_iteration, cfg.seed)
+            # the global batch, then this rank's contiguous share of it
+            batch = dist.shard(prompt_batch(prompts, it, cfg.prompts_per_iteration, cfg.seed))
             try:
                 result = step_fn(model, tokenizer, optimizer, kl_ctl, batch, score_fn, gold_fn, iteration=it,
-                                 seed=cfg.seed, hp=cfg, norm=norm)
+                                 seed=cfg.seed, hp=cfg, norm=norm, wrapped=wrapped)
             except PPOAlarm:
-                log.close()
+                if log:
+                    log.close()
                 raise
             norm = result.rollout.norm
             stats = result.stats
             history.append(stats)
-            log.log(it, stats)
+            if log:
+                log.log(it, stats)
             bar.update(task, advance=1, score=stats["objective/score"], kl=stats["objective/kl"])
-            if cfg.sample_every and (it + 1) % cfg.sample_every == 0:
+            if world.main and cfg.sample_every and (it + 1) % cfg.sample_every == 0:
                 print_samples(bar.console, result.rollout, it)
             reason = alarm_reason(history, kl_budget=cfg.kl_budget, ratio_alarm=cfg.ratio_alarm,
                                   length_alarm=cfg.length_alarm,
@@ -429,12 +495,15 @@ def run_ppo(cfg) -> dict:
                 reason = f"target reward reached: objective/score = {stats['objective/score']:.2f} ≥ {cfg.target_reward}"
             last = it + 1 == cfg.iterations
             if reason or last or (cfg.save_every and (it + 1) % cfg.save_every == 0):
-                save_checkpoint(out, model, optimizer, kl_ctl, norm, it + 1, config, history,
+                save_checkpoint(out, wrapped, optimizer, kl_ctl, norm, it + 1, config, history,
                                 reason or (stop_reason if last else None))
             if reason:
                 stop_reason = reason
                 break
-    log.close()
+    if log:
+        log.close()
+    if started:
+        dist.close()
     seconds = time.perf_counter() - t_start
     first, final = history[0], history[-1]
     summary = {"path": str(out), "algorithm": cfg.algorithm, "iterations": len(history), "stop_reason": stop_reason, "seconds": seconds,
