@@ -23,6 +23,7 @@ window with its reply budget is scored wrong and counted in ``no_fit``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,15 +158,25 @@ def greedy_replies(engine, conversations: list[list[dict]], max_tokens: int, sto
     return out
 
 
-def run_method(engine, method: str, items: list, settings: Settings, index=None) -> list[dict]:
-    """One record per item: the question, the reply, what was read from it, whether it is right."""
+Generate = Callable[[list[list[dict]], int, tuple[str, ...]], list[str | None]]
+"""(conversations, max new tokens, stop strings) → a reply to each, None where the prompt does not fit."""
+
+
+def engine_generate(engine) -> Generate:
+    return lambda conversations, max_tokens, stop=(): greedy_replies(engine, conversations, max_tokens, stop)
+
+
+def run_method(generate: Generate, method: str, items: list, settings: Settings, index=None,
+               fits: Callable[[list[dict]], bool] | None = None) -> list[dict]:
+    """One record per item: the question, the reply, what was read from it, whether it is right.
+    ``index`` (a ``rag.RagIndex``) and ``fits`` (does a prompt leave room for the reply) serve rag."""
     from rlhfkit.apps import cot, pal, rag
 
     if method in ("plain", "cot", "pal"):
         build = {"plain": cot.plain_messages, "cot": cot.cot_messages, "pal": pal.pal_messages}[method]
         budget = settings.answer_tokens if method == "plain" else settings.reasoning_tokens
         # PAL's reply is one fenced program: stop at its closing fence (the opening one has no newline before it)
-        replies = greedy_replies(engine, [build(p.question) for p in items], budget, ("\n```",) if method == "pal" else ())
+        replies = generate([build(p.question) for p in items], budget, ("\n```",) if method == "pal" else ())
         records = []
         for p, reply in zip(items, replies):
             rec = {"id": p.id, "question": p.question, "expected": p.answer, "reply": reply}
@@ -173,7 +184,7 @@ def run_method(engine, method: str, items: list, settings: Settings, index=None)
                 code = pal.extract_program(reply)
                 run = pal.run_program(code, timeout_s=settings.pal_timeout_s) if code else None
                 rec["predicted"] = run.answer if run else None
-                rec["note"] = "no solution() in the reply" if run is None else run.reason()
+                rec["note"] = "no solution() in the reply" if run is None else run.reason() or "ran"
             elif reply is not None:
                 rec["predicted"] = cot.extract_answer(reply)
             rec["correct"] = reply is not None and number_match(rec.get("predicted"), p.answer)
@@ -184,7 +195,6 @@ def run_method(engine, method: str, items: list, settings: Settings, index=None)
                          for q in items]
         shown = [[] for _ in items]
     elif method == "rag":
-        fits = rag.context_fits(engine, settings.answer_tokens)
         conversations, shown = [], []
         for q in items:
             hits = index.search(q.question, settings.k)
@@ -193,7 +203,7 @@ def run_method(engine, method: str, items: list, settings: Settings, index=None)
             shown.append(hits[: messages[1]["content"].count('<document n="')])
     else:
         raise RlhfkitError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    replies = greedy_replies(engine, conversations, settings.answer_tokens)
+    replies = generate(conversations, settings.answer_tokens, ())
     records = []
     for q, reply, hits in zip(items, replies, shown):
         rec = {"id": q.id, "question": q.question, "expected": q.answer, "reply": reply,
@@ -214,11 +224,14 @@ def summarize(records: list[dict]) -> dict:
 
 def evaluate(engine, methods: list[str], settings: Settings, *, problems: list[Problem],
              questions: list[DocQuestion], index=None) -> dict:
-    """{method: {"summary": accuracy(...), "records": [...]}} for one model."""
+    """{method: {"summary": summarize(...), "records": [...]}} for one model (a ``serve.engine.Engine``)."""
+    from rlhfkit.apps.rag import context_fits
+
+    generate, fits = engine_generate(engine), context_fits(engine, settings.answer_tokens)
     out = {}
     for method in methods:
         items = problems if TASKS[method] == "arithmetic" else questions
-        records = run_method(engine, method, items, settings, index)
+        records = run_method(generate, method, items, settings, index, fits)
         out[method] = {"summary": summarize(records), "records": records}
     return out
 
