@@ -77,6 +77,7 @@ def _reference(cfg) -> str | None:
 def run_apps_eval(cfg) -> str:
     """Score the model (and its reference) with each method; write every reply to JSON; the table and
     some transcripts as printable text. Models load one at a time."""
+    import sys
     import time
     from dataclasses import asdict
     from pathlib import Path
@@ -96,7 +97,7 @@ def run_apps_eval(cfg) -> str:
     n = cfg.limit or None
     problems = ev.read_problems(cfg.problems or ev.PROBLEMS)[:n]
     questions = ev.read_questions(cfg.questions or ev.QUESTIONS)[:n]
-    models = {"model": cfg.model}
+    models = {"aligned" if policy is not None else "model": cfg.model}
     reference = _reference(cfg)
     if reference is not None:
         models["reference"] = reference
@@ -110,25 +111,34 @@ def run_apps_eval(cfg) -> str:
 
         index = RagIndex.build(cfg.docs or ev.HANDBOOK)
     settings = ev.Settings(answer_tokens=cfg.answer_tokens, reasoning_tokens=cfg.reasoning_tokens, k=cfg.k)
-    results, seconds = {}, {}
-    for role, spec in models.items():
-        from rlhfkit.serve.app import build_engine
-
-        start = time.perf_counter()
-        engine = build_engine(spec, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch,
-                              max_tokens=max(cfg.answer_tokens, cfg.reasoning_tokens), seed=cfg.seed)
-        label = f"{role}: {engine.name}"
-        results[label] = ev.evaluate(engine, methods, settings, problems=problems, questions=questions, index=index)
-        seconds[label] = round(time.perf_counter() - start, 1)
-        del engine
+    from rlhfkit.apps.rag import context_fits
     from rlhfkit.data.io import atomic_write_json
     from rlhfkit.machine import describe
+    from rlhfkit.serve.app import build_engine
 
-    atomic_write_json(out, {
-        "settings": asdict(cfg), "machine": describe(), "seconds": seconds, "models": models,
-        "summary": {label: {m: r["summary"] for m, r in res.items()} for label, res in results.items()},
-        "records": {label: {m: r["records"] for m, r in res.items()} for label, res in results.items()},
-    })
+    engines = {}
+    for role, spec in models.items():  # both at once (two small models): the table fills in row by row
+        engine = build_engine(spec, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch,
+                              max_tokens=max(cfg.answer_tokens, cfg.reasoning_tokens), seed=cfg.seed)
+        engines[f"{role}: {engine.name}"] = engine
+    results: dict[str, dict] = {label: {} for label in engines}
+    seconds: dict[str, dict] = {label: {} for label in engines}
+    for method in methods:
+        items = problems if ev.TASKS[method] == "arithmetic" else questions
+        for label, engine in engines.items():
+            start = time.perf_counter()
+            records = ev.run_method(ev.engine_generate(engine), method, items, settings, index,
+                                    context_fits(engine, settings.answer_tokens))
+            results[label][method] = {"summary": ev.summarize(records), "records": records}
+            seconds[label][method] = round(time.perf_counter() - start, 1)
+            s = results[label][method]["summary"]
+            print(f"{method}, {label}: {s['correct']}/{s['n']} right in {seconds[label][method]} s", file=sys.stderr,
+                  flush=True)
+            atomic_write_json(out, {  # after every method: a long run interrupted keeps what it measured
+                "settings": asdict(cfg), "machine": describe(), "seconds": seconds, "models": models,
+                "summary": {lb: {m: r["summary"] for m, r in res.items()} for lb, res in results.items()},
+                "records": {lb: {m: r["records"] for m, r in res.items()} for lb, res in results.items()},
+            })
     parts = []
     if cfg.examples:
         for method in methods:

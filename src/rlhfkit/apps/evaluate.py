@@ -222,20 +222,6 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def evaluate(engine, methods: list[str], settings: Settings, *, problems: list[Problem],
-             questions: list[DocQuestion], index=None) -> dict:
-    """{method: {"summary": summarize(...), "records": [...]}} for one model (a ``serve.engine.Engine``)."""
-    from rlhfkit.apps.rag import context_fits
-
-    generate, fits = engine_generate(engine), context_fits(engine, settings.answer_tokens)
-    out = {}
-    for method in methods:
-        items = problems if TASKS[method] == "arithmetic" else questions
-        records = run_method(generate, method, items, settings, index, fits)
-        out[method] = {"summary": summarize(records), "records": records}
-    return out
-
-
 # ---- printing -----------------------------------------------------------------------------------------
 
 
