@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import typer
 
 from rlhfkit.config import (
+    AppsEvalConfig,
     AskConfig,
     CaiLabelConfig,
     CaiReviseConfig,
@@ -443,6 +444,14 @@ def ask(cfg: AskConfig) -> None:
     from rlhfkit.apps.ask import run_ask
 
     typer.echo(run_ask(cfg))
+
+
+@stage_command("apps-eval", AppsEvalConfig)
+def apps_eval(cfg: AppsEvalConfig) -> None:
+    """Score a model and its reference on arithmetic (plain, CoT, PAL) and handbook questions (closed-book, RAG)."""
+    from rlhfkit.apps.ask import run_apps_eval
+
+    typer.echo(run_apps_eval(cfg))
 
 
 def _help(config_cls: type, name: str) -> str:

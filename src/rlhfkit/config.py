@@ -738,6 +738,44 @@ class AskConfig:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
 
 
+APPS_EVAL_METHODS = ("plain", "cot", "pal", "closed-book", "rag")
+
+
+@dataclass
+class AppsEvalConfig:
+    """Score a model and its reference on arithmetic (plain, CoT, PAL) and handbook questions (closed-book, RAG)."""
+
+    model: str = opt("runs/demo", "A run directory (its aligned policy), a policy or model folder, or 'smollm2'.")
+    reference: str = opt("", "Compared with: '' = the run's base model (its reference); 'none' = nothing; or a model.")
+    methods: str = opt(",".join(APPS_EVAL_METHODS), "Comma-separated methods to score.")
+    limit: int = opt(0, "Only the first N items of each task (0 = all).")
+    problems: str = opt("", "Arithmetic problems JSONL {id, question, answer, solution} ('' = the shipped set).")
+    questions: str = opt("", "Document questions JSONL {id, question, answer, accept, source} ('' = the shipped set).")
+    docs: str = opt("", "Folder of documents the questions are about ('' = the shipped handbook).")
+    out: str = opt("", "JSON written with every reply ('' = MODEL/apps_eval.json for a run directory).")
+    force: bool = opt(False, "Overwrite --out.")
+    answer_tokens: int = opt(40, "Most new tokens of a plain, closed-book or RAG reply.")
+    reasoning_tokens: int = opt(128, "Most new tokens of a chain-of-thought or PAL reply.")
+    k: int = opt(3, "Documents retrieved for RAG (as many as fit the context window are shown).")
+    examples: int = opt(2, "Transcripts printed per method and model.")
+    max_batch: int = opt(8, "Prompts generated together.")
+    seed: int = opt(0, "Random seed (replies are greedy).")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        bad = [m for m in self.method_list() if m not in APPS_EVAL_METHODS]
+        _check(bool(self.method_list()) and not bad, "methods", f"must be some of {', '.join(APPS_EVAL_METHODS)}")
+        for name in ("answer_tokens", "reasoning_tokens", "k", "max_batch"):
+            _check(getattr(self, name) >= 1, name, "must be ≥ 1")
+        _check(self.limit >= 0, "limit", "must be ≥ 0")
+        _check(self.examples >= 0, "examples", "must be ≥ 0")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+
+
 EXPORT_FORMATS = ("hf", "gguf")
 EXPORT_QUANTIZE = ("none", "int8", "int8-dynamic")  # deploy/quantize.py: INT8_METHODS
 
