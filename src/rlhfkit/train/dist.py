@@ -114,13 +114,17 @@ def _comm(t: Tensor) -> Tensor:
     return t.detach().clone()
 
 
-def all_sum(t: Tensor) -> Tensor:
-    """Σ over ranks of ``t`` (a new tensor on ``t``'s device; ``t`` itself on one process). No autograd through it."""
+def _all_reduce(t: Tensor, op) -> Tensor:
     if not _on():
         return t
     out = _comm(t)
-    tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+    tdist.all_reduce(out, op=op)
     return out.to(t.device)
+
+
+def all_sum(t: Tensor) -> Tensor:
+    """Σ over ranks of ``t`` (a new tensor on ``t``'s device; ``t`` itself on one process). No autograd through it."""
+    return _all_reduce(t, tdist.ReduceOp.SUM)
 
 
 def all_mean(t: Tensor) -> Tensor:
@@ -129,11 +133,8 @@ def all_mean(t: Tensor) -> Tensor:
 
 
 def all_max(t: Tensor) -> Tensor:
-    if not _on():
-        return t
-    out = _comm(t)
-    tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
-    return out.to(t.device)
+    """Max over ranks of ``t``."""
+    return _all_reduce(t, tdist.ReduceOp.MAX)
 
 
 def all_gather_rows(t: Tensor) -> Tensor:
