@@ -131,16 +131,26 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count
 
 
+def _masked_moments(x: Tensor, mask: Tensor, unbiased: bool, total=None,
+                    name: str = "masked_var") -> tuple[Tensor, Tensor]:
+    """(mean, variance) of x over valid positions, both 0-d; Bessel-corrected when unbiased.
+
+    total: a function summing a tensor over ranks (train.dist.all_sum) so the moments are the global
+    batch's; None = this process only.
+    """
+    total = total or (lambda t: t)
+    count = total(mask.to(x.dtype).sum())
+    need = 2 if unbiased else 1
+    if count < need:
+        raise ValueError(f"{name} needs at least {need} valid entries, got {int(count)}")
+    mean = total(masked_sum(x, mask)) / count
+    var = total(masked_sum((x - mean) ** 2, mask)) / (count - 1 if unbiased else count)
+    return mean, var
+
+
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of x over all valid positions (0-d); Bessel-corrected when unbiased. x, mask: (B, A)."""
-    count = int(mask.bool().sum())
-    if count < (2 if unbiased else 1):
-        raise ValueError(f"masked_var needs at least {2 if unbiased else 1} valid entries, got {count}")
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        var = var * (count / (count - 1))
-    return var
+    return _masked_moments(x, mask, unbiased)[1]
 
 
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, total=None) -> Tensor:
@@ -152,12 +162,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, total=None) 
     """
     # [lmhp] utils/core.py whiten(): rsqrt(var + 1e-8); [N-det] computes the moments over valid tokens only,
     # so padding does not drag the mean towards 0. Bessel-corrected variance, as masked_var.
-    total = total or (lambda t: t)
-    count = total(mask.to(x.dtype).sum())
-    if count < 2:
-        raise ValueError(f"masked_whiten needs at least 2 valid entries, got {int(count)}")
-    mean = total(masked_sum(x, mask)) / count
-    var = total(masked_sum((x - mean) ** 2, mask)) / (count - 1)
+    mean, var = _masked_moments(x, mask, True, total, name="masked_whiten")
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
