@@ -253,7 +253,7 @@ def _stats(ended: float, kl: float = 1.0, ratio: float = 1.0) -> dict:
 
 
 def test_alarms_on_hand_built_histories():
-    kw = dict(kl_budget=10.0, ratio_alarm=5.0, length_alarm=0.9, penalize_missing_eos=False)
+    kw = dict(kl_budget=10.0, ratio_alarm=5.0, length_alarm=0.9, missing_eos_mode=None)
     assert alarm_reason([_stats(0.5)], **kw) is None
     assert "KL budget" in alarm_reason([_stats(0.5, kl=11.0)], **kw)
     assert "ratio" in alarm_reason([_stats(0.5, ratio=6.0)], **kw)
@@ -267,7 +267,9 @@ def test_alarms_on_hand_built_histories():
     assert alarm_reason([_stats(0.05)] * 5, **kw) is None
     assert alarm_reason(drift, **{**kw, "length_alarm": 0.0}) is None
     # all cut with the penalty on: a dead run from the first iteration
-    assert "every completion hit max_new_tokens" in alarm_reason([_stats(0.0)], **{**kw, "penalize_missing_eos": True})
+    assert "every completion hit max_new_tokens" in alarm_reason([_stats(0.0)], **{**kw, "missing_eos_mode": "replace"})
+    # …but a subtracted penalty keeps the reward model's order among cut-off replies: still something to learn
+    assert alarm_reason([_stats(0.0)], **{**kw, "missing_eos_mode": "subtract"}) is None
 
 
 def test_prompt_batches_cover_prompts_and_are_pure():

@@ -292,11 +292,12 @@ LENGTH_WINDOW = 3
 
 
 def alarm_reason(history: list[dict[str, float]], *, kl_budget: float, ratio_alarm: float, length_alarm: float,
-                 penalize_missing_eos: bool) -> str | None:
+                 missing_eos_mode: str | None) -> str | None:
     """A stated cause to stop after the last iteration of ``history``, or None.
 
+    ``missing_eos_mode``: how cut-off completions are penalised (losses.missing_eos_scores), None when not.
     KL over budget; the probability ratio far from 1; every completion cut at the token limit while
-    the missing-EOS penalty is on (every score is then the same penalty: nothing to learn); or
+    their scores are replaced by the penalty (every score is then the same: nothing to learn); or
     completions drifting to the limit — over the last LENGTH_WINDOW iterations at least
     ``length_alarm`` of them hit it, having started below (DESIGN.md: alarms, not silence).
     """
@@ -305,7 +306,7 @@ def alarm_reason(history: list[dict[str, float]], *, kl_budget: float, ratio_ala
         return f"KL budget exceeded: objective/kl = {stats['objective/kl']:.2f} > {kl_budget}"
     if stats["policy/ratio_max"] > ratio_alarm:
         return f"probability ratio far from 1: mean max ρ = {stats['policy/ratio_max']:.2f} > {ratio_alarm}"
-    if penalize_missing_eos and stats["rollout/ended"] == 0:
+    if missing_eos_mode == "replace" and stats["rollout/ended"] == 0:
         return ("every completion hit max_new_tokens, so every score is the missing-EOS penalty and PPO has nothing "
                 "to learn from: raise max_new_tokens or turn penalize_missing_eos off")
     cut = [1 - h["rollout/ended"] for h in history]
@@ -489,8 +490,7 @@ def run_ppo(cfg) -> dict:
                 print_samples(bar.console, result.rollout, it)
             reason = alarm_reason(history, kl_budget=cfg.kl_budget, ratio_alarm=cfg.ratio_alarm,
                                   length_alarm=cfg.length_alarm,
-                                  # only a replaced score leaves nothing to learn when no completion ends
-                                  penalize_missing_eos=cfg.penalize_missing_eos and cfg.missing_eos_mode == "replace")
+                                  missing_eos_mode=cfg.missing_eos_mode if cfg.penalize_missing_eos else None)
             if reason is None and stats["objective/score"] >= cfg.target_reward:
                 reason = f"target reward reached: objective/score = {stats['objective/score']:.2f} ≥ {cfg.target_reward}"
             last = it + 1 == cfg.iterations
