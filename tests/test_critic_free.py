@@ -23,6 +23,8 @@ from rlhfkit.train.kl_control import FixedKLController
 from rlhfkit.train.metrics import read_metrics
 from rlhfkit.train.ppo import PPOAlarm, run_ppo
 
+from run_checks import assert_same_training
+
 PROMPTS = ["hello the cat", "why does the big dog run so often today my friend?"]
 
 
@@ -155,11 +157,7 @@ def test_grpo_resume_is_exact(tiny_llama, tmp_path):
     run_ppo(_cfg(tmp_path / "a", tiny_llama, "grpo", iterations=3, save_every=3))
     run_ppo(_cfg(tmp_path / "b", tiny_llama, "grpo", iterations=1))
     run_ppo(_cfg(tmp_path / "b", tiny_llama, "grpo", iterations=3, resume=True))
-    a = load_file(str(tmp_path / "a" / "policy" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "b" / "policy" / "trainable.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    ma = read_metrics(tmp_path / "a" / "logs" / "metrics.csv", "ppo")
-    mb = read_metrics(tmp_path / "b" / "logs" / "metrics.csv", "ppo")
+    ma, mb = assert_same_training(tmp_path / "a", tmp_path / "b", "ppo")
     assert ma["policy/kl_loss"] == mb["policy/kl_loss"] and len(ma["policy/kl_loss"]) == 3
 
 

@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
@@ -22,6 +21,8 @@ from rlhfkit.models.load import format_prompt, load_policy
 from rlhfkit.models.policy import PolicyWithValue, build_policy
 from rlhfkit.train import dpo as D
 from rlhfkit.train.metrics import read_metrics
+
+from run_checks import assert_same_training
 
 PAIRS = [
     ("what is a good book?", "a book about the cat and the dog", "no"),
@@ -147,11 +148,7 @@ def test_resume_is_exact_and_does_not_recompute_the_reference(tiny_llama, tmp_pa
     monkeypatch.setattr(PolicyWithValue, "reference_logits", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     D.run_dpo(_cfg(tmp_path / "b", tiny_llama, epochs=2, resume=True))
     assert not calls
-    a = load_file(str(tmp_path / "a" / "policy" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "b" / "policy" / "trainable.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    ma = read_metrics(tmp_path / "a" / "logs" / "metrics.csv", "dpo")
-    mb = read_metrics(tmp_path / "b" / "logs" / "metrics.csv", "dpo")
+    ma, mb = assert_same_training(tmp_path / "a", tmp_path / "b", "dpo")
     assert ma["dpo/loss"] == mb["dpo/loss"] and len(ma["dpo/loss"]) == 4
     with pytest.raises(RlhfkitError, match="other pairs or settings"):
         D.run_dpo(_cfg(tmp_path / "b", tiny_llama, epochs=3, beta=0.5, resume=True))

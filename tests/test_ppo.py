@@ -23,6 +23,8 @@ from rlhfkit.train.kl_control import FixedKLController
 from rlhfkit.train.metrics import read_metrics
 from rlhfkit.train.ppo import PPOAlarm, alarm_reason, collect_rollout, ppo_step, prompt_batch, run_ppo, sampler_gap
 
+from run_checks import assert_same_training
+
 PROMPTS = ["hello the cat", "why does the big dog run so often today my friend?", "what is a good book?", "hi"]
 
 
@@ -211,13 +213,7 @@ def test_resume_is_exact(tiny_llama, tmp_path):
     run_ppo(_cfg(tmp_path / "a", tiny_llama, iterations=4, save_every=4))
     run_ppo(_cfg(tmp_path / "b", tiny_llama, iterations=2, save_every=2))
     run_ppo(_cfg(tmp_path / "b", tiny_llama, iterations=4, save_every=2, resume=True))
-    a = load_file(str(tmp_path / "a" / "policy" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "b" / "policy" / "trainable.safetensors"))
-    assert a.keys() == b.keys()
-    for n in a:
-        assert torch.equal(a[n], b[n]), n
-    ma = read_metrics(tmp_path / "a" / "logs" / "metrics.csv", "ppo")
-    mb = read_metrics(tmp_path / "b" / "logs" / "metrics.csv", "ppo")
+    ma, mb = assert_same_training(tmp_path / "a", tmp_path / "b", "ppo")
     assert ma["objective/score"] == mb["objective/score"]  # same steps, same values, no duplicates
     assert (tmp_path / "a" / "policy" / "reward_norm.json").read_text() == (tmp_path / "b" / "policy" / "reward_norm.json").read_text()
 
