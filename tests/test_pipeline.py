@@ -138,3 +138,17 @@ def test_a_change_upstream_of_labeled_rankings_is_refused_before_anything_runs(t
     except RlhfkitError as exc:
         assert str(exc).startswith(f"the generate config changed since {run / 'feedback.db'} was labeled")
     assert (run / "completions.jsonl").read_text() == "old\n"
+
+
+def test_each_stage_command_reads_the_shipped_pipeline_yaml():
+    """`rlhfkit STAGE -c demo.yaml` takes that stage's section plus the shared fields, the same values the
+    pipeline resolves (the label stage once refused the pipeline's shared `sampling:` as an unknown section)."""
+    from rlhfkit import defaults
+    from rlhfkit.config import load_config
+    from rlhfkit.pipeline import resolve_stage_configs, stages
+
+    demo = defaults.demo_path()
+    resolved = resolve_stage_configs(demo)
+    for slot, stage in stages("simulated", "ppo").items():
+        alone = load_config(stage.config_cls, demo, {}, section=stage.name)
+        assert alone == resolved[slot], stage.name

@@ -161,7 +161,8 @@ def read_yaml(path: Path, what: str = "config file") -> Any:
 def _check_sections(data: dict, nested: dict, where: str) -> None:
     """A mapping under a key that is neither a nested config nor a known stage is a misspelling."""
     for key, value in data.items():
-        if isinstance(value, dict) and key not in nested and key not in KNOWN_SECTIONS:
+        # 'sampling:' at the top of a pipeline YAML is shared: a stage that does not sample (label) ignores it
+        if isinstance(value, dict) and key not in nested and key not in KNOWN_SECTIONS and key != "sampling":
             raise RlhfkitError(f"{where}: unknown section '{key}'{_hint(key, KNOWN_SECTIONS)} "
                                f"(sections: {', '.join(sorted(KNOWN_SECTIONS))})")
 
