@@ -75,8 +75,9 @@ def test_a_hook_that_never_fires_is_a_clear_error(tiny_llama):
 
 
 def test_eval_kl_equals_an_unpadded_plain_forward_per_row(tiny_models):
-    """eval.run.sequence_kl (which reuses the frozen prefix for both models) against each row run alone,
-    unpadded, through the LM with adapters on and off: Σ_t k1 and Σ_t k3 over the response tokens."""
+    """eval.run.sequence_kl (the sampler's log-probs for the policy, the frozen prefix for the reference)
+    against each row run alone, unpadded, through the LM with adapters on and off: Σ_t k1 and Σ_t k3 over
+    the response tokens."""
     from rlhfkit.eval.run import sequence_kl
     from rlhfkit.train import losses as L
 
@@ -86,7 +87,7 @@ def test_eval_kl_equals_an_unpadded_plain_forward_per_row(tiny_models):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     ro = _batch(model, tok)
-    k1, k3 = sequence_kl(model, ro.input_ids, ro.attention_mask, ro.response_mask, 0.7)
+    k1, k3 = sequence_kl(model, ro.sampler_logprobs, ro.input_ids, ro.attention_mask, ro.response_mask, 0.7)
     A = ro.n_response
     for b in range(len(PROMPTS)):
         keep = ro.attention_mask[b].bool()

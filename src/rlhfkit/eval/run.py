@@ -27,23 +27,27 @@ def _policy_config(policy_dir: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def sequence_kl(model, input_ids, attention_mask, response_mask, temperature: float):
-    """(Σ_t k1, Σ_t k3) per sequence (B,): the KL of the policy to the reference on the policy's own samples."""
+def sequence_kl(model, logprobs, input_ids, attention_mask, response_mask, temperature: float):
+    """(Σ_t k1, Σ_t k3) per sequence (B,): the KL of the policy to the reference on the policy's own samples.
+
+    ``logprobs`` (B, A): the policy's log-prob of each sampled token, as the sampler reported it (the
+    distribution it drew from: exact, checked in PPO as rollout/sampler_gap) — so only the reference runs
+    here: the frozen lower blocks, then the top blocks with adapters off (a second policy forward over the
+    whole sequence cost a quarter of eval's time and gave the same numbers).
+    """
     import torch
 
     from rlhfkit.train import losses as L
 
     A = response_mask.shape[1]
     with torch.no_grad():
-        prefix = model.frozen_prefix(input_ids, attention_mask)  # the blocks below the adapters run once for both
-        logits, _ = model(input_ids, attention_mask, A, temperature, prefix=prefix)
-        logp = L.logprobs_from_logits(logits, input_ids[:, -A:])
-        del logits
+        prefix = model.frozen_prefix(input_ids, attention_mask)
         ref = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature, prefix=prefix),
                                      input_ids[:, -A:])
     mask = response_mask.bool()
-    k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(logp)).sum(1)
-    k3 = torch.where(mask, L.kl_k3(logp, ref), torch.zeros_like(logp)).sum(1)
+    logp = logprobs.to(ref.dtype)
+    k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(ref)).sum(1)
+    k3 = torch.where(mask, L.kl_k3(logp, ref), torch.zeros_like(ref)).sum(1)
     return k1, k3
 
 
@@ -86,7 +90,8 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
                 out[name]["tokens"] += lengths.tolist()
                 out[name]["ended"] += s.ended.tolist()
                 if name == "policy":
-                    k1, k3 = sequence_kl(model, input_ids, attention_mask, response_mask, sampling.temperature)
+                    k1, k3 = sequence_kl(model, s.logprobs, input_ids, attention_mask, response_mask,
+                                          sampling.temperature)
                     out[name]["kl_k1"] += k1.tolist()
                     out[name]["kl_k3"] += k3.tolist()
                 bar.update(task, advance=len(formatted))
