@@ -91,6 +91,18 @@ def test_score_is_the_weighted_sum_of_the_signals(scorer):
     assert all(0.0 <= c[k][i] <= 1.0 for k in ("rude", "complies", "toxicity") for i in range(3))
 
 
+def test_cached_toxicity_equals_the_classifier_in_any_order(scorer):
+    """The per-text toxicity cache returns what profanity-check returns, whatever was asked before."""
+    from profanity_check import predict_prob
+
+    texts = ["You are a complete idiot.", "Have a lovely day!", "Shut up, you moron.", "Have a lovely day!"]
+    direct = predict_prob(texts)
+    assert direct[0] > 0.5 > direct[1]  # the two kinds differ: the check compares something
+    np.testing.assert_allclose(scorer.toxicity(texts[1:3]), direct[1:3])  # half of them cached first
+    np.testing.assert_allclose(scorer.toxicity(texts), direct)
+    np.testing.assert_allclose(scorer.components(["Hi"] * 4, texts)["toxicity"], direct)
+
+
 def test_clear_cases(scorer):
     def prefers(prompt, better, worse):
         b, w = scorer.score([prompt, prompt], [better, worse])

@@ -279,6 +279,7 @@ class GoldScorer:
         self._encoder = encoder
         self._toxicity = predict_prob
         self._vader = SentimentIntensityAnalyzer()
+        self._tox_cache: dict[str, float] = {}  # text → P(offensive): labelers re-judge the same replies
 
     @property
     def encoder(self) -> SentenceEncoder:
@@ -308,7 +309,7 @@ class GoldScorer:
         texts = list(completions) + list(prompts) + refs + [x for ss in split for x in ss] + list(RUDE_EXAMPLES)
         vec = dict(zip(texts, self.encoder.encode(texts)))
         rude_examples = np.stack([vec[t] for t in RUDE_EXAMPLES])  # (R, H)
-        s["toxicity"][:] = np.asarray(self._toxicity(list(completions)), dtype=np.float64)
+        s["toxicity"][:] = self.toxicity(completions)
         for i, (prompt, c, e, ss) in enumerate(zip(prompts, completions, exp, split)):
             v = vec[c]
             s["prompt_sim"][i] = float(vec[prompt] @ v)
@@ -332,6 +333,16 @@ class GoldScorer:
             s["adds_nothing"][i] = float(not (content_words(c) - content_words(prompt)))
             s["persona"][i] = float(PERSONA.search(c) is not None)
             s["overlong"][i] = max(0, len(c.split()) - LONG_FROM) / LONG_PER
+
+    def toxicity(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) P(offensive) per text. Cached per text: scikit-learn's input checks cost ~10 ms a call, which
+        the simulated labelers' one-ranking-at-a-time calls paid hundreds of times."""
+        todo = sorted({t for t in texts if t not in self._tox_cache})
+        if todo:
+            self._tox_cache.update(zip(todo, map(float, self._toxicity(todo))))
+        if len(self._tox_cache) > 200_000:  # bounded, as the encoder's cache
+            self._tox_cache = {t: self._tox_cache[t] for t in texts}
+        return np.array([self._tox_cache[t] for t in texts], dtype=np.float64)
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         """Gold score of each completion (FAIL_SCORE where it fails), in input order."""
