@@ -276,6 +276,8 @@ def train_rm(cfg: RewardConfig) -> None:
     from rlhfkit.pipeline import describe, train_rm_with_gold
 
     s = train_rm_with_gold(cfg)
+    if not on_rank0():
+        return
     typer.echo(describe("train_rm", s))
     for reason in s["skipped"][:5]:
         typer.echo(f"  left out {reason}", err=True)
@@ -292,6 +294,11 @@ def score(cfg: ScoreConfig) -> None:
     typer.echo(f"scored {s['scored']} text{'s' if s['scored'] != 1 else ''} with {s['model']}", err=True)
 
 
+def on_rank0() -> bool:
+    """Under torchrun only rank 0 prints the run's summary (every rank returns it)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @stage_command("ppo", PPOConfig)
 def ppo(cfg: PPOConfig) -> None:
     """PPO (or --algorithm rloo|grpo, critic-free) with a KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
@@ -299,7 +306,7 @@ def ppo(cfg: PPOConfig) -> None:
     from rlhfkit.train.ppo import run_ppo
 
     s = run_ppo(cfg)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun the run's summary once, from rank 0
+    if on_rank0():
         typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
 
 
@@ -310,7 +317,8 @@ def dpo(cfg: DpoConfig) -> None:
     from rlhfkit.train.dpo import run_dpo
 
     s = run_dpo(cfg)
-    typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
+    if on_rank0():
+        typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
 
 
 @stage_command("eval", EvalConfig)
@@ -414,6 +422,8 @@ def sft(cfg: SftConfig) -> None:
     from rlhfkit.train.sft import run_sft
 
     s = run_sft(cfg)
+    if not on_rank0():
+        return
     merged = f"; start PPO from it with --model {s['merged']}" if s["merged"] else ""
     typer.echo(
         f"sft on {s['examples']} examples ({s['dropped_failed']} failed the guideline, left out): "

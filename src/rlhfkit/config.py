@@ -365,6 +365,8 @@ class RewardConfig:
     seed: int = opt(0, "Random seed: the held-out split, head initialisation and batch order follow it.")
     device: str = device_opt()
     dtype: str = dtype_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     resume: bool = opt(False, "Continue an interrupted run from RUN_DIR/reward_model.ckpt (same pairs and settings).")
     force: bool = opt(False, "Overwrite a finished reward_model/ (and discard an unfinished run's checkpoint).")
 
@@ -382,6 +384,8 @@ class RewardConfig:
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "cannot be combined with force")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
 
 
 @dataclass
@@ -538,6 +542,8 @@ class DpoConfig:
     seed: int = opt(0, "Random seed: the pair order of each epoch follows it.")
     device: str = device_opt()
     dtype: str = dtype_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint (same pairs and settings).")
     force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
 
@@ -555,6 +561,8 @@ class DpoConfig:
         _check(self.save_every >= 1, "save_every", "must be ≥ 1")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
 
 
 @dataclass
@@ -634,6 +642,8 @@ class SftConfig:
     merge: bool = opt(True, "Also save the base with the adapter merged in (RUN_DIR/sft/merged: a plain model folder for --model).")
     seed: int = opt(0, "Random seed: batch order follows it.")
     device: str = device_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     force: bool = opt(False, "Overwrite a finished RUN_DIR/sft.")
 
     def validate(self) -> None:
@@ -643,6 +653,8 @@ class SftConfig:
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
         _check(self.max_length >= 8, "max_length", "must be ≥ 8")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
 
 
 @dataclass
