@@ -23,6 +23,7 @@ from rlhfkit.config import (
     DpoConfig,
     KNOWN_SECTIONS,
     DistilConfig,
+    DoctorConfig,
     EvalConfig,
     ExportConfig,
     GenerateConfig,
@@ -319,6 +320,26 @@ def dpo(cfg: DpoConfig) -> None:
     s = run_dpo(cfg)
     if on_rank0():
         typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
+
+
+@stage_command("doctor", DoctorConfig)
+def doctor(cfg: DoctorConfig) -> None:
+    """Estimate memory per rank of a run from the model's config.json (nothing loads); say what to change if it won't fit."""
+    from rlhfkit.train.memory import run_doctor
+
+    r = run_doctor(cfg)
+    p = r["plan"]
+    typer.echo(f"{cfg.stage} on {cfg.model} ({r['params'] / 1e6:.1f} M parameters, {r['trained_params'] / 1e6:.2f} M "
+               f"trained), {p['world_size']} × {p['strategy']}, batch {p['batch_size']}, "
+               f"{p['prompt_tokens']} + {p['new_tokens']} tokens — per rank:")
+    for name, gib in r["parts_gib"].items():
+        typer.echo(f"  {name:32s} {gib:8.2f} GiB")
+    verdict = "fits" if r["fits"] else "does NOT fit"
+    typer.echo(f"  {'total':32s} {r['total_gib']:8.2f} GiB — {verdict} in {r['device_gib']:.1f} GiB ({r['device']})")
+    for fix in r["remedies"]:
+        typer.echo(f"  try {fix['change']}: {fix['total_gib']:.2f} GiB{' (fits)' if fix['fits'] else ''}")
+    if not r["fits"] and not r["remedies"]:
+        typer.echo("  nothing here lowers it enough: use more devices (--world-size) with --strategy fsdp")
 
 
 @stage_command("eval", EvalConfig)

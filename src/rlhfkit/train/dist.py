@@ -316,7 +316,10 @@ def load_optimizer_state(wrapped: nn.Module, optimizer, state: dict) -> None:
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(inner(wrapped), optimizer, state, options=StateDictOptions(full_state_dict=True))
+    # strict=False: a trainable weight no loss reached (the value head under DPO, RLOO, GRPO) has no Adam state yet,
+    # in the checkpoint as in the optimizer it is restored into
+    set_optimizer_state_dict(inner(wrapped), optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def load_trainable(wrapped: nn.Module, state: dict[str, Tensor]) -> None:
