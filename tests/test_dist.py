@@ -35,15 +35,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], log: Path, n: int = 2, timeout: float = TIMEOUT_S) -> None:
-    """Run WORKER ``args`` as ``n`` ranks (the environment torchrun gives: RANK, WORLD_SIZE, MASTER_*); fail on a
+def launch(args: list[str], log: Path, n: int = 2, timeout: float = TIMEOUT_S, script: str = WORKER.name) -> None:
+    """Run ``script`` (beside this file; default WORKER) with ``args`` as ``n`` ranks (the environment torchrun gives: RANK, WORLD_SIZE, MASTER_*); fail on a
     non-zero exit or when they are not done within ``timeout`` (every rank is killed)."""
     env = {**os.environ, "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     procs = []
     for r in range(n):
         out = open(log.with_suffix(f".{r}.log"), "w")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+        procs.append(subprocess.Popen([sys.executable, str(WORKER.with_name(script)), *args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                                       stdout=out, stderr=subprocess.STDOUT))
     try:
         for p in procs:

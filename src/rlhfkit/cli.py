@@ -23,6 +23,7 @@ from rlhfkit.config import (
     DpoConfig,
     KNOWN_SECTIONS,
     DistilConfig,
+    DoctorConfig,
     EvalConfig,
     ExportConfig,
     GenerateConfig,
@@ -276,6 +277,8 @@ def train_rm(cfg: RewardConfig) -> None:
     from rlhfkit.pipeline import describe, train_rm_with_gold
 
     s = train_rm_with_gold(cfg)
+    if not on_rank0():
+        return
     typer.echo(describe("train_rm", s))
     for reason in s["skipped"][:5]:
         typer.echo(f"  left out {reason}", err=True)
@@ -292,6 +295,11 @@ def score(cfg: ScoreConfig) -> None:
     typer.echo(f"scored {s['scored']} text{'s' if s['scored'] != 1 else ''} with {s['model']}", err=True)
 
 
+def on_rank0() -> bool:
+    """Under torchrun only rank 0 prints the run's summary (every rank returns it)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @stage_command("ppo", PPOConfig)
 def ppo(cfg: PPOConfig) -> None:
     """PPO (or --algorithm rloo|grpo, critic-free) with a KL penalty against the frozen reference, on a LoRA policy → RUN_DIR/policy."""
@@ -299,7 +307,7 @@ def ppo(cfg: PPOConfig) -> None:
     from rlhfkit.train.ppo import run_ppo
 
     s = run_ppo(cfg)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun the run's summary once, from rank 0
+    if on_rank0():
         typer.echo(f"{s['algorithm']}: {describe('ppo', s)}, KL {s['kl_last']:.2f}, {s['seconds']:.0f} s → {s['path']}")
 
 
@@ -310,7 +318,28 @@ def dpo(cfg: DpoConfig) -> None:
     from rlhfkit.train.dpo import run_dpo
 
     s = run_dpo(cfg)
-    typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
+    if on_rank0():
+        typer.echo(f"dpo: {describe('dpo', s)}, {s['seconds']:.0f} s → {s['path']}")
+
+
+@stage_command("doctor", DoctorConfig)
+def doctor(cfg: DoctorConfig) -> None:
+    """Estimate memory per rank of a run from the model's config.json (nothing loads); say what to change if it won't fit."""
+    from rlhfkit.train.memory import run_doctor
+
+    r = run_doctor(cfg)
+    p = r["plan"]
+    typer.echo(f"{cfg.stage} on {cfg.model} ({r['params'] / 1e6:.1f} M parameters, {r['trained_params'] / 1e6:.2f} M "
+               f"trained), {p['world_size']} × {p['strategy']}, batch {p['batch_size']}, "
+               f"{p['prompt_tokens']} + {p['new_tokens']} tokens — per rank:")
+    for name, gib in r["parts_gib"].items():
+        typer.echo(f"  {name:32s} {gib:8.2f} GiB")
+    verdict = "fits" if r["fits"] else "does NOT fit"
+    typer.echo(f"  {'total':32s} {r['total_gib']:8.2f} GiB — {verdict} in {r['device_gib']:.1f} GiB ({r['device']})")
+    for fix in r["remedies"]:
+        typer.echo(f"  try {fix['change']}: {fix['total_gib']:.2f} GiB{' (fits)' if fix['fits'] else ''}")
+    if not r["fits"] and not r["remedies"]:
+        typer.echo("  nothing here lowers it enough: use more devices (--world-size) with --strategy fsdp")
 
 
 @stage_command("eval", EvalConfig)
@@ -414,6 +443,8 @@ def sft(cfg: SftConfig) -> None:
     from rlhfkit.train.sft import run_sft
 
     s = run_sft(cfg)
+    if not on_rank0():
+        return
     merged = f"; start PPO from it with --model {s['merged']}" if s["merged"] else ""
     typer.echo(
         f"sft on {s['examples']} examples ({s['dropped_failed']} failed the guideline, left out): "

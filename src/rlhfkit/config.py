@@ -366,6 +366,8 @@ class RewardConfig:
     seed: int = opt(0, "Random seed: the held-out split, head initialisation and batch order follow it.")
     device: str = device_opt()
     dtype: str = dtype_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     resume: bool = opt(False, "Continue an interrupted run from RUN_DIR/reward_model.ckpt (same pairs and settings).")
     force: bool = opt(False, "Overwrite a finished reward_model/ (and discard an unfinished run's checkpoint).")
 
@@ -383,6 +385,8 @@ class RewardConfig:
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "cannot be combined with force")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
 
 
 @dataclass
@@ -539,6 +543,8 @@ class DpoConfig:
     seed: int = opt(0, "Random seed: the pair order of each epoch follows it.")
     device: str = device_opt()
     dtype: str = dtype_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     resume: bool = opt(False, "Continue from RUN_DIR/policy's checkpoint (same pairs and settings).")
     force: bool = opt(False, "Start over even if RUN_DIR/policy exists.")
 
@@ -556,6 +562,42 @@ class DpoConfig:
         _check(self.save_every >= 1, "save_every", "must be ≥ 1")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
+
+
+@dataclass
+class DoctorConfig:
+    """Memory per rank of a training run, estimated from the model's config.json before anything loads."""
+
+    stage: str = opt("ppo", "The run to check: ppo (also rloo / grpo), dpo, sft or train-rm.")
+    model: str = opt("smollm2", "The policy (train-rm: the reward backbone): a folder, a hub id, or an alias.")
+    reward_model: str = opt("minilm", "ppo: the reward model's folder or backbone ('gold' or '' = none on the device).")
+    lora_r: int = opt(16, "LoRA rank; 0 = full fine-tuning.")
+    lora_layers: int = opt(0, "LoRA on the top N blocks only (0 = all).")
+    dtype: str = opt("float32", "The frozen weights' dtype: float32 or bfloat16 (full fine-tuning trains float32).")
+    batch_size: int = opt(64, "Global batch: prompts per ppo iteration, pairs per dpo / train-rm step, examples per sft step.")
+    minibatch_size: int = opt(16, "ppo: rollouts per gradient step (global).")
+    prompt_tokens: int = opt(128, "Tokens per prompt (left-padded: the batch's longest).")
+    max_new_tokens: int = opt(128, "Tokens sampled per completion (dpo / sft: reply tokens).")
+    strategy: str = strategy_opt()
+    world_size: int = opt(1, "Processes (devices) the run uses under torchrun.")
+    device_memory_gib: float = opt(0.0, "Memory of one device in GiB (0 = this machine's: the GPU's with CUDA, else RAM).")
+
+    def validate(self) -> None:
+        _check(self.stage in ("ppo", "rloo", "grpo", "dpo", "sft", "train-rm"), "stage",
+               f"must be ppo, rloo, grpo, dpo, sft or train-rm, got {self.stage!r}")
+        _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
+        _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
+        _check(self.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16")
+        _check(self.world_size >= 1, "world_size", "must be ≥ 1")
+        _check(self.batch_size >= 1 and self.batch_size % self.world_size == 0, "batch_size",
+               f"must be a positive multiple of world_size ({self.world_size})")
+        _check(self.minibatch_size >= 1 and self.minibatch_size % self.world_size == 0, "minibatch_size",
+               f"must be a positive multiple of world_size ({self.world_size})")
+        _check(self.prompt_tokens >= 1 and self.max_new_tokens >= 1, "max_new_tokens", "and prompt_tokens must be ≥ 1")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.device_memory_gib >= 0, "device_memory_gib", "must be ≥ 0")
 
 
 @dataclass
@@ -635,6 +677,8 @@ class SftConfig:
     merge: bool = opt(True, "Also save the base with the adapter merged in (RUN_DIR/sft/merged: a plain model folder for --model).")
     seed: int = opt(0, "Random seed: batch order follows it.")
     device: str = device_opt()
+    strategy: str = strategy_opt()
+    dist_timeout: float = dist_timeout_opt()
     force: bool = opt(False, "Overwrite a finished RUN_DIR/sft.")
 
     def validate(self) -> None:
@@ -644,6 +688,8 @@ class SftConfig:
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
         _check(self.max_length >= 8, "max_length", "must be ≥ 8")
+        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
 
 
 @dataclass

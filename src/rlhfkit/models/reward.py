@@ -205,6 +205,16 @@ class RewardModel:
         self.backbone = backbone
         self.mean = mean
         self.std = std
+        self._net = None
+
+    @property
+    def net(self):
+        """The forward as one module (models/reward_net.py) over the current ``model``: what DDP / FSDP wrap."""
+        if self._net is None or self._net.model is not self.model:
+            from rlhfkit.models.reward_net import RewardNet
+
+            self._net = RewardNet(self.model, self.pooling)
+        return self._net
 
     @property
     def device(self):
@@ -342,20 +352,16 @@ class RewardModel:
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Row]:
         return encode(self.tokenizer, self.format, prompts, completions, self.max_length)
 
-    def forward(self, rows: Sequence[Row]) -> "torch.Tensor":
-        """(N,) raw rewards of encoded rows, one forward pass, with gradient if enabled."""
+    def forward(self, rows: Sequence[Row], runner=None) -> "torch.Tensor":
+        """(N,) raw rewards of encoded rows, one forward pass, with gradient if enabled.
+
+        ``runner``: the DDP / FSDP wrapper of ``net`` to run through (training under torchrun); None: ``net``.
+        """
         import torch
 
         batch = {k: v.to(self.device) for k, v in pad_rows(rows, self.pad_id).items()}  # each (N, T)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
-            if self.pooling == "mean":
-                encoder, head = _encoder_and_head(self.model)
-                hidden = encoder(**batch).last_hidden_state  # (N, T, H)
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
-                logits = head((hidden * mask).sum(1) / mask.sum(1))  # mean over real tokens → (N, 1)
-            else:
-                logits = self.model(**batch).logits  # (N, 1)
-        return logits.squeeze(-1).float()  # (N,)
+            return (runner if runner is not None else self.net)(**batch)  # (N,)
 
     def raw_scores(self, rows: Sequence[Row], batch_size: int = 64) -> list[float]:
         """Raw rewards in input order; batches of similar length (little padding), no gradient."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -158,13 +158,36 @@ def mean_stats(stats: dict[str, float], maxima: Sequence[str] = ()) -> dict[str,
     return {k: (top[i] if k in maxima else mean[i]).item() for i, k in enumerate(keys)}
 
 
-def shard(items: Sequence, what: str = "batch") -> list:
-    """This rank's contiguous share of a global batch (rank r gets rows r·b … r·b + b − 1, b = len / N)."""
+def shard(items: Sequence, what: str = "batch", even: bool = True) -> list:
+    """This rank's contiguous share of a global batch (rank r gets rows r·b … r·b + b − 1, b = len / N).
+
+    ``even=False`` (a batch the data cut short, e.g. an epoch's last): shares differ by at most one row;
+    a loss normalised by the global count (``global_count``) keeps the update exact.
+    Every rank still needs a row: DDP and FSDP wait for every rank's backward.
+    """
     n, size = len(items), world_size()
-    if n % size:
+    if even and n % size:
         raise RlhfkitError(f"{what} of {n} does not split evenly over {size} processes: make it a multiple of {size}")
-    b = n // size
-    return list(items[rank() * b : (rank() + 1) * b])
+    if n < size:
+        raise RlhfkitError(f"{what} of {n} cannot give each of {size} processes a row: make it at least {size}")
+    lo, hi = (n * r // size for r in (rank(), rank() + 1))
+    return list(items[lo:hi])
+
+
+def check_divisible(name: str, n: int, what: str) -> None:
+    """``name`` (a global batch size of ``n`` ``what``) must split evenly over the processes: the trainers'
+    start-up check, so a run fails before it loads anything."""
+    size = world_size()
+    if n % size:
+        raise RlhfkitError(f"{name}: {n} {what} do not split over {size} processes; make it a multiple of {size}")
+
+
+def global_count(n: Tensor | float) -> Tensor:
+    """The ``normalizer`` of a loss summed over this rank's share (losses.py: exact accumulation): the global
+    count (tokens, pairs, or their weight) divided by N, because DDP and FSDP average the ranks' gradients —
+    so the update is the one-process update on the whole batch. One process: ``n`` itself."""
+    t = torch.as_tensor(n, dtype=torch.float32)
+    return all_sum(t) / world_size() if _on() else t
 
 
 def rank_seed(seed: int, iteration: int) -> int:
@@ -261,16 +284,19 @@ def gathered(model: nn.Module) -> Iterator[None]:
             m.set_reshard_after_forward(True)
 
 
-def trainable_state(wrapped: nn.Module) -> dict[str, Tensor]:
-    """Full (unsharded) tensors of what trains, on CPU, keyed as in the unwrapped model; every rank must call it."""
+def trainable_state(wrapped: nn.Module, everywhere: bool = False) -> dict[str, Tensor]:
+    """Full (unsharded) tensors of what trains, on CPU, keyed as in the unwrapped model; every rank must call it.
+
+    Under FSDP only rank 0 receives them (the others: {}), unless ``everywhere`` (a copy every rank restores
+    later, e.g. the best weights so far)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model = inner(wrapped)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     if not _on():
         return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in names}
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {n: t for n, t in state.items() if n in names}
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    return {n: t.detach().cpu().clone() if everywhere else t for n, t in state.items() if n in names}
 
 
 def optimizer_state(wrapped: nn.Module, optimizer) -> dict:
@@ -290,7 +316,10 @@ def load_optimizer_state(wrapped: nn.Module, optimizer, state: dict) -> None:
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(inner(wrapped), optimizer, state, options=StateDictOptions(full_state_dict=True))
+    # strict=False: a trainable weight no loss reached (the value head under DPO, RLOO, GRPO) has no Adam state yet,
+    # in the checkpoint as in the optimizer it is restored into
+    set_optimizer_state_dict(inner(wrapped), optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def load_trainable(wrapped: nn.Module, state: dict[str, Tensor]) -> None:
@@ -302,6 +331,30 @@ def load_trainable(wrapped: nn.Module, state: dict[str, Tensor]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def full_copy(wrapped: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
+    """The whole model, to write on rank 0 (None on the others); every rank must call it.
+
+    One process or DDP: the model itself (every rank holds it whole). FSDP2: its shards gathered to rank 0
+    (``get_model_state_dict``, full, offloaded to CPU) into ``build()`` — a fresh unwrapped model of the
+    same structure — because a sharded module's ``state_dict`` is shards even while gathered.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    model = inner(wrapped)
+    if not _on():
+        return model
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        return model if is_main() else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    fresh = build()
+    fresh.load_state_dict(state)
+    return fresh
 
 
 def barrier() -> None:

@@ -27,6 +27,7 @@ from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
 from rlhfkit.models.load import format_prompt
 from rlhfkit.models.policy import PolicyWithValue
+from rlhfkit.train import dist
 from rlhfkit.train import losses as L
 
 REF_FILE = "ref_logps.safetensors"
@@ -89,15 +90,23 @@ def pair_batch(encoded: list[tuple[tuple, tuple]], idx: list[int], pad_id: int, 
 @torch.no_grad()
 def reference_logps(model: PolicyWithValue, encoded, *, batch_size: int, pad_id: int, device: str,
                     average: bool) -> Tensor:
-    """(N, 2) reference log-probs of every pair's chosen and rejected reply: the base with adapters off, once."""
+    """(N, 2) reference log-probs of every pair's chosen and rejected reply: the base with adapters off, once.
+
+    Under torchrun each rank computes a contiguous 1/N of the pairs and every rank gathers all N: a step's share
+    can be any pairs of the epoch's order, so each rank needs them all, and this costs 1/N of the forwards of
+    computing all on every rank (and the checkpoint holds the same tensor as one process's). The last share is
+    padded with repeats of the last pair, so every rank runs as many forwards — FSDP's gathers are collectives.
+    """
+    n, size = len(encoded), dist.world_size()
+    per = -(-n // size)  # ceil
+    mine = [min(i, n - 1) for i in range(dist.rank() * per, (dist.rank() + 1) * per)]
     out = []
-    for lo in range(0, len(encoded), batch_size):
-        idx = list(range(lo, min(lo + batch_size, len(encoded))))
-        batch = pair_batch(encoded, idx, pad_id, device)
+    for lo in range(0, per, batch_size):
+        batch = pair_batch(encoded, mine[lo : lo + batch_size], pad_id, device)
         logps = sequence_logps(model.reference_logits(batch.input_ids, batch.attention_mask, batch.n_reply, 1.0),
                                batch, average)  # (2b,)
         out.append(logps.view(2, -1).T.cpu())  # (b, 2): [chosen, rejected]
-    return torch.cat(out)
+    return dist.all_gather_rows(torch.cat(out))[:n]  # (N, 2)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -106,20 +115,31 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def dpo_step(model: PolicyWithValue, optimizer, batch: PairBatch, ref: Tensor, weight: Tensor, *, beta: float,
-             loss_type: str, label_smoothing: float, max_grad_norm: float, step: int) -> dict[str, float]:
-    """One update on b pairs. ref: (b, 2) cached reference log-probs; weight: (b,). Returns the step's metrics."""
-    logits, _ = model(batch.input_ids, batch.attention_mask, batch.n_reply, 1.0)  # (2b, A, V)
+             loss_type: str, label_smoothing: float, max_grad_norm: float, step: int,
+             wrapped: torch.nn.Module | None = None) -> dict[str, float]:
+    """One update on b pairs. ref: (b, 2) cached reference log-probs; weight: (b,). Returns the step's metrics.
+
+    wrapped: the DDP / FSDP module to run the forward through (train/dist.py); None: ``model``. Under torchrun the
+    b pairs are this rank's share of the step's; loss and metrics are the whole step's.
+    """
+    forward = wrapped if wrapped is not None else model
+    logits, _ = forward(batch.input_ids, batch.attention_mask, batch.n_reply, 1.0)  # (2b, A, V)
     logps = sequence_logps(logits, batch, average=loss_type == "ipo").view(2, -1)  # (2, b): chosen, rejected
     del logits
+    # Σ w·l over this rank's pairs / (all ranks' Σ w / N): with DDP / FSDP averaging the gradients, one process's
+    # update on all the step's pairs (losses.py: exact accumulation); one process: the plain weighted mean.
     loss, stats = L.dpo_loss(logps[0], logps[1], ref[:, 0], ref[:, 1], beta, loss_type, label_smoothing,
-                             weight=weight)
-    if not torch.isfinite(loss):
+                             weight=weight, normalizer=dist.global_count(weight.sum()))
+    total = dist.all_mean(loss.detach())  # the step's loss (each rank's term is N × its share of it)
+    if not torch.isfinite(total):  # every rank sees the same total, so all stop together
         raise RlhfkitError(f"step {step}: non-finite DPO loss (NaN or inf); the last good checkpoint is kept")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()
-    return {"dpo/loss": loss.item(), **{k: v.mean().item() for k, v in stats.items()},
+    # per-pair statistics: means over all the step's pairs (shares may differ in size by one)
+    sums = dist.all_sum(torch.stack([*(v.sum() for v in stats.values()), weight.new_tensor(float(len(weight)))]).double())
+    return {"dpo/loss": total.item(), **{k: (sums[i] / sums[-1]).item() for i, k in enumerate(stats)},
             "policy/grad_norm": float(grad_norm)}
 
 
@@ -131,22 +151,28 @@ def _fingerprint(pairs: list[Pair], cfg) -> str:
     return fingerprint(pairs, dataclasses.replace(cfg, epochs=1, save_every=1))
 
 
-def save_checkpoint(folder: Path, model: PolicyWithValue, optimizer, ref: Tensor, step: int, config: dict,
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, ref: Tensor, step: int, config: dict,
                     history: list[dict], fingerprint: str) -> None:
-    """Write ``folder`` atomically: a crash keeps the last complete checkpoint."""
+    """Write ``folder`` atomically: a crash keeps the last complete checkpoint.
+
+    ``model``: the PolicyWithValue or its DDP / FSDP wrapper; under torchrun every rank calls this (the trained
+    weights and optimizer state are gathered in full) and rank 0 writes, as ppo's checkpoint.
+    """
     import yaml
     from safetensors.torch import save_file
 
     from rlhfkit.data.io import atomic_directory
-    from rlhfkit.models.policy import TRAINABLE_FILE, save_adapter
+    from rlhfkit.train.ppo import save_trained
 
-    with atomic_directory(folder) as tmp:
-        save_file(model.trainable_state(), str(tmp / TRAINABLE_FILE))
-        save_adapter(model.lm, tmp, config["model"])  # the same layout as ppo's: PeftModel.from_pretrained(base, folder)
-        save_file({"ref_logps": ref.contiguous()}, str(tmp / REF_FILE))
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "history": history,
-                    "fingerprint": fingerprint}, tmp / "trainer_state.pt")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    trained, opt_state = dist.trainable_state(model), dist.optimizer_state(model, optimizer)  # collectives
+    if dist.is_main():
+        with atomic_directory(folder) as tmp:
+            save_trained(tmp, dist.inner(model), trained, config["model"])  # ppo's layout
+            save_file({"ref_logps": ref.contiguous()}, str(tmp / REF_FILE))
+            torch.save({"step": step, "optimizer": opt_state, "history": history,
+                        "fingerprint": fingerprint}, tmp / "trainer_state.pt")
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dist.barrier()  # no rank runs on before the folder is complete
 
 
 def load_pairs_checked(spec: str) -> list[Pair]:
@@ -168,7 +194,7 @@ def run_dpo(cfg) -> dict:
     from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.models.policy import build_policy
     from rlhfkit.train.metrics import MetricsLog
-    from rlhfkit.train.ppo import policy_output, seed_everything
+    from rlhfkit.train.ppo import policy_output, restore_trained, seed_everything
 
     run_dir = Path(cfg.run_dir)
     out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
@@ -181,37 +207,52 @@ def run_dpo(cfg) -> dict:
         if state["fingerprint"] != fingerprint:
             raise RlhfkitError(f"{out}: the checkpoint was trained on other pairs or settings; use --force to start over")
 
-    seed_everything(cfg.seed)
     device = pick_device(cfg.device)
+    started = not dist.is_initialized()
+    world = dist.init(device, cfg.dist_timeout)  # one process (no torchrun): World(0, 1)
+    device = dist.device_of(world, device)
+    dist.check_divisible("batch_size", cfg.batch_size, "pairs")  # each rank takes 1/N of every step's pairs
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    last = len(pairs) - (steps_per_epoch - 1) * cfg.batch_size
+    if last < world.size:
+        raise RlhfkitError(f"batch_size: an epoch's last step would have {last} pair(s) for {world.size} processes; "
+                           f"pick a batch size that leaves at least {world.size} ({len(pairs)} pairs)")
+    seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,
                                     lora_layers=cfg.lora_layers, dtype=dtype)
+    if world.distributed and cfg.strategy == "fsdp":
+        model.prefix.n_frozen = 0  # the frozen-block cache swaps blocks out of a forward: not with sharded blocks
+    # DPO never uses the value head (trainable, so the checkpoint stays ppo's layout): DDP must not wait for it
+    wrapped = dist.wrap(model, cfg.strategy, device, forward_methods=("reference_logits", "frozen_prefix"),
+                        find_unused=True)
     eos_id, pad_id = eos_ids(tokenizer, model.lm)[0], tokenizer.pad_token_id
     enc = dict(eos_id=eos_id, system_prompt=cfg.sampling.system_prompt, max_length=cfg.max_length)
     encoded = [(encode(tokenizer, p.prompt, p.chosen, **enc), encode(tokenizer, p.prompt, p.rejected, **enc))
                for p in pairs]
     weights = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
+    # after wrapping: FSDP2 replaces the parameters by their shards
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5)
     config = {**dataclasses.asdict(cfg), "algorithm": "dpo"}
     console = Console(stderr=True)
     t_start = time.perf_counter()
     if state is not None:
-        model.load_trained(out)
-        optimizer.load_state_dict(state["optimizer"])
+        restore_trained(out, wrapped)
+        dist.load_optimizer_state(wrapped, optimizer, state["optimizer"])
         ref = load_file(str(out / REF_FILE))["ref_logps"]
         start, history = state["step"], state["history"]
     else:
         ref = reference_logps(model, encoded, batch_size=cfg.batch_size, pad_id=pad_id, device=device,
                               average=cfg.loss_type == "ipo")
         start, history = 0, []
-    log = MetricsLog(run_dir, "dpo")
-    if state is not None:
+    log = MetricsLog(run_dir, "dpo") if world.main else None  # metrics and files: rank 0 only
+    if log and state is not None:
         log.resume_from(start - 1)
-    else:
+    elif log:
         log.start_fresh()
-    save_resolved(run_dir, "dpo", cfg)
+    if world.main:
+        save_resolved(run_dir, "dpo", cfg)
 
-    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     columns = [TextColumn("dpo"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.0%}"), TimeElapsedColumn(),
@@ -219,20 +260,26 @@ def run_dpo(cfg) -> dict:
     hp = dict(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
               max_grad_norm=cfg.max_grad_norm)
     try:
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=console, disable=not world.main) as bar:
             task = bar.add_task("dpo", total=total, completed=start, loss=float("nan"), acc=float("nan"))
             for step in range(start, total):
                 epoch, k = divmod(step, steps_per_epoch)
                 idx = epoch_order(len(pairs), cfg.seed, epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+                idx = dist.shard(idx, "a step's pairs", even=False)  # this rank's share (the last step may be short)
                 batch = pair_batch(encoded, idx, pad_id, device)
-                stats = dpo_step(model, optimizer, batch, ref[idx].to(device), weights[idx].to(device), step=step, **hp)
+                stats = dpo_step(model, optimizer, batch, ref[idx].to(device), weights[idx].to(device), step=step,
+                                 wrapped=wrapped, **hp)
                 history.append(stats)
-                log.log(step, stats)
+                if log:
+                    log.log(step, stats)
                 bar.update(task, advance=1, loss=stats["dpo/loss"], acc=stats["rewards/accuracies"])
                 if (step + 1) % cfg.save_every == 0 or step + 1 == total:
-                    save_checkpoint(out, model, optimizer, ref, step + 1, config, history, fingerprint)
+                    save_checkpoint(out, wrapped, optimizer, ref, step + 1, config, history, fingerprint)
     finally:
-        log.close()
+        if log:
+            log.close()
+        if started:
+            dist.close()
     first, last = history[0], history[-1]
     window = history[-steps_per_epoch:]  # the last epoch's steps
     return {"path": str(out), "algorithm": "dpo", "pairs": len(pairs), "pairs_spec": spec, "steps": len(history),

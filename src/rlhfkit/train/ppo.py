@@ -171,7 +171,7 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             # Token means over the GLOBAL minibatch: each rank divides its token sum by (all ranks' tokens / N),
             # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
             # whole minibatch (losses.py: exact gradient accumulation). One process: the plain masked mean.
-            norm = dist.all_sum(mask.sum().float()) / dist.world_size()
+            norm = dist.global_count(mask.sum())
             pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps, norm)
             vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip, norm)
                                     if critic else (None, None))
@@ -332,19 +332,13 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl, nor
     import dataclasses
 
     import yaml
-    from safetensors.torch import save_file
 
     from rlhfkit.data.io import atomic_directory
-    from rlhfkit.models.policy import TRAINABLE_FILE, save_adapter
 
     trained, opt_state = dist.trainable_state(model), dist.optimizer_state(model, optimizer)  # collectives
-    policy = dist.inner(model)
     if dist.is_main():
         with atomic_directory(folder) as tmp:
-            save_file(trained, str(tmp / TRAINABLE_FILE))
-            if policy.reference is None:  # LoRA: PeftModel.from_pretrained(base, RUN_DIR/policy) loads the adapter
-                save_adapter(policy.lm, tmp, config["model"],
-                             state_dict={k.removeprefix("lm."): v for k, v in trained.items() if k.startswith("lm.")})
+            save_trained(tmp, dist.inner(model), trained, config["model"])
             torch.save({
                 "iteration": iteration, "optimizer": opt_state, "kl_ctl": kl_ctl.state_dict(),
                 "reward_norm": dataclasses.asdict(norm),
@@ -356,9 +350,21 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl, nor
     dist.barrier()  # no rank runs on (and might read the folder) before it is complete
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl) -> dict:
-    """Restore a ``save_checkpoint`` folder into ``model`` (or its DDP / FSDP wrapper); every rank reads it."""
-    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+def save_trained(folder: Path, policy: PolicyWithValue, trained: dict[str, torch.Tensor], base: str) -> None:
+    """What trains (``trained``: dist.trainable_state's full tensors) → folder/trainable.safetensors and, with LoRA,
+    the peft adapter, so PeftModel.from_pretrained(base, folder) loads it. Rank 0 calls it (ppo and dpo)."""
+    from safetensors.torch import save_file
+
+    from rlhfkit.models.policy import TRAINABLE_FILE, save_adapter
+
+    save_file(trained, str(folder / TRAINABLE_FILE))
+    if policy.reference is None:  # LoRA
+        save_adapter(policy.lm, folder, base,
+                     state_dict={k.removeprefix("lm."): v for k, v in trained.items() if k.startswith("lm.")})
+
+
+def restore_trained(folder: Path, model: torch.nn.Module) -> None:
+    """``save_trained``'s weights back into ``model`` (or its DDP / FSDP wrapper); every rank calls it."""
     if dist.world_size() > 1:  # the same checks as load_trained, then FSDP reshards the full tensors
         from safetensors.torch import load_file
 
@@ -367,6 +373,12 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl) -> 
         dist.load_trainable(model, load_file(str(folder / TRAINABLE_FILE)))
     else:
         model.load_trained(folder)
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl) -> dict:
+    """Restore a ``save_checkpoint`` folder into ``model`` (or its DDP / FSDP wrapper); every rank reads it."""
+    state = torch.load(folder / "trainer_state.pt", weights_only=False)
+    restore_trained(folder, model)
     dist.load_optimizer_state(model, optimizer, state["optimizer"])
     kl_ctl.load_state_dict(state["kl_ctl"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -419,10 +431,9 @@ def run_ppo(cfg) -> dict:
     started = not dist.is_initialized()
     world = dist.init(device, cfg.dist_timeout)  # one process (no torchrun): World(0, 1)
     device = dist.device_of(world, device)
-    for name, n in (("batch_size", cfg.prompts_per_iteration), ("minibatch_size", cfg.minibatch_size)):
-        if n % world.size:  # each rank takes 1/N of the iteration's prompts and of every minibatch
-            raise RlhfkitError(f"{name}: {n} {'prompts' if name == 'batch_size' else 'rollouts'} do not split over "
-                               f"{world.size} processes; make it a multiple of {world.size}")
+    # each rank takes 1/N of the iteration's prompts and of every minibatch
+    dist.check_divisible("batch_size", cfg.prompts_per_iteration, "prompts")
+    dist.check_divisible("minibatch_size", cfg.minibatch_size, "rollouts")
     prompts = [p.prompt for p in defaults.read_prompt_spec(cfg.prompts) if p.split == "train"]
     if len(prompts) < 1:
         raise RlhfkitError(f"{cfg.prompts}: no prompts in the train split")

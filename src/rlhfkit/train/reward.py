@@ -25,6 +25,7 @@ from typing import Any
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
 from rlhfkit.models.reward import RewardModel, Row, reward_stats
+from rlhfkit.train import dist
 from rlhfkit.train.reward_data import (check_pairs, fingerprint, length_grouped_batches, linear_schedule, prompt_units,
                                       split_by_prompt)
 from rlhfkit.train.reward_metrics import pair_metrics
@@ -91,19 +92,6 @@ def _disable_dropout(model) -> None:
             m.p = 0.0
 
 
-def _trainable_state(model) -> dict:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model, state: dict) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, v in state.items():
-            params[n].copy_(v.to(params[n].device))
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import io
 
@@ -136,19 +124,23 @@ def evaluate_pairs(rm: RewardModel, rows: Sequence[Row], chosen: Sequence[int], 
 
 
 def train_step(rm: RewardModel, rows: Sequence[Row], chosen: Sequence[int], rejected: Sequence[int],
-               weights: Sequence[float], optimizer, scheduler, params) -> tuple[float, float]:
+               weights: Sequence[float], optimizer, scheduler, params, runner=None) -> tuple[float, float]:
     """One optimizer step on B pairs: their U distinct texts in ONE forward pass, the loss over the pairs.
 
-    Returns (loss, pairs ranked right, ties ½). A non-finite loss returns before any update.
+    ``runner``: under torchrun, the DDP / FSDP wrapper of ``rm.net``, and the B pairs this rank's share of the
+    step's: the loss is Σ w·l over the share / (all ranks' Σ w / N), and DDP / FSDP average the gradients, so the
+    update is one process's on the whole step (losses.py: exact accumulation).
+    Returns the whole step's (loss, pairs ranked right, ties ½). A non-finite loss returns before any update.
     """
     import torch
 
     from rlhfkit.train.losses import bradley_terry_loss
 
-    r = rm.forward(list(rows))  # (U,)
+    r = rm.forward(list(rows), runner)  # (U,)
     r_c, r_r = r[torch.tensor(list(chosen))], r[torch.tensor(list(rejected))]  # (B,) each
-    loss = bradley_terry_loss(r_c, r_r, weight=torch.tensor(list(weights), device=r.device))
-    loss_value = loss.item()
+    w = torch.tensor(list(weights), device=r.device)  # (B,)
+    loss = bradley_terry_loss(r_c, r_r, weight=w, normalizer=dist.global_count(w.sum()))
+    loss_value = dist.all_mean(loss.detach()).item()  # the same on every rank, so all stop together
     if not math.isfinite(loss_value):
         return loss_value, 0.0
     optimizer.zero_grad(set_to_none=True)
@@ -157,12 +149,16 @@ def train_step(rm: RewardModel, rows: Sequence[Row], chosen: Sequence[int], reje
     optimizer.step()
     scheduler.step()
     with torch.no_grad():
-        correct = float(((r_c > r_r).float() + 0.5 * (r_c == r_r).float()).sum())
+        correct = dist.all_sum(((r_c > r_r).float() + 0.5 * (r_c == r_r).float()).sum()).item()
     return loss_value, correct
 
 
-def evaluate(rm: RewardModel, data: EncodedPairs, state: TrainState, epoch: float, lr: float, patience: int) -> dict:
-    """Held-out metrics now; keep the weights if the held-out loss is the best so far; maybe stop early."""
+def evaluate(rm: RewardModel, data: EncodedPairs, state: TrainState, epoch: float, lr: float, patience: int,
+             runner=None) -> dict:
+    """Held-out metrics now; keep the weights if the held-out loss is the best so far; maybe stop early.
+
+    Under torchrun every rank evaluates all held-out pairs (the same weights, so the same decisions) and keeps
+    the best weights whole (``runner``: the DDP / FSDP wrapper of ``rm.net``)."""
     values: dict[str, float] = {}
     n, loss_sum, correct = state.window
     if n > 0:
@@ -174,7 +170,7 @@ def evaluate(rm: RewardModel, data: EncodedPairs, state: TrainState, epoch: floa
                        "reward_model/margin": m["margin"], "reward_model/ece": m["ece"]})
         if m["loss"] < state.best_loss:
             state.best_loss, state.best_step, state.best_epoch = m["loss"], state.step, epoch
-            state.best, state.since_best = _trainable_state(rm.model), 0
+            state.best, state.since_best = dist.trainable_state(runner if runner is not None else rm.net, everywhere=True), 0
         else:
             state.since_best += 1
         state.stopped_early = patience > 0 and state.since_best >= patience
@@ -204,6 +200,11 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     from rlhfkit.models.load import pick_device
     from rlhfkit.train.metrics import MetricsLog
 
+    device = pick_device(hp.device)
+    started = not dist.is_initialized()
+    world = dist.init(device, hp.dist_timeout)  # one process (no torchrun): World(0, 1)
+    device = dist.device_of(world, device)
+    dist.check_divisible("batch_size", hp.batch_size, "pairs")  # each rank takes 1/N of every step's pairs
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     ckpt = Path(checkpoint_path) if checkpoint_path else out_dir.with_name(out_dir.name + ".ckpt")
@@ -212,10 +213,15 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     pairs = check_pairs(pairs)
     digest = fingerprint(pairs, hp)
     # 2. the model (a seeded fresh head) and the encoded pairs
-    rm = RewardModel.from_backbone(hp.backbone, max_length=hp.max_length, lora_r=hp.lora_r,
-                                   device=pick_device(hp.device), seed=hp.seed, dtype=hp.dtype, pooling=hp.pooling)
+    def fresh(device: str) -> RewardModel:
+        return RewardModel.from_backbone(hp.backbone, max_length=hp.max_length, lora_r=hp.lora_r, device=device,
+                                         seed=hp.seed, dtype=hp.dtype, pooling=hp.pooling)
+
+    rm = fresh(device)
     _disable_dropout(rm.model)
     data = encode_pairs(rm, pairs, hp.eval_fraction, hp.seed)
+    # find_unused: an encoder's pooler (and, with mean pooling, its own head) trains but gets no gradient
+    runner = dist.wrap(rm.net, hp.strategy, device, find_unused=True)  # one process: rm.net itself
     # 3. AdamW without weight decay on biases and LayerNorm gains (1-d tensors), as in BERT and the HF Trainer
     params = [p for p in rm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
@@ -224,6 +230,10 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     lengths, units = {i: data.length(i) for i in data.train}, prompt_units(data.pairs, data.train)
     epochs = [length_grouped_batches(lengths, hp.batch_size, random.Random(hp.seed * 1_000_003 + e), units=units)
               for e in range(hp.epochs)]
+    short = min(len(b) for e in epochs for b in e)
+    if short < world.size:
+        raise RlhfkitError(f"batch_size: a step would have {short} pair(s) for {world.size} processes; "
+                           f"make it at least {world.size}")
     total_steps = sum(len(b) for b in epochs)
     warmup = int(hp.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total_steps))
@@ -234,13 +244,13 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved.get("fingerprint") != digest:
             raise RlhfkitError(f"{ckpt}: made with other pairs or settings; use --force to start over")
-        _load_trainable(rm.model, saved["trainable"])
-        optimizer.load_state_dict(saved["optimizer"])
+        dist.load_trainable(runner, saved["trainable"])
+        dist.load_optimizer_state(runner, optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
 
-    log = MetricsLog(run_dir, "train_rm") if run_dir is not None else None
+    log = MetricsLog(run_dir, "train_rm") if run_dir is not None and world.main else None  # rank 0 logs
     if log is not None:  # a resumed run re-logs what follows its checkpoint; a fresh one starts over
         log.resume_from(state.step) if hp.resume else log.start_fresh()
     columns = [TextColumn("train-rm"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -249,7 +259,7 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     timer = {"wall": 0.0, "cpu": 0.0, "pairs": 0}  # training steps only, evaluations excluded
 
     def check_in(epoch: float, bar, task) -> None:
-        values = evaluate(rm, data, state, epoch, scheduler.get_last_lr()[0], hp.patience)
+        values = evaluate(rm, data, state, epoch, scheduler.get_last_lr()[0], hp.patience, runner)
         if log is not None:
             log.log(state.step, values)
         acc = values.get("reward_model/accuracy")
@@ -259,7 +269,7 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     with contextlib.ExitStack() as stack:
         if log is not None:
             stack.callback(log.close)
-        bar = stack.enter_context(Progress(*columns, disable=not progress, transient=False))
+        bar = stack.enter_context(Progress(*columns, disable=not (progress and world.main), transient=False))
         task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), acc="-")
         # 4. epochs of length-grouped batches (little padding), evaluated along the way
         while state.epoch < hp.epochs and not state.stopped_early:
@@ -267,7 +277,8 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
             batches = epochs[state.epoch]
             for b, idx in enumerate(batches, start=1):
                 t0, c0 = time.perf_counter(), time.process_time()
-                loss, correct = train_step(rm, *data.take(idx), optimizer, scheduler, params)
+                mine = dist.shard(idx, "a step's pairs", even=False)  # this rank's share of the step
+                loss, correct = train_step(rm, *data.take(mine), optimizer, scheduler, params, runner)
                 timer["wall"] += time.perf_counter() - t0
                 timer["cpu"] += time.process_time() - c0
                 if not math.isfinite(loss):
@@ -286,21 +297,30 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
                 check_in(state.epoch + 1.0, bar, task)
             state.epoch += 1
             # 5. a checkpoint after each epoch: weights, optimiser, schedule, RNG and where training stands
-            _atomic_torch_save({"fingerprint": digest, "trainable": _trainable_state(rm.model),
-                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "torch_rng": torch.get_rng_state(), "state": state}, ckpt)
+            trained, opt_state = dist.trainable_state(runner), dist.optimizer_state(runner, optimizer)  # collectives
+            if world.main:
+                _atomic_torch_save({"fingerprint": digest, "trainable": trained, "optimizer": opt_state,
+                                    "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                                    "state": state}, ckpt)
 
     # 6. the best weights, the report, the model folder (atomically); the checkpoint is then superseded
     if state.best is not None:
-        _load_trainable(rm.model, state.best)
+        dist.load_trainable(runner, state.best)
     rm.model.eval()
     report = _report(rm, data, state, hp, n_given=n_given, gold_scorer=gold_scorer)
     report.update(train_seconds=round(timer["wall"], 3), train_cpu_seconds=round(timer["cpu"], 3),
                   pairs_per_s=timer["pairs"] / timer["wall"] if timer["wall"] > 0 else None,
                   seconds=round(time.perf_counter() - t_start, 3), history=state.history)
-    rm.save(out_dir, report=report)
-    with contextlib.suppress(FileNotFoundError):
-        ckpt.unlink()
+    # FSDP: the shards gathered into a fresh CPU copy on rank 0 (None on the others); else rm.net itself
+    whole = dist.full_copy(runner, lambda: fresh("cpu").net)
+    if world.main:
+        rm.model = whole.model
+        rm.save(out_dir, report=report)
+        with contextlib.suppress(FileNotFoundError):
+            ckpt.unlink()
+    dist.barrier()
+    if started:
+        dist.close()
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,12 +40,15 @@ def run_train_rm(cfg, *, gold_scorer: Callable[[list[str], list[str]], list[floa
             raise
         raise RlhfkitError(f"{exc}; {len(skipped)} of {len(skipped) + len(pairs)} rows of {spec} were left out, "
                            f"first: {reasons[0]}") from None
-    if skipped:  # recorded beside the metrics, so a reader of eval.json knows what the model was trained on
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 alone writes (train_reward_model has ended
+    # the process group by now)
+    if skipped and main:  # recorded beside the metrics, so a reader of eval.json knows what the model was trained on
         from rlhfkit.data.io import atomic_write_json
 
         report["skipped_rows"] = {"count": len(skipped), "rows": len(skipped) + len(pairs), "why": reasons}
         atomic_write_json(out / "eval.json", report)
-    save_resolved(run_dir, "train_rm", cfg)
+    if main:
+        save_resolved(run_dir, "train_rm", cfg)
     return {**report, "path": str(out), "pairs_spec": spec, "skipped_rows": len(skipped), "skipped": reasons}
 
 

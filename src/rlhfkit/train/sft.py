@@ -91,12 +91,40 @@ def mean_loss(model, rows, pad_id: int, batch_size: int) -> float:
     return total / max(tokens, 1)
 
 
+def sft_step(model, optimizer, rows, *, pad_id: int, step: int, wrapped=None) -> tuple[float, int]:
+    """One update on a batch of encoded examples → (the batch's reply loss, its reply tokens).
+
+    Under torchrun ``rows`` is this rank's share of the step's batch and ``wrapped`` its DDP / FSDP module: each rank
+    sums its token losses and divides by (all ranks' tokens / N), and DDP / FSDP average the gradients, so the update
+    is one process's on the whole batch (losses.py: exact accumulation; transformers' Trainer does the same with
+    ``num_items_in_batch`` and average_tokens_across_devices). Loss and token count returned are the whole batch's.
+    """
+    import torch
+
+    from rlhfkit.train import dist
+
+    batch = {k: v.to(model.device) for k, v in collate(rows, pad_id).items()}
+    n = (batch["labels"][:, 1:] != IGNORE).sum()  # labels are shifted by one inside the loss
+    # the causal LM's loss with num_items_in_batch: Σ token losses / num_items_in_batch (transformers loss_utils)
+    loss = (wrapped if wrapped is not None else model)(**batch, num_items_in_batch=dist.global_count(n)).loss
+    total = dist.all_mean(loss.detach())  # the batch's loss: each rank's term is N × its share of it
+    if not torch.isfinite(total):  # the same on every rank, so all stop together
+        raise RlhfkitError(f"sft: loss is {float(total)} at step {step}; lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(total), int(dist.all_sum(n))
+
+
 def train_sft(model, rows, *, pad_id: int, epochs: int, batch_size: int, lr: float, seed: int, log=None,
-              progress: bool = True) -> dict:
+              progress: bool = True, wrapped=None) -> dict:
     """AdamW over the trainable parameters; the batch order is a seeded shuffle per epoch.
+    ``wrapped``: under torchrun, the DDP / FSDP module of ``model`` (each rank trains on its share of every batch).
     Returns {loss_before, loss_after, epoch_losses, steps}."""
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from rlhfkit.train import dist
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -115,16 +143,9 @@ def train_sft(model, rows, *, pad_id: int, epochs: int, batch_size: int, lr: flo
             rng.shuffle(order)
             sums = [0.0, 0]
             for lo in range(0, len(order), batch_size):
-                chunk = [rows[i] for i in order[lo : lo + batch_size]]
-                batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id).items()}
-                loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    raise RlhfkitError(f"sft: loss is {float(loss)} at step {step} (epoch {epoch}); lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())
-                n = int((batch["labels"][:, 1:] != IGNORE).sum())
+                # this rank's share of the step's examples (the epoch's last batch may split unevenly)
+                chunk = dist.shard([rows[i] for i in order[lo : lo + batch_size]], "a step's examples", even=False)
+                value, n = sft_step(model, optimizer, chunk, pad_id=pad_id, step=step, wrapped=wrapped)
                 sums[0] += value * n
                 sums[1] += n
                 if log is not None:
@@ -165,6 +186,7 @@ def run_sft(cfg, *, progress: bool = True) -> dict:
     from rlhfkit.feedback.gold import fail_reason
     from rlhfkit.generate import eos_ids
     from rlhfkit.models.load import add_lora, load_policy, pick_device
+    from rlhfkit.train import dist
     from rlhfkit.train.metrics import MetricsLog
 
     run_dir = Path(cfg.run_dir)
@@ -179,6 +201,10 @@ def run_sft(cfg, *, progress: bool = True) -> dict:
     examples = [e for e in examples if not (cfg.drop_failed and fail_reason(e[1]) is not None)]
 
     device = pick_device(cfg.device)
+    started = not dist.is_initialized()
+    world = dist.init(device, cfg.dist_timeout)  # one process (no torchrun): World(0, 1)
+    device = dist.device_of(world, device)
+    dist.check_divisible("batch_size", cfg.batch_size, "examples")  # each rank takes 1/N of every batch
     model, tokenizer = load_policy(cfg.model, device=device)
     stop = eos_ids(tokenizer, model)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id in stop else stop[0]
@@ -187,19 +213,44 @@ def run_sft(cfg, *, progress: bool = True) -> dict:
     if not rows:
         raise RlhfkitError(f"{data}: no usable examples ({len(failed)} fail the guideline, "
                            f"{len(encoded)} whose prompt alone exceeds max_length {cfg.max_length})")
+    if 0 < len(rows) % cfg.batch_size < world.size:
+        raise RlhfkitError(f"batch_size: an epoch's last batch would have {len(rows) % cfg.batch_size} example(s) for "
+                           f"{world.size} processes; pick a batch size that leaves at least {world.size} "
+                           f"({len(rows)} examples)")
+
+    def adapted(model):
+        import torch
+
+        torch.manual_seed(cfg.seed)  # the adapters' initial weights: the same on every rank, and reproducible
+        return add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, top_layers=cfg.lora_layers)
+
     if cfg.lora_r > 0:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, top_layers=cfg.lora_layers)
-    log = MetricsLog(run_dir, "sft")
-    log.start_fresh()
+        model = adapted(model)
+    wrapped = dist.wrap(model, cfg.strategy, device)  # one process: the model itself
+    log = MetricsLog(run_dir, "sft") if world.main else None  # metrics and files: rank 0 only
+    if log:
+        log.start_fresh()
     start = time.perf_counter()
     try:
         history = train_sft(model, rows, pad_id=tokenizer.pad_token_id, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                            lr=cfg.lr, seed=cfg.seed, log=log, progress=progress)
+                            lr=cfg.lr, seed=cfg.seed, log=log, progress=progress and world.main, wrapped=wrapped)
     finally:
-        log.close()
+        if log:
+            log.close()
     report = {"data": str(data), "examples": len(rows), "dropped_failed": len(failed),
               "dropped_too_long": len(encoded) - len(rows), "reply_tokens": sum(len(i) - n for i, n in rows),
               **history, "seconds": time.perf_counter() - start, "base_model": cfg.model}
-    save_sft(out, model, tokenizer, lora=cfg.lora_r > 0, merge=cfg.merge, report=report, config=dataclasses.asdict(cfg))
-    save_resolved(run_dir, "sft", cfg)
+    # FSDP: the shards gathered into a fresh CPU copy on rank 0 (None on the others); else the model itself
+    def fresh():
+        lm = load_policy(cfg.model, device="cpu")[0]
+        return adapted(lm) if cfg.lora_r > 0 else lm
+
+    whole = dist.full_copy(wrapped, fresh)
+    if world.main:
+        save_sft(out, whole, tokenizer, lora=cfg.lora_r > 0, merge=cfg.merge, report=report,
+                 config=dataclasses.asdict(cfg))
+        save_resolved(run_dir, "sft", cfg)
+    dist.barrier()
+    if started:
+        dist.close()
     return {**report, "path": str(out), "merged": str(out / "merged") if (cfg.merge or cfg.lora_r == 0) else None}
