@@ -162,6 +162,19 @@ def test_ipo_and_zero_weight_pairs(tiny_llama, tmp_path):
     assert s["loss_first"] == pytest.approx((1 / (2 * 0.1)) ** 2, rel=1e-4)  # IPO at h = 0: (0 − 1/(2β))² = 25
 
 
+def test_max_pairs_trains_on_a_seeded_subset_in_file_order(tiny_llama, tmp_path):
+    from rlhfkit.data.formats import load_pairs
+
+    pairs = load_pairs(str(write_pairs(tmp_path / "p.jsonl")))
+    some = D.subset(pairs, 4, seed=3)
+    assert len(some) == 4 and len({p.chosen for p in some}) == 4  # distinct pairs
+    assert [pairs.index(p) for p in some] == sorted(pairs.index(p) for p in some)  # file order kept
+    assert D.subset(pairs, 4, seed=3) == some and D.subset(pairs, 0, seed=3) == pairs == D.subset(pairs, 9, seed=3)
+    assert any(D.subset(pairs, 4, seed=k) != some for k in range(4, 10))  # the seed draws it
+    s = D.run_dpo(_cfg(tmp_path / "run", tiny_llama, epochs=1, max_pairs=4))
+    assert s["pairs"] == 4 and s["steps"] == 1
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"prompt": "", "chosen": "a", "rejected": "b"}, "pairs.jsonl:3: .*prompt"),
     ({"prompt": "q", "chosen": "same", "rejected": "same"}, "pairs.jsonl:3: fields 'chosen' and 'rejected' are the same"),

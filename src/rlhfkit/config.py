@@ -531,6 +531,9 @@ class DpoConfig:
     loss_type: str = opt("sigmoid", "sigmoid (DPO) or ipo (IPO, on length-averaged log-probs).")
     label_smoothing: float = opt(0.0, "sigmoid only: assumed share of flipped labels (conservative DPO), in [0, 0.5).")
     epochs: int = opt(1, "Passes over the pairs.")
+    max_pairs: int = opt(0, "Train on at most this many pairs, a random subset drawn with the seed (0 = all): each "
+                           "pair costs a reference pass and a forward and backward of both replies, so on a CPU "
+                           "thousands of pairs take an hour.")
     batch_size: int = opt(8, "Pairs per optimizer step (2× this many sequences in one forward pass).")
     lr: float = opt(1e-4, "Adam learning rate of the LoRA adapters (constant).")
     max_length: int = opt(256, "Most tokens per prompt + reply; a long prompt keeps its last half, the reply is cut.")
@@ -553,6 +556,7 @@ class DpoConfig:
         _check(self.loss_type in DPO_LOSSES, "loss_type", f"must be one of {', '.join(DPO_LOSSES)}, got {self.loss_type!r}")
         _check(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         _check(self.loss_type == "sigmoid" or self.label_smoothing == 0, "label_smoothing", "applies to loss_type sigmoid only")
+        _check(self.max_pairs >= 0, "max_pairs", "must be ≥ 0 (0 = all)")
         _check(self.epochs >= 1, "epochs", "must be ≥ 1")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.lr > 0, "lr", "must be > 0")

@@ -183,6 +183,14 @@ def load_pairs_checked(spec: str) -> list[Pair]:
     return check_pairs(load_pairs(spec))
 
 
+def subset(pairs: list[Pair], max_pairs: int, seed: int) -> list[Pair]:
+    """At most ``max_pairs`` of ``pairs`` (0 = all), drawn at random with ``seed``, in their file order."""
+    if not max_pairs or len(pairs) <= max_pairs:
+        return pairs
+    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False))
+    return [pairs[i] for i in keep]
+
+
 def run_dpo(cfg) -> dict:
     """The ``dpo`` stage: trains RUN_DIR/policy from pairs. Returns a summary."""
     from rich.console import Console
@@ -200,6 +208,7 @@ def run_dpo(cfg) -> dict:
     out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
     spec = cfg.pairs or str(run_dir / "pairs.jsonl")
     pairs = load_pairs_checked(spec)  # before anything is written: bad input leaves the run directory as it was
+    pairs = subset(pairs, cfg.max_pairs, cfg.seed)
     fingerprint = _fingerprint(pairs, cfg)
     state = None
     if cfg.resume:
