@@ -74,22 +74,35 @@ def worker(job_path: str) -> None:
     dpo_worker(job) if job["algorithm"] == "dpo" else bench_ppo.ours_worker(job_path)
 
 
+def dpo_data(tiny: Path, n: int) -> Path:
+    """The folder whose pairs.jsonl both DPO sides read: the peers' own (all 2,000 pairs), or its first ``n`` pairs
+    in a folder beside them (a shorter epoch for a machine too busy for a whole one)."""
+    lines = [line for line in (tiny / "pairs.jsonl").read_text().splitlines() if line.strip()]
+    if n <= 0 or n >= len(lines):
+        return tiny
+    folder = tiny / f"pairs-first-{n}"
+    folder.mkdir(exist_ok=True)
+    (folder / "pairs.jsonl").write_text("\n".join(lines[:n]) + "\n")
+    return folder
+
+
 def sides(a, tiny: Path, prompts: list[str], algorithm: str, timeout: float) -> list:
     """[(label, fn)] of one algorithm: rlhfkit's side, then TRL's."""
     python = Path(a.trl_python)
-    trl_common = ["--model", str(tiny / "small"), "--data", str(tiny), "--batch", str(a.batch), "--lora-r",
+    trl_common = ["--model", str(tiny / "small"), "--batch", str(a.batch), "--lora-r",
                   str(a.lora_r), "--seed", str(a.seed), "--no-grad-ckpt"]
     job = {"algorithm": algorithm, "model": str(tiny / "small"), "batch": a.batch, "lora_r": a.lora_r, "kl": a.kl,
            "lr": 1e-5, "seed": a.seed, "threads": a.threads, "clock": a.clock}
     if algorithm == "dpo":
-        ours = {**job, "pairs": str(tiny / "pairs.jsonl"), "max_length": a.max_length}
-        trl_args = [*trl_common, "--max-length", str(a.max_length), "--beta", str(a.kl)]
+        data = dpo_data(tiny, a.dpo_pairs)
+        ours = {**job, "pairs": str(data / "pairs.jsonl"), "max_length": a.max_length}
+        trl_args = [*trl_common, "--data", str(data), "--max-length", str(a.max_length), "--beta", str(a.kl)]
         trl = functools.partial(bench_ppo.run_trl, python, trl_args, a.threads, timeout, a.clock, script="bench_dpo.py")
     else:
         ours = {**job, "reward_model": str(tiny / "small-rm"), "prompts": prompts, "group_size": a.k, "epochs": 1,
                 "response_length": a.response_length, "temperature": 1.0, "lora_layers": 0, "warmup": a.warmup,
                 "updates": a.updates, "plain_prompts": True}
-        trl_args = [*trl_common, "--algo", "rloo", "--k", str(a.k), "--kl", str(a.kl), "--updates",
+        trl_args = [*trl_common, "--data", str(tiny), "--algo", "rloo", "--k", str(a.k), "--kl", str(a.kl), "--updates",
                     str(a.warmup + a.updates), "--warmup", str(a.warmup), "--response-length", str(a.response_length)]
         prelude = _GRPO_FOR_RLOO if algorithm == "grpo" else ""
         trl = functools.partial(bench_ppo.run_trl, python, trl_args, a.threads, timeout, a.clock, prelude=prelude)
@@ -117,7 +130,7 @@ def print_table(a, best: dict, trl_version: str) -> dict:
     print(f"\n## rlhfkit vs TRL {trl_version}: throughput and peak RSS\n")
     print(f"CPU: {cpu_line()}; {a.threads} thread(s), fp32, clock: {unit}; tiny GPT-2 small (3.7M), LoRA r={a.lora_r} "
           f"α={2 * a.lora_r}, batch {a.batch}, β {a.kl}; RLOO/GRPO k={a.k}, ≤{a.response_length} tokens, "
-          f"{a.warmup} warm-up + {a.updates} timed updates; DPO 2,000 pairs, max_length {a.max_length}\n")
+          f"{a.warmup} warm-up + {a.updates} timed updates; DPO {a.dpo_pairs or 2000:,} pairs, max_length {a.max_length}\n")
     print("| algorithm | rlhfkit rate | TRL rate | rate ratio (≥ 1.5) | rlhfkit peak RSS MiB | TRL peak RSS MiB | "
           "RSS ratio (≤ 1) | mean tokens rlhfkit / TRL | load 1 min after (rlhfkit / TRL) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -146,6 +159,7 @@ def main() -> None:
     ap.add_argument("--only", default="dpo,rloo,grpo", help="comma-separated: dpo, rloo, grpo")
     ap.add_argument("--k", type=int, default=2, help="RLOO/GRPO completions per prompt (both sides)")
     ap.add_argument("--max-length", type=int, default=128, help="DPO: most tokens per prompt + reply")
+    ap.add_argument("--dpo-pairs", type=int, default=0, help="DPO: the first N pairs only (0 = all 2,000, an epoch)")
     bench_ppo.add_common_args(ap)
     a = ap.parse_args()
     if a.ours_worker:
