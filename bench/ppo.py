@@ -52,6 +52,7 @@ also the worker script of the rlhfkit side (``--ours-worker JOB``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -62,7 +63,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT.parent / "shared" / "peers" / "trl"
+# the peers' scripts: ../shared/peers/trl beside the checkout (a git worktree elsewhere: set RLHFKIT_TRL_PEERS)
+PEERS = Path(os.environ.get("RLHFKIT_TRL_PEERS", ROOT.parent / "shared" / "peers" / "trl"))
 SCRATCH = Path.home() / "scratch"
 DEFAULT_TRL_PYTHON = SCRATCH / "trlenv" / "bin" / "python"  # trl 1.16.0 (RLOO)
 DEFAULT_TRL112_PYTHON = SCRATCH / "trlenv112" / "bin" / "python"  # trl 1.12.0 (the last PPO)
@@ -114,28 +116,43 @@ def wait_until_quiet(max_busy: float, max_wait: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def ours_worker(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
+def worker_setup(job: dict) -> None:
+    """A worker's environment: offline, ``job["threads"]`` threads, and under ``--clock cpu`` every timer of the run
+    (also rlhfkit's own) counting this process's CPU time."""
     os.environ.update(_offline_env(job["threads"]))
-    import resource
-
     import torch
 
     torch.set_num_threads(job["threads"])
-    if job["clock"] == "cpu":  # every timer of the run (also ppo_step's own) counts this process's CPU time
+    if job["clock"] == "cpu":
         time.perf_counter = time.process_time
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def ours_worker(job_path: str) -> None:
+    """PPO (``ppo_step``) or, with ``job["algorithm"]`` rloo|grpo, ``critic_free_step`` in a loop, as `rlhfkit ppo`."""
+    job = json.loads(Path(job_path).read_text())
+    worker_setup(job)
+    import torch
+
     from rlhfkit.config import PPOConfig, load_config
     from rlhfkit.models.policy import build_policy
     from rlhfkit.models.reward import RewardModel
     from rlhfkit.rewards import load_scorer
     from rlhfkit.train.kl_control import FixedKLController
+    from rlhfkit.train.critic_free import critic_free_step
     from rlhfkit.train.ppo import ppo_step, prompt_batch, seed_everything
 
     hp = load_config(PPOConfig, None, {
         "model": job["model"], "batch_size": job["batch"], "minibatch_size": job["batch"], "ppo_epochs": job["epochs"],
         "max_new_tokens": job["response_length"], "lora_r": job["lora_r"], "lora_alpha": 2 * max(job["lora_r"], 1),
         "lora_layers": job["lora_layers"], "kl_coef": job["kl"], "lr": job["lr"], "gold": False, "device": "cpu",
-        "seed": job["seed"], "temperature": job["temperature"],
+        "seed": job["seed"], "temperature": job["temperature"], "algorithm": job.get("algorithm", "ppo"),
+        "group_size": job.get("group_size", 2),
     })
     seed_everything(hp.seed)
     model, tokenizer = build_policy(hp.model, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, device="cpu",
@@ -148,12 +165,13 @@ def ours_worker(job_path: str) -> None:
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr, eps=1e-5)
     kl_ctl = FixedKLController(hp.kl_coef)
     norm = None  # fitted on the first iteration's rollouts, as in `rlhfkit ppo`
+    step_fn = ppo_step if hp.algorithm == "ppo" else critic_free_step
     prompts = job["prompts"]
     times, lengths, rollout_s, update_s = [], [], [], []
     for it in range(job["warmup"] + job["updates"]):
-        batch = prompt_batch(prompts, it, hp.batch_size, hp.seed)
+        batch = prompt_batch(prompts, it, hp.prompts_per_iteration, hp.seed)
         t0 = time.perf_counter()
-        step = ppo_step(model, tokenizer, optimizer, kl_ctl, batch, score_fn, None, iteration=it, seed=hp.seed, hp=hp,
+        step = step_fn(model, tokenizer, optimizer, kl_ctl, batch, score_fn, None, iteration=it, seed=hp.seed, hp=hp,
                         norm=norm)
         norm, stats = step.rollout.norm, step.stats
         times.append(time.perf_counter() - t0)
@@ -166,7 +184,7 @@ def ours_worker(job_path: str) -> None:
     total = sum(p.numel() for p in model.parameters())
     mean_len = statistics.fmean(lengths[w:])
     result = {
-        "side": "rlhfkit", "clock": job["clock"], "lora_r": hp.lora_r, "lora_layers": hp.lora_layers, "batch": hp.batch_size,
+        "side": "rlhfkit", "algorithm": hp.algorithm, "clock": job["clock"], "lora_r": hp.lora_r, "lora_layers": hp.lora_layers, "batch": hp.batch_size,
         "threads": torch.get_num_threads(), "step_times_s": [round(t, 4) for t in times], "warmup_steps": w,
         "median_s": round(med, 4), "min_s": round(min(times[w:]), 4), "max_s": round(max(times[w:]), 4),
         "median_rollout_s": round(statistics.median(rollout_s[w:]), 4),
@@ -174,7 +192,7 @@ def ours_worker(job_path: str) -> None:
         "mean_completion_len": round(mean_len, 2), "samples_per_s": round(hp.batch_size / med, 2),
         "gen_tokens_per_s": round(hp.batch_size * mean_len / med, 1),
         "params_total": total, "params_trainable": trainable,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": peak_rss_mib(),
         "loadavg": _loadavg(),
     }
     print("RESULT " + json.dumps(result), flush=True)
@@ -192,12 +210,13 @@ def _result(proc: subprocess.CompletedProcess) -> dict:
     raise RuntimeError(f"exit {proc.returncode}:\n{(proc.stderr or proc.stdout)[-3000:]}")
 
 
-def run_ours(job: dict, threads: int, timeout: float) -> dict:
+def run_ours(job: dict, threads: int, timeout: float, script: str | Path = __file__) -> dict:
+    """``job`` run by ``script --ours-worker JOB`` in a fresh process (its own peak RSS); its RESULT line."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
         path = f.name
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ours-worker", path], capture_output=True,
+        proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--ours-worker", path], capture_output=True,
                               text=True, env=_offline_env(threads), timeout=timeout)
     finally:
         os.unlink(path)
@@ -215,12 +234,15 @@ _ALL_LINEAR = ("import peft; _LC = peft.LoraConfig; "
                "peft.LoraConfig = lambda **kw: _LC(**{**kw, 'target_modules': 'all-linear', 'fan_in_fan_out': False}); ")
 
 
-def run_trl(python: Path, args: list[str], threads: int, timeout: float, clock: str, all_linear: bool = False) -> dict:
-    launch = [str(python), "bench_ppo.py"]
-    if clock == "cpu" or all_linear:
-        snippet = (_ALL_LINEAR if all_linear else "") + (_CPU_CLOCK if clock == "cpu" else _CPU_CLOCK.replace(
+def run_trl(python: Path, args: list[str], threads: int, timeout: float, clock: str, all_linear: bool = False,
+            script: str = "bench_ppo.py", prelude: str = "") -> dict:
+    """One of the peers' scripts, unchanged, in its TRL venv; ``prelude`` is Python run before it (a patch)."""
+    prelude += _ALL_LINEAR if all_linear else ""
+    launch = [str(python), script]
+    if clock == "cpu" or prelude:
+        snippet = prelude + (_CPU_CLOCK if clock == "cpu" else _CPU_CLOCK.replace(
             "time.perf_counter = time.process_time; ", ""))
-        launch = [str(python), "-c", snippet, "bench_ppo.py"]
+        launch = [str(python), "-c", snippet, script]
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.run([*launch, *args, "--out", out], capture_output=True, text=True, cwd=PEERS,
                               env=_offline_env(threads), timeout=timeout)
@@ -247,31 +269,19 @@ def _fmt_row(name: str, r: dict | None, note: str = "") -> str:
             f"{r['loadavg'][0]:.2f} / {r.get('other_busy_cpus_before', float('nan')):.2f} {note}|")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ours-worker", help=argparse.SUPPRESS)
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options bench/ppo.py and bench/algos.py share: peers, model folder, settings, clock, rounds."""
     ap.add_argument("--trl-python", default=os.environ.get("RLHFKIT_TRL_PYTHON", str(DEFAULT_TRL_PYTHON)),
                     help="python of a venv with trl 1.16 (default $RLHFKIT_TRL_PYTHON or ~/scratch/trlenv)")
-    ap.add_argument("--trl112-python", default=os.environ.get("RLHFKIT_TRL112_PYTHON", str(DEFAULT_TRL112_PYTHON)),
-                    help="python of a venv with trl 1.12.0 (default $RLHFKIT_TRL112_PYTHON or ~/scratch/trlenv112)")
     ap.add_argument("--tiny", default=str(DEFAULT_TINY), help="folder of make_tiny.py's models and prompts")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--response-length", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--updates", type=int, default=6, help="timed updates per side")
     ap.add_argument("--warmup", type=int, default=1, help="updates before the timed ones")
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--kl", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smollm2-batch", type=int, default=8, help="batch of the SmolLM2 memory runs")
-    ap.add_argument("--smollm2-updates", type=int, default=2, help="updates of each SmolLM2 memory run")
-    ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-135M memory runs")
-    ap.add_argument("--smollm2-speed", action="store_true",
-                    help="also the speed comparison with TRL 1.12 PPO on SmolLM2-135M (batch --smollm2-batch; minutes)")
-    ap.add_argument("--scratch", default=str(SCRATCH / "rlhfkit-bench"), help="where the SmolLM2 reward-model folder goes")
-    ap.add_argument("--quick", action="store_true", help="3 timed updates, no SmolLM2 runs")
-    ap.add_argument("--no-speed", action="store_true", help="only the memory runs (LoRA vs full fine-tuning)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: time updates in process CPU seconds (with --threads 1, barely moved by other load)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -280,6 +290,23 @@ def main() -> None:
                     help="before each side wait up to this many seconds for other processes to go quiet (0 = no wait)")
     ap.add_argument("--quiet-max", type=float, default=0.3, help="'quiet' = other processes use fewer CPUs than this")
     ap.add_argument("--json", default="", help="append all results as one JSON line to this file")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ours-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--smollm2-batch", type=int, default=8, help="batch of the SmolLM2 memory runs")
+    ap.add_argument("--smollm2-updates", type=int, default=2, help="updates of each SmolLM2 memory run")
+    ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-135M memory runs")
+    ap.add_argument("--smollm2-speed", action="store_true",
+                    help="also the speed comparison with TRL 1.12 PPO on SmolLM2-135M (batch --smollm2-batch; minutes)")
+    ap.add_argument("--scratch", default=str(SCRATCH / "rlhfkit-bench"), help="where the SmolLM2 reward-model folder goes")
+    ap.add_argument("--quick", action="store_true", help="3 timed updates, no SmolLM2 runs")
+    ap.add_argument("--no-speed", action="store_true", help="only the memory runs (LoRA vs full fine-tuning)")
+    ap.add_argument("--trl112-python", default=os.environ.get("RLHFKIT_TRL112_PYTHON", str(DEFAULT_TRL112_PYTHON)),
+                    help="python of a venv with trl 1.12.0 (default $RLHFKIT_TRL112_PYTHON or ~/scratch/trlenv112)")
+    ap.add_argument("--epochs", type=int, default=4)
+    add_common_args(ap)
     a = ap.parse_args()
     if a.ours_worker:
         ours_worker(a.ours_worker)
@@ -303,19 +330,7 @@ def main() -> None:
     results: dict = {"settings": {**common, "updates": a.updates, "warmup": a.warmup, "lora_r": a.lora_r}}
     timeout = 600
 
-    def attempt(label, fn):
-        busy = wait_until_quiet(a.quiet_max, a.quiet_wait) if a.quiet_wait > 0 else busy_cpus()
-        try:
-            r = fn()
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            print(f"{label} failed: {exc}", flush=True)
-            return None
-        print(f"{label}: {r['median_s']:.3f} s/update, {r['samples_per_s']:.1f} samples/s, "
-              f"{r['peak_rss_mib']:.0f} MiB peak RSS; load {r.get('loadavg') or r.get('loadavg_1m_5m')}", flush=True)
-        r.setdefault("loadavg", r.get("loadavg_1m_5m", []))
-        r["other_busy_cpus_before"] = round(busy, 2)
-        results[label] = r
-        return r
+    attempt = functools.partial(attempt_side, a, results)
 
     ours = trl_ppo = trl_rloo = full_tiny = None
     if not a.no_speed:
@@ -349,6 +364,41 @@ def main() -> None:
             f.write(json.dumps(results) + "\n")
 
 
+def attempt_side(a, results: dict, label: str, fn) -> dict | None:
+    """Run one side (``fn``), after waiting for the machine to go quiet under ``--quiet-wait``; print its figures
+    and keep its result under ``label``, with the CPUs other processes kept busy just before. None if it failed."""
+    busy = wait_until_quiet(a.quiet_max, a.quiet_wait) if a.quiet_wait > 0 else busy_cpus()
+    try:
+        r = fn()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"{label} failed: {exc}", flush=True)
+        return None
+    rate = f"{r['samples_per_s']:.1f} samples/s" if "samples_per_s" in r else f"{r['pairs_per_s']:.1f} pairs/s"
+    print(f"{label}: {r['median_s']:.3f} s/step, {rate}, {r['peak_rss_mib']:.0f} MiB peak RSS; "
+          f"load {r.get('loadavg') or r.get('loadavg_1m_5m')}", flush=True)
+    r.setdefault("loadavg", r.get("loadavg_1m_5m", []))
+    r["other_busy_cpus_before"] = round(busy, 2)
+    results[label] = r
+    return r
+
+
+def best_of_rounds(sides: list, repeats: int, attempt) -> dict[str, dict | None]:
+    """``repeats`` rounds of ``sides`` ([(label, fn)]), interleaved; each side keeps its fastest round (lowest
+    ``median_s``: a burst of other work on the machine only ever slows a round down), with every round's median."""
+    best: dict[str, dict | None] = {label: None for label, _ in sides}
+    for rnd in range(repeats):
+        for label, fn in sides:
+            r = attempt(label if repeats == 1 else f"{label} (round {rnd + 1})", fn)
+            if r is None:
+                continue
+            r["round_medians_s"] = (best[label] or {}).get("round_medians_s", []) + [r["median_s"]]
+            if best[label] is None or r["median_s"] < best[label]["median_s"]:
+                best[label] = r
+            else:
+                best[label]["round_medians_s"] = r["round_medians_s"]
+    return best
+
+
 def speed_runs(a, tiny: Path, ours_job: dict, attempt, timeout: float):
     """The four tiny-model sides, ``--repeats`` rounds interleaved; each side keeps its fastest round (a burst of
     other work on the machine only ever slows a round down)."""
@@ -365,17 +415,7 @@ def speed_runs(a, tiny: Path, ours_job: dict, attempt, timeout: float):
             print(f"TRL not available: no python at {python} (set --trl-python / --trl112-python or "
                   "RLHFKIT_TRL_PYTHON / RLHFKIT_TRL112_PYTHON; install per ../shared/peers/trl/README.md)", flush=True)
     sides.append(("rlhfkit full FT (tiny)", lambda: run_ours({**ours_job, "lora_r": 0}, a.threads, timeout)))
-    best: dict[str, dict | None] = {label: None for label, _ in sides}
-    for rnd in range(a.repeats):
-        for label, fn in sides:
-            r = attempt(label if a.repeats == 1 else f"{label} (round {rnd + 1})", fn)
-            if r is None:
-                continue
-            r["round_medians_s"] = (best[label] or {}).get("round_medians_s", []) + [r["median_s"]]
-            if best[label] is None or r["median_s"] < best[label]["median_s"]:
-                best[label] = r
-            else:
-                best[label]["round_medians_s"] = r["round_medians_s"]
+    best = best_of_rounds(sides, a.repeats, attempt)
     return best["rlhfkit"], best.get("TRL 1.12.0 PPO"), best.get("TRL 1.16.0 RLOO"), best["rlhfkit full FT (tiny)"]
 
 
