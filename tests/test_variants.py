@@ -21,19 +21,22 @@ def _cli(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_llama) -> Path:
-    root = tmp_path_factory.mktemp("variants")
+def _train(root: Path, model: Path) -> Path:
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"why does the cat {i} run?",
                                            "split": "eval" if i % 2 else "train"}) + "\n" for i in range(8)))
     run = root / "run"
     # lr 1e-2: one iteration moves the adapters clearly away from the base model
     run_ppo(load_config(PPOConfig, None, dict(
-        run_dir=str(run), model=str(tiny_llama), reward_model="gold", prompts=str(prompts), iterations=1, batch_size=4,
+        run_dir=str(run), model=str(model), reward_model="gold", prompts=str(prompts), iterations=1, batch_size=4,
         minibatch_size=2, ppo_epochs=1, max_new_tokens=6, sample_every=0, device="cpu", lora_layers=0, lr=1e-2,
         gold=False)))
     return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llama) -> Path:
+    return _train(tmp_path_factory.mktemp("variants"), tiny_llama)
 
 
 def test_fp32_and_its_export_reproduce_the_policy_and_pruning_moves_it(run, tmp_path):
@@ -104,6 +107,13 @@ def test_bad_input_names_what_and_writes_nothing(run, tmp_path):
     after = {p.name: p.read_bytes() for p in eval_dir.iterdir()} if eval_dir.exists() else {}
     assert after == before  # nothing rewritten, no temporary file left beside eval.json
     assert list(empty_run.iterdir()) == []
+
+
+def test_a_variant_the_architecture_cannot_take_fails_before_the_evaluation(tiny_models, tmp_path):
+    run = _train(tmp_path, tiny_models["gpt2"])  # GPT-2 is no llama.cpp llama/qwen2: no GGUF of it
+    result = _cli("eval", "--run-dir", run, "--reward-model", "gold", "--device", "cpu", "--variants", "fp32,gguf_q8_0")
+    assert result.exit_code == 2 and "GGUF" in result.output and "'gpt2'" in result.output, result.output
+    assert not (run / "eval").exists()  # refused before the before/after evaluation ran
 
 
 def test_the_report_shows_variant_names_as_text(tmp_path):

@@ -341,9 +341,19 @@ def check_inputs(cfg) -> Path:
     if not (policy_dir / TRAINABLE_FILE).exists() or not (policy_dir / "config.yaml").exists():
         raise RlhfkitError(f"{policy_dir}: no trained policy to compare variants with (run `rlhfkit ppo` first, "
                            f"or pass --policy)")
-    check_names(split_names(cfg.variants))
+    import yaml
+    from transformers import AutoConfig
+
+    from rlhfkit.deploy.gguf_file import check_gguf_support
+    from rlhfkit.models.load import resolve
+
+    names = split_names(cfg.variants)
+    check_names(names)
+    base = AutoConfig.from_pretrained(resolve(yaml.safe_load((policy_dir / "config.yaml").read_text())["model"]))
+    if "gguf_q8_0" in names:
+        check_gguf_support(base)
     for name, path in parse_folders(cfg.variant_folder).items():
-        check_folder(name, path)
+        check_folder(name, path, base.vocab_size)
     path = _eval_json(Path(cfg.run_dir))
     if cfg.variants_only:
         if not path.exists():
