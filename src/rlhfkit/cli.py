@@ -344,12 +344,17 @@ def doctor(cfg: DoctorConfig) -> None:
 
 @stage_command("eval", EvalConfig)
 def evaluate(cfg: EvalConfig) -> None:
-    """Reference vs aligned policy on held-out prompts → RUN_DIR/eval/eval.json, samples.jsonl, report.html."""
-    from rlhfkit.eval.run import run_eval
+    """Reference vs aligned policy on held-out prompts → RUN_DIR/eval/eval.json, samples.jsonl, report.html;
+    with --variants, also what the alignment survives: deployment variants against the aligned policy."""
     from rlhfkit.eval.table import print_eval_table
+    from rlhfkit.eval.variants import markdown_table, run_eval_with_variants
 
-    result = run_eval(cfg)
-    print_eval_table(result)
+    result = run_eval_with_variants(cfg, echo=lambda line: typer.echo(line, err=True))
+    if "models" in result and not cfg.variants_only:
+        print_eval_table(result)
+    if "variants" in result:
+        typer.echo("what the alignment survives (KL(aligned ‖ variant) in nats per completion):")
+        typer.echo(markdown_table(result["variants"]))
     if "report" in result:
         typer.echo(f"report → {result['report']}")
 

@@ -604,6 +604,10 @@ class DoctorConfig:
         _check(self.device_memory_gib >= 0, "device_memory_gib", "must be ≥ 0")
 
 
+DEPLOY_VARIANTS = ("fp32", "bf16", "int8", "int8_dynamic", "gguf_q8_0", "prune50", "prune50_lora", "mlp50")
+"""Deployment variants eval compares with the aligned policy (eval/variants.py builds and describes each)."""
+
+
 @dataclass
 class EvalConfig:
     """Reference (initial) model against the aligned policy on held-out prompts."""
@@ -625,8 +629,27 @@ class EvalConfig:
     dtype: str = dtype_opt()
     report: bool = opt(True, "Write eval/report.html after the evaluation.")
     force: bool = opt(False, "Overwrite a finished eval/eval.json.")
+    variants: str = opt("", "Deployment variants to compare with the aligned policy, comma-separated from "
+                            f"{', '.join(DEPLOY_VARIANTS)} ('' = none): size, CPU speed at batch 1 and 16, peak "
+                            "memory, gold, toxicity, KL to the policy and win rate against it, as eval.json's "
+                            "'variants' table and a report section ('what the alignment survives').")
+    variant_folder: str = opt("", "Also compare exported transformers folders (rlhfkit export/distil output): "
+                                  "NAME=DIR, several joined by ','.")
+    variants_only: bool = opt(False, "Only add the variants table to the finished eval/eval.json (the before/after "
+                                     "evaluation is not redone; --force replaces an existing table).")
+    variant_prompts: int = opt(16, "Held-out prompts the variants answer (the first N of the eval split).")
+    variant_samples: int = opt(2, "Completions per prompt and variant (the aligned policy's own sampling settings "
+                                  "and seeds).")
+    variant_batch1_prompts: int = opt(2, "Prompts sampled one at a time for the batch-1 speed.")
+    variant_recover_steps: int = opt(30, "LoRA recovery steps of prune50_lora.")
 
     def validate(self) -> None:
+        unknown = [v.strip() for v in self.variants.split(",") if v.strip() and v.strip() not in DEPLOY_VARIANTS]
+        _check(not unknown, "variants", f"unknown {', '.join(unknown)}; choose from {', '.join(DEPLOY_VARIANTS)}")
+        _check(not self.variants_only or bool(self.variants.strip() or self.variant_folder.strip()), "variants_only",
+               "needs --variants or --variant-folder")
+        for name in ("variant_prompts", "variant_samples", "variant_batch1_prompts", "variant_recover_steps"):
+            _check(getattr(self, name) >= 1, name, "must be ≥ 1")
         _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be ≥ 1")
         _check(self.toxic_samples_per_prompt >= 0, "toxic_samples_per_prompt", "must be ≥ 0")
         self.sampling.require_full_distribution("eval")

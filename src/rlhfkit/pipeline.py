@@ -45,7 +45,7 @@ def stages(feedback: str = "simulated", algorithm: str = "ppo") -> dict[str, Sta
     ``feedback``: 'simulated' labelers, or 'ai' (the constitution's AI labeler, RLAIF). ``algorithm``: the
     policy slot runs ppo (also for rloo and grpo) or dpo."""
     from rlhfkit.config import EvalConfig, GenerateConfig, LabelConfig, PairsConfig, PPOConfig, RewardConfig
-    from rlhfkit.eval.run import run_eval
+    from rlhfkit.eval.variants import run_eval_with_variants
     from rlhfkit.feedback.label import run_label, run_pairs
     from rlhfkit.generate import run_generate
     from rlhfkit.train.ppo import run_ppo
@@ -75,7 +75,7 @@ def stages(feedback: str = "simulated", algorithm: str = "ppo") -> dict[str, Sta
         "pairs": Stage("pairs", PairsConfig, run_pairs, lambda d: (d / "pairs.jsonl").exists()),
         "train_rm": Stage("train_rm", RewardConfig, train_rm_with_gold, lambda d: (d / "reward_model" / "eval.json").exists()),
         "ppo": policy,
-        "eval": Stage("eval", EvalConfig, run_eval, lambda d: (d / "eval" / "eval.json").exists()),
+        "eval": Stage("eval", EvalConfig, run_eval_with_variants, lambda d: (d / "eval" / "eval.json").exists()),
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from rlhfkit.eval.fmt import as_dict, finite, fmt_interval, fmt_num, fmt_pct, fmt_setting, fmt_signed, value
 from rlhfkit.eval.plots import (POLICY_COLOUR, TRAIN_COLOUR, curves_plot, reliability_plot, toxicity_bar_plot,
                                 toxicity_hist_plot)
+from rlhfkit.eval.variants import variants_section
 from rlhfkit.metric_names import EVAL_KEYS, METRICS
 
 REPORT_FILE = "report.html"
@@ -450,7 +451,7 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
         extra.append({"label": "KL(policy ‖ reference)", "value": fmt_interval(d["kl"]),
                       "meaning": "how far the policy moved from the reference, in nats per completion"
                                  + (f"; budget {fmt_setting(budget)}" if finite(budget) and budget > 0 else "")})
-    known = {"models", "win_rate", "kl", "kl_budget", "verdict"}
+    known = {"models", "win_rate", "kl", "kl_budget", "verdict", "variants"}  # variants: a section of its own
     settings = [(k, fmt_num(v) if not isinstance(v, str) else v)
                 for k, v in flatten_scalars({k: v for k, v in d.items() if k not in known})]
     models = as_dict(d.get("models"))
@@ -582,6 +583,7 @@ def build_context(run_dir: str | Path) -> dict:
         "feedback": _feedback_section(fb),
         "rm": _rm_section(rm, rm_metrics),
         "eval": evaluation,
+        "variants": variants_section(ev.data),
         "samples": _samples_section(run_dir, samples),
         "machine": _machine_section(run_dir),
     }
