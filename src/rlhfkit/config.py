@@ -59,6 +59,12 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise RlhfkitError(f"config field '{name}' {message}")
 
 
+def _check_dist(cfg: Any) -> None:
+    """The torchrun fields every training stage has (strategy, dist_timeout)."""
+    _check(cfg.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+    _check(cfg.dist_timeout > 0, "dist_timeout", "must be > 0")
+
+
 def _coerce(value: Any, kind: Any, name: str, where: str) -> Any:
     if kind is bool:
         if isinstance(value, bool):
@@ -385,8 +391,7 @@ class RewardConfig:
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "cannot be combined with force")
-        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
-        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
+        _check_dist(self)
 
 
 @dataclass
@@ -502,8 +507,7 @@ class PPOConfig:
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(self.lora_r > 0 or self.dtype != "bfloat16", "dtype", "bfloat16 needs LoRA (full fine-tuning trains float32 weights)")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
-        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
-        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
+        _check_dist(self)
 
     @property
     def prompts_per_iteration(self) -> int:
@@ -566,8 +570,7 @@ class DpoConfig:
         _check(self.save_every >= 1, "save_every", "must be ≥ 1")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         _check(not (self.resume and self.force), "resume", "and force exclude each other")
-        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
-        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
+        _check_dist(self)
 
 
 @dataclass
@@ -715,8 +718,7 @@ class SftConfig:
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
         _check(self.max_length >= 8, "max_length", "must be ≥ 8")
-        _check(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
-        _check(self.dist_timeout > 0, "dist_timeout", "must be > 0")
+        _check_dist(self)
 
 
 @dataclass
