@@ -104,7 +104,9 @@ def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     same = run_eval(load_config(EvalConfig, None, {**eval_cfg, "force": True}))
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert [s["policy"] for s in samples] == [s["reference"] for s in samples]
-    assert all(s["kl"] == 0.0 for s in samples) and same["kl"]["value"] == 0.0
+    # the policy's log-probs come from the sampler's cached decode steps, the reference's from one forward over
+    # the sequence: equal up to float32 rounding of the two paths (a wrong reference would be off by whole nats)
+    assert all(abs(s["kl"]) < 1e-5 for s in samples) and abs(same["kl"]["value"]) < 1e-5
     assert same["win_rate"]["gold"]["value"] == 0.5 and same["win_rate"]["reward_model"]["value"] == 0.5
     assert same["models"]["reference"] == result["models"]["reference"]
     assert same["models"]["policy"] == same["models"]["reference"]

@@ -10,9 +10,10 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import select, text
 from test_web_api import make_site, rank_all, sign_in, site, task_of, tasks, token_of  # noqa: F401 — fixtures too
 
+from rlhfkit.feedback.db import WebSession
 from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.feedback.web.app import create_app
 from rlhfkit.feedback.web.security import COOKIE, CSP, LOGIN_COOKIE
@@ -108,10 +109,15 @@ def test_2_an_invite_link_signs_in_once(site):
 
 
 def test_2_a_session_expires(make_site):
-    site = make_site(tasks(1), session_ttl_s=0.5)
+    """A session lasts session_ttl_s from sign-in, then the app refuses it. No sleeping: on a loaded machine a
+    0.5 s lifetime ran out before the first request (flaky on PostgreSQL); the stored expiry is moved instead."""
+    site = make_site(tasks(1), session_ttl_s=60)
     c = site.client("alice", confirm=False)
     assert c.get("/api/me").status_code == 200
-    time.sleep(0.6)
+    with site.store.engine.begin() as conn:
+        (created, expires), = conn.execute(select(WebSession.created_at, WebSession.expires_at)).all()
+        assert (expires - created).total_seconds() == 60
+        conn.execute(text("UPDATE web_session SET expires_at = created_at"))  # the 60 s have run out
     assert c.get("/api/me").status_code == 401
 
 
