@@ -4,7 +4,7 @@ torchrun's environment. One launch serves every check of train-rm, dpo and sft (
 1. one step of each trainer's shipped step function on this rank's share of a global batch of 3 (shares of 1 and 2
    rows: the uneven split of an epoch's last batch), saved to OUT/rank{r}.pt with the loss and the full gradients;
 2. DPO's reference log-probs of 5 pairs (each rank computes ⌈5/2⌉, padded, then all are gathered);
-3. the stages end to end (run_dpo straight and stopped + resumed, run_sft, run_train_rm) on OUT/pairs.jsonl and
+3. the stages end to end (run_dpo and run_ppo straight and stopped + resumed, run_sft, run_train_rm) on OUT/pairs.jsonl and
    OUT/revisions.jsonl, which the test writes first.
 Not a test module itself.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import DpoConfig, RewardConfig, SftConfig, load_config
+from rlhfkit.config import DpoConfig, PPOConfig, RewardConfig, SftConfig, load_config
 from rlhfkit.data.records import Pair
 from rlhfkit.generate import eos_ids
 from rlhfkit.models.load import add_lora, load_policy
@@ -111,6 +111,10 @@ def configs(model_dir: str, out: Path, strategy: str) -> dict:
         "dpo": lambda name, **kw: load_config(DpoConfig, None, {
             **common, "run_dir": str(out / name), "pairs": str(out / "pairs.jsonl"), "batch_size": 2, "lr": 5e-2,
             "lora_r": 4, "lora_alpha": 8, "lora_layers": 0, "max_length": 48, "dtype": "float32", **kw}),
+        "ppo": lambda name, **kw: load_config(PPOConfig, None, {
+            **common, "run_dir": str(out / name), "reward_model": "gold", "batch_size": 4, "minibatch_size": 2,
+            "ppo_epochs": 1, "max_new_tokens": 4, "sample_every": 0, "temperature": 1.0,
+            "penalize_missing_eos": False, "lora_r": 4, "lora_alpha": 8, "lora_layers": 0, **kw}),
         "sft": load_config(SftConfig, None, {**common, "run_dir": str(out / "sft"),
                                              "data": str(out / "revisions.jsonl"), "epochs": 1, "batch_size": 4,
                                              "lr": 1e-2, "lora_r": 4, "lora_alpha": 8, "max_length": 64}),
@@ -123,6 +127,7 @@ def configs(model_dir: str, out: Path, strategy: str) -> dict:
 
 def main(model_dir: str, out: str, strategy: str) -> None:
     from rlhfkit.train.reward_stage import run_train_rm
+    from rlhfkit.train.ppo import run_ppo
     from rlhfkit.train.sft import run_sft
 
     world = dist.init("cpu", timeout_s=60)
@@ -133,6 +138,9 @@ def main(model_dir: str, out: str, strategy: str) -> None:
     D.run_dpo(cfg["dpo"]("dpo_straight", epochs=2, save_every=100))
     D.run_dpo(cfg["dpo"]("dpo_resumed", epochs=1, save_every=1))
     D.run_dpo(cfg["dpo"]("dpo_resumed", epochs=2, save_every=1, resume=True))
+    run_ppo(cfg["ppo"]("ppo_straight", iterations=2, save_every=100))  # checkpoints: FSDP's sharded (dcp/)
+    run_ppo(cfg["ppo"]("ppo_resumed", iterations=1))
+    run_ppo(cfg["ppo"]("ppo_resumed", iterations=2, resume=True))
     result["sft_run"] = run_sft(cfg["sft"], progress=False)
     result["rm_run"] = run_train_rm(cfg["rm"], progress=False)
     torch.save(result, out / f"rank{world.rank}.pt")

@@ -139,9 +139,10 @@ def test_reference_is_the_base_with_adapters_off_after_wrapping(run):
 def test_checkpoint_round_trip_resumes_exactly(run):
     from safetensors.torch import load_file
 
-    _, out, ranks, _ = run
+    strategy, out, ranks, _ = run
     main = ranks[0]
     assert {"trainable.safetensors", "adapter_model.safetensors", "trainer_state.pt"} <= set(main["ckpt_files"])
+    assert ("dcp" in main["ckpt_files"]) == (strategy == "fsdp")  # FSDP: the trainer state as DCP shards
     assert ranks[1]["ckpt_files"] is None  # only rank 0 writes
     assert main["trained_after_vs_restored"] <= 1e-6
     for d in ranks:

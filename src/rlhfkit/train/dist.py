@@ -21,6 +21,7 @@ import datetime
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as tdist
@@ -360,3 +361,85 @@ def full_copy(wrapped: nn.Module, build: Callable[[], nn.Module]) -> nn.Module |
 def barrier() -> None:
     if _on():
         tdist.barrier()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharded checkpoints (FSDP): torch.distributed.checkpoint, each rank writing its own shards
+# --------------------------------------------------------------------------------------------------
+
+SHARDED_DIR = "dcp"
+"""The checkpoint's sub-folder of DCP shards (one ``__R_0.distcp`` file per rank, and ``.metadata``)."""
+
+
+def sharded(wrapped: nn.Module) -> bool:
+    """FSDP2 under torchrun: the trainer state is saved as shards, not gathered to rank 0."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return _on() and any(isinstance(m, FSDPModule) for m in inner(wrapped).modules())
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """data.io.atomic_directory for every rank: rank 0 makes the temp folder and tells the others its path (so the
+    ranks must share a filesystem); it replaces ``folder`` only after every rank's body is done. Every rank calls it."""
+    from rlhfkit.data.io import atomic_directory
+
+    if not _on():
+        with atomic_directory(folder) as tmp:
+            yield tmp
+        return
+    if is_main():
+        with atomic_directory(folder) as tmp:
+            tdist.broadcast_object_list([str(tmp)], src=0)
+            yield tmp
+            tdist.barrier()  # every rank's shards are written: only now the rename
+    else:
+        path = [None]
+        tdist.broadcast_object_list(path, src=0)
+        yield Path(path[0])
+        tdist.barrier()
+
+
+def _dcp_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # what trains only (the frozen base is the model's own checkpoint); strict=False as load_optimizer_state
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def save_trainer(folder: Path, wrapped: nn.Module, optimizer) -> dict | None:
+    """The trained weights' and the optimizer's state for a checkpoint being written to ``folder`` (atomic_folder's
+    temp); every rank calls it. FSDP: each rank writes its shards to folder/SHARDED_DIR with ``dcp.save`` and this
+    returns None; else the full optimizer state (optimizer_state) for rank 0 to write."""
+    if not sharded(wrapped):
+        return optimizer_state(wrapped, optimizer)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(inner(wrapped), optimizer, options=_dcp_options())
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=Path(folder) / SHARDED_DIR)
+    return None
+
+
+def load_trainer(folder: Path, wrapped: nn.Module, optimizer, saved_size: int) -> bool:
+    """save_trainer's shards in ``folder`` back into the sharded model and optimizer (``dcp.load`` then
+    ``set_state_dict``); every rank calls it. False (nothing loaded) when ``folder`` holds no shards: the caller
+    loads the full state instead. ``saved_size``: the world size that wrote them — resume is exact only at the
+    same size (each rank's sampling stream depends on its rank), so another size is refused."""
+    if not (Path(folder) / SHARDED_DIR).is_dir():
+        return False
+    if saved_size != world_size() or not sharded(wrapped):
+        raise RlhfkitError(f"{folder}: a checkpoint sharded by FSDP over {saved_size} processes resumes only with "
+                           f"--strategy fsdp over {saved_size} processes; this run has {world_size()}")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(inner(wrapped), optimizer, options=_dcp_options())
+    state = {"model": model_sd, "optimizer": optim_sd}
+    # in place, into this rank's shards. Partial: a trainable weight no loss reached (the value head under DPO, RLOO,
+    # GRPO) has no Adam state in the checkpoint, while get_state_dict made one for the fresh optimizer (a zero step)
+    dcp.load(state, checkpoint_id=Path(folder) / SHARDED_DIR,
+             planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(inner(wrapped), optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=_dcp_options())
+    return True

@@ -155,21 +155,21 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, ref: Tensor
                     history: list[dict], fingerprint: str) -> None:
     """Write ``folder`` atomically: a crash keeps the last complete checkpoint.
 
-    ``model``: the PolicyWithValue or its DDP / FSDP wrapper; under torchrun every rank calls this (the trained
-    weights and optimizer state are gathered in full) and rank 0 writes, as ppo's checkpoint.
+    ``model``: the PolicyWithValue or its DDP / FSDP wrapper; under torchrun every rank calls this, as ppo's
+    checkpoint (FSDP: the trainer state sharded in folder/dcp; the trained weights in full from rank 0).
     """
     import yaml
     from safetensors.torch import save_file
 
-    from rlhfkit.data.io import atomic_directory
     from rlhfkit.train.ppo import save_trained
 
-    trained, opt_state = dist.trainable_state(model), dist.optimizer_state(model, optimizer)  # collectives
-    if dist.is_main():
-        with atomic_directory(folder) as tmp:
+    trained = dist.trainable_state(model)  # collective: full tensors on rank 0
+    with dist.atomic_folder(folder) as tmp:
+        opt_state = dist.save_trainer(tmp, model, optimizer)  # collective; None when sharded
+        if dist.is_main():
             save_trained(tmp, dist.inner(model), trained, config["model"])  # ppo's layout
             save_file({"ref_logps": ref.contiguous()}, str(tmp / REF_FILE))
-            torch.save({"step": step, "optimizer": opt_state, "history": history,
+            torch.save({"step": step, "optimizer": opt_state, "world_size": dist.world_size(), "history": history,
                         "fingerprint": fingerprint}, tmp / "trainer_state.pt")
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     dist.barrier()  # no rank runs on before the folder is complete
@@ -202,7 +202,7 @@ def run_dpo(cfg) -> dict:
     from rlhfkit.models.load import pick_device, resolve_dtype
     from rlhfkit.models.policy import build_policy
     from rlhfkit.train.metrics import MetricsLog
-    from rlhfkit.train.ppo import policy_output, restore_trained, seed_everything
+    from rlhfkit.train.ppo import policy_output, restore_trainer, seed_everything
 
     run_dir = Path(cfg.run_dir)
     out = policy_output(run_dir, resume=cfg.resume, force=cfg.force)
@@ -246,8 +246,7 @@ def run_dpo(cfg) -> dict:
     console = Console(stderr=True)
     t_start = time.perf_counter()
     if state is not None:
-        restore_trained(out, wrapped)
-        dist.load_optimizer_state(wrapped, optimizer, state["optimizer"])
+        restore_trainer(out, wrapped, optimizer, state)
         ref = load_file(str(out / REF_FILE))["ref_logps"]
         start, history = state["step"], state["history"]
     else:

@@ -325,23 +325,25 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl, nor
                     config: dict, history: list[dict], stop_reason: str | None) -> None:
     """Write ``folder`` atomically (data.io.atomic_directory): a crash keeps the last complete one.
 
-    ``model``: the PolicyWithValue, or its DDP / FSDP wrapper. Under torchrun every rank calls this (FSDP gathers
-    the trained weights and optimizer state, full, to rank 0) and rank 0 writes: one checkpoint, loadable at any
-    world size; resume is exact at the same world size (each rank's sampling stream depends on its rank).
+    ``model``: the PolicyWithValue, or its DDP / FSDP wrapper. Under torchrun every rank calls this and rank 0
+    writes the rest. FSDP: the trained weights and the optimizer state are also saved sharded (dist.save_trainer:
+    each rank writes its shards to folder/dcp), which --resume reads back at the same world size; DDP and one process
+    keep the full optimizer state in trainer_state.pt. Either way rank 0 writes the trained weights in full
+    (trainable.safetensors, the peft adapter: small with LoRA), which eval and export load in one process.
+    Resume is exact at the same world size (each rank's sampling stream depends on its rank).
     """
     import dataclasses
 
     import yaml
 
-    from rlhfkit.data.io import atomic_directory
-
-    trained, opt_state = dist.trainable_state(model), dist.optimizer_state(model, optimizer)  # collectives
-    if dist.is_main():
-        with atomic_directory(folder) as tmp:
+    trained = dist.trainable_state(model)  # collective: full tensors on rank 0
+    with dist.atomic_folder(folder) as tmp:  # every rank: FSDP's shards go into the same temp folder
+        opt_state = dist.save_trainer(tmp, model, optimizer)  # collective; None when sharded
+        if dist.is_main():
             save_trained(tmp, dist.inner(model), trained, config["model"])
             torch.save({
-                "iteration": iteration, "optimizer": opt_state, "kl_ctl": kl_ctl.state_dict(),
-                "reward_norm": dataclasses.asdict(norm),
+                "iteration": iteration, "optimizer": opt_state, "world_size": dist.world_size(),
+                "kl_ctl": kl_ctl.state_dict(), "reward_norm": dataclasses.asdict(norm),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 "history": history, "stop_reason": stop_reason,
             }, tmp / "trainer_state.pt")
@@ -375,11 +377,18 @@ def restore_trained(folder: Path, model: torch.nn.Module) -> None:
         model.load_trained(folder)
 
 
+def restore_trainer(folder: Path, model: torch.nn.Module, optimizer, state: dict) -> None:
+    """The trained weights and optimizer state of a checkpoint (ppo's or dpo's; ``state``: its trainer_state.pt):
+    FSDP's shards at the same world size (dist.load_trainer), else the full ones; every rank calls it."""
+    if not dist.load_trainer(folder, model, optimizer, state.get("world_size", 1)):
+        restore_trained(folder, model)
+        dist.load_optimizer_state(model, optimizer, state["optimizer"])
+
+
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, kl_ctl) -> dict:
     """Restore a ``save_checkpoint`` folder into ``model`` (or its DDP / FSDP wrapper); every rank reads it."""
     state = torch.load(folder / "trainer_state.pt", weights_only=False)
-    restore_trained(folder, model)
-    dist.load_optimizer_state(model, optimizer, state["optimizer"])
+    restore_trainer(folder, model, optimizer, state)
     kl_ctl.load_state_dict(state["kl_ctl"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
