@@ -91,6 +91,22 @@ def test_score_is_the_weighted_sum_of_the_signals(scorer):
     assert all(0.0 <= c[k][i] <= 1.0 for k in ("rude", "complies", "toxicity") for i in range(3))
 
 
+def test_cached_per_text_computes_each_missing_text_once_and_stays_bounded(monkeypatch):
+    calls = []
+
+    def compute(todo):
+        calls.append(list(todo))
+        return [len(t) for t in todo]
+
+    cache: dict = {}
+    assert gold.cached_per_text(cache, ["bb", "a", "bb"], compute) == [2, 1, 2]
+    assert calls == [["a", "bb"]]  # distinct, by length, in one call
+    assert gold.cached_per_text(cache, ["a", "ccc"], compute) == [1, 3] and calls[-1] == ["ccc"]
+    monkeypatch.setattr(gold, "CACHE_LIMIT", 2)
+    assert gold.cached_per_text(cache, ["dddd"], compute) == [4]
+    assert cache == {"dddd": 4}  # over the limit: only this call's texts are kept
+
+
 def test_cached_toxicity_equals_the_classifier_in_any_order(scorer):
     """The per-text toxicity cache returns what profanity-check returns, whatever was asked before."""
     from profanity_check import predict_prob

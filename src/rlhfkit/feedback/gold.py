@@ -238,21 +238,39 @@ class SentenceEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, H) unit vectors, in input order."""
+        vecs = cached_per_text(self._cache, texts, self._encode)
+        return np.stack(vecs) if vecs else np.zeros((0, 384))
+
+    def _encode(self, todo: list[str]) -> list[np.ndarray]:
         import torch
 
-        todo = sorted({t for t in texts if t not in self._cache}, key=len)  # similar lengths share a batch
-        for lo in range(0, len(todo), self.BATCH):
-            batch = todo[lo : lo + self.BATCH]
-            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.MAX_LENGTH, return_tensors="pt")
+        out: list[np.ndarray] = []
+        for lo in range(0, len(todo), self.BATCH):  # todo is sorted by length: similar lengths share a batch
+            enc = self.tokenizer(todo[lo : lo + self.BATCH], padding=True, truncation=True, max_length=self.MAX_LENGTH,
+                                 return_tensors="pt")
             with torch.no_grad():
                 hidden = self.model(**enc).last_hidden_state  # (B, T, H)
             mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-            vecs = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
-            self._cache.update(zip(batch, vecs))
-        if len(self._cache) > 200_000:  # a long PPO run: keep memory bounded (the next call re-encodes)
-            keep = set(texts)
-            self._cache = {t: v for t, v in self._cache.items() if t in keep}
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384))
+            out += list(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
+        return out
+
+
+CACHE_LIMIT = 200_000
+"""Texts a per-text cache holds before it keeps only the current call's (a long PPO run: memory stays bounded)."""
+
+
+def cached_per_text(cache: dict, texts: Sequence[str], compute) -> list:
+    """The value of each of ``texts`` from ``cache``; the missing ones computed once, in one call of
+    ``compute(todo)`` (distinct texts sorted by length → their values in that order), and stored."""
+    todo = sorted({t for t in texts if t not in cache}, key=len)
+    if todo:
+        cache.update(zip(todo, compute(todo)))
+    values = [cache[t] for t in texts]
+    if len(cache) > CACHE_LIMIT:
+        kept = dict(zip(texts, values))
+        cache.clear()
+        cache.update(kept)
+    return values
 
 
 @lru_cache(maxsize=1)
@@ -337,12 +355,8 @@ class GoldScorer:
     def toxicity(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) P(offensive) per text. Cached per text: scikit-learn's input checks cost ~10 ms a call, which
         the simulated labelers' one-ranking-at-a-time calls paid hundreds of times."""
-        todo = sorted({t for t in texts if t not in self._tox_cache})
-        if todo:
-            self._tox_cache.update(zip(todo, map(float, self._toxicity(todo))))
-        if len(self._tox_cache) > 200_000:  # bounded, as the encoder's cache
-            self._tox_cache = {t: self._tox_cache[t] for t in texts}
-        return np.array([self._tox_cache[t] for t in texts], dtype=np.float64)
+        return np.array(cached_per_text(self._tox_cache, texts, lambda todo: list(map(float, self._toxicity(todo)))),
+                        dtype=np.float64)
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         """Gold score of each completion (FAIL_SCORE where it fails), in input order."""
