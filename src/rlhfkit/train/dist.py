@@ -426,7 +426,8 @@ def load_trainer(folder: Path, wrapped: nn.Module, optimizer, saved_size: int) -
     ``set_state_dict``); every rank calls it. False (nothing loaded) when ``folder`` holds no shards: the caller
     loads the full state instead. ``saved_size``: the world size that wrote them — resume is exact only at the
     same size (each rank's sampling stream depends on its rank), so another size is refused."""
-    if not (Path(folder) / SHARDED_DIR).is_dir():
+    shards = Path(folder) / SHARDED_DIR
+    if not shards.is_dir():
         return False
     if saved_size != world_size() or not sharded(wrapped):
         raise RlhfkitError(f"{folder}: a checkpoint sharded by FSDP over {saved_size} processes resumes only with "
@@ -437,16 +438,16 @@ def load_trainer(folder: Path, wrapped: nn.Module, optimizer, saved_size: int) -
     model_sd, optim_sd = get_state_dict(inner(wrapped), optimizer, options=_dcp_options())
     state = {"model": model_sd, "optimizer": optim_sd}
     # the partial load below must not hide a damaged checkpoint: every weight, and the optimizer's state, must be there
-    saved = set(dcp.FileSystemReader(str(Path(folder) / SHARDED_DIR)).read_metadata().state_dict_metadata)
+    saved = set(dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata)
     missing = [f"model.{k}" for k in model_sd if f"model.{k}" not in saved]
     if not any(k.startswith("optimizer.state.") for k in saved):
         missing.append("optimizer.state")
     if missing:
-        raise RlhfkitError(f"{Path(folder) / SHARDED_DIR}: the checkpoint lacks {', '.join(missing[:3])}"
+        raise RlhfkitError(f"{shards}: the checkpoint lacks {', '.join(missing[:3])}"
                            f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}; use --force to start over")
     # in place, into this rank's shards. Partial: a trainable weight no loss reached (the value head under DPO, RLOO,
     # GRPO) has no Adam state in the checkpoint, while get_state_dict made one for the fresh optimizer (a zero step)
-    dcp.load(state, checkpoint_id=Path(folder) / SHARDED_DIR,
+    dcp.load(state, checkpoint_id=shards,
              planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(inner(wrapped), optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=_dcp_options())
