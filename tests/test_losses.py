@@ -585,6 +585,12 @@ def test_kl_loss_zero_at_reference_with_zero_gradient_and_hand_value():
     assert close(loss, 0.367879) and close(logp.grad, [[0.632121]])
 
 
+def test_config_accepts_exactly_the_missing_eos_modes_losses_implements():
+    from rlhfkit.config import MISSING_EOS_MODES
+
+    assert MISSING_EOS_MODES == L.MISSING_EOS_MODES
+
+
 def test_missing_eos_scores_by_hand():
     scores, ended = torch.tensor([0.5, -0.3, 1.2]), torch.tensor([True, False, False])
     # replace: the cut-off rows score the penalty, whatever the reward model said

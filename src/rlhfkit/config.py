@@ -417,6 +417,11 @@ ALGORITHMS = ("ppo", "rloo", "grpo")
 """Online RL algorithms of the ``ppo`` stage (train/ppo.py, train/critic_free.py)."""
 
 
+MISSING_EOS_MODES = ("replace", "subtract")
+"""ppo's missing_eos_mode values: losses.MISSING_EOS_MODES (config stays torch-free, so it cannot import it;
+tests/test_losses.py holds the two equal)."""
+
+
 @dataclass
 class PPOConfig:
     """PPO (or the critic-free RLOO and GRPO) with a KL penalty against the frozen reference, on a LoRA policy."""
@@ -501,7 +506,7 @@ class PPOConfig:
         _check(self.lora_alpha > 0, "lora_alpha", "must be > 0")
         _check(self.lora_layers >= 0, "lora_layers", "must be ≥ 0")
         _check(0 <= self.length_alarm <= 1, "length_alarm", "must be in [0, 1]")
-        _check(self.missing_eos_mode in ("replace", "subtract"), "missing_eos_mode",
+        _check(self.missing_eos_mode in MISSING_EOS_MODES, "missing_eos_mode",
                f"must be replace or subtract, got {self.missing_eos_mode!r}")
         _check(self.lora_r >= 0, "lora_r", "must be ≥ 0")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
