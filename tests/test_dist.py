@@ -154,3 +154,15 @@ def test_checkpoint_round_trip_resumes_exactly(run):
     for k, v in adapter.items():
         match = [t for n, t in lora.items() if n.replace(".default", "").endswith(k.removeprefix("base_model.model."))]
         assert len(match) == 1 and torch.equal(match[0], v), k
+
+
+def test_a_step_with_fewer_rows_than_processes_is_refused(monkeypatch):
+    """The start-up check dpo, sft and train-rm share: every rank needs a row of the smallest step."""
+    from rlhfkit.data.errors import RlhfkitError
+    from rlhfkit.train import dist
+
+    dist.check_step_fills_ranks(1, "pairs", 9)  # one process: any step will do
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    dist.check_step_fills_ranks(2, "pairs", 10)
+    with pytest.raises(RlhfkitError, match=r"a step would have 1 pairs for 2 processes; .* at least 2 \(9 pairs\)"):
+        dist.check_step_fills_ranks(1, "pairs", 9)

@@ -183,6 +183,15 @@ def check_divisible(name: str, n: int, what: str) -> None:
         raise RlhfkitError(f"{name}: {n} {what} do not split over {size} processes; make it a multiple of {size}")
 
 
+def check_step_fills_ranks(smallest: int, what: str, total: int) -> None:
+    """Every rank takes a share of every step: the smallest step (an epoch's last batch, or the shortest of
+    length-grouped batches) must hold at least one of ``what`` per process. ``total``: how many there are."""
+    size = world_size()
+    if smallest < size:
+        raise RlhfkitError(f"batch_size: a step would have {smallest} {what} for {size} processes; pick a batch size "
+                           f"that leaves at least {size} ({total} {what})")
+
+
 def global_count(n: Tensor | float) -> Tensor:
     """The ``normalizer`` of a loss summed over this rank's share (losses.py: exact accumulation): the global
     count (tokens, pairs, or their weight) divided by N, because DDP and FSDP average the ranks' gradients —

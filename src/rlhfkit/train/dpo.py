@@ -222,10 +222,8 @@ def run_dpo(cfg) -> dict:
     device = dist.device_of(world, device)
     dist.check_divisible("batch_size", cfg.batch_size, "pairs")  # each rank takes 1/N of every step's pairs
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    last = len(pairs) - (steps_per_epoch - 1) * cfg.batch_size
-    if last < world.size:
-        raise RlhfkitError(f"batch_size: an epoch's last step would have {last} pair(s) for {world.size} processes; "
-                           f"pick a batch size that leaves at least {world.size} ({len(pairs)} pairs)")
+    last_step = len(pairs) - (steps_per_epoch - 1) * cfg.batch_size  # pairs in an epoch's last step
+    dist.check_step_fills_ranks(last_step, "pairs", len(pairs))
     seed_everything(cfg.seed)
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,

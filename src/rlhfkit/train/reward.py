@@ -230,10 +230,7 @@ def train_reward_model(pairs: Sequence[Pair], hp, *, out_dir: str | Path, run_di
     lengths, units = {i: data.length(i) for i in data.train}, prompt_units(data.pairs, data.train)
     epochs = [length_grouped_batches(lengths, hp.batch_size, random.Random(hp.seed * 1_000_003 + e), units=units)
               for e in range(hp.epochs)]
-    short = min(len(b) for e in epochs for b in e)
-    if short < world.size:
-        raise RlhfkitError(f"batch_size: a step would have {short} pair(s) for {world.size} processes; "
-                           f"make it at least {world.size}")
+    dist.check_step_fills_ranks(min(len(b) for e in epochs for b in e), "pairs", len(data.train))
     total_steps = sum(len(b) for b in epochs)
     warmup = int(hp.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total_steps))

@@ -213,10 +213,7 @@ def run_sft(cfg, *, progress: bool = True) -> dict:
     if not rows:
         raise RlhfkitError(f"{data}: no usable examples ({len(failed)} fail the guideline, "
                            f"{len(encoded)} whose prompt alone exceeds max_length {cfg.max_length})")
-    if 0 < len(rows) % cfg.batch_size < world.size:
-        raise RlhfkitError(f"batch_size: an epoch's last batch would have {len(rows) % cfg.batch_size} example(s) for "
-                           f"{world.size} processes; pick a batch size that leaves at least {world.size} "
-                           f"({len(rows)} examples)")
+    dist.check_step_fills_ranks(len(rows) % cfg.batch_size or cfg.batch_size, "examples", len(rows))  # the last batch
 
     def adapted(model):
         import torch
