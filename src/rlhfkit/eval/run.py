@@ -31,7 +31,8 @@ def sequence_kl(model, logprobs, input_ids, attention_mask, response_mask, tempe
     """(Σ_t k1, Σ_t k3) per sequence (B,): the KL of the policy to the reference on the policy's own samples.
 
     ``logprobs`` (B, A): the policy's log-prob of each sampled token, as the sampler reported it (the
-    distribution it drew from: exact, checked in PPO as rollout/sampler_gap) — so only the reference runs
+    distribution it drew from, the policy with its adapters folded in: within float32 rounding of the unfolded
+    forward, ~1e-6, as PPO's rollout/sampler_gap shows) — so only the reference runs
     here: the frozen lower blocks, then the top blocks with adapters off (a second policy forward over the
     whole sequence cost a quarter of eval's time and gave the same numbers).
     """
@@ -62,6 +63,7 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
 
     from rlhfkit.generate import assemble, decode_responses, eos_ids, sample
     from rlhfkit.models.load import format_prompt
+    from rlhfkit.models.unwrap import as_reference, plain_layers
 
     out = {m: {"texts": [], "tokens": [], "ended": []} for m in MODELS}
     out["policy"].update(kl_k1=[], kl_k3=[])
@@ -77,11 +79,13 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
             formatted = [format_prompt(tokenizer, p, sampling.system_prompt) for p in prompts[lo : lo + batch_size]]
             for name in MODELS:
                 torch.manual_seed(seed * 1_000_003 + b)  # the same seed for both: differences come from the models
+                # LoRA: the reference is the base with adapters off, the policy samples with them folded in
+                # (models/unwrap.py: plain layers, no peft call per layer and token)
                 if name == "reference":
-                    ctx = model.lm.disable_adapter() if model.reference is None else contextlib.nullcontext()
+                    ctx = as_reference(model.lm) if model.reference is None else contextlib.nullcontext()
                     generator = model.lm if model.reference is None else model.reference
                 else:
-                    ctx, generator = contextlib.nullcontext(), model.lm
+                    ctx, generator = plain_layers(model.lm), model.lm
                 with ctx:
                     s = sample(generator, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens,
                                temperature=sampling.temperature)

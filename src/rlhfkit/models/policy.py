@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.models.prefix import FrozenPrefix, head_input
+from rlhfkit.models.unwrap import as_reference
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -86,7 +87,7 @@ class PolicyWithValue(nn.Module):
             with head_input(self.reference):
                 out = self.reference(**kwargs)
         else:
-            with self.lm.disable_adapter(), self.prefix.reuse(prefix), head_input(self.lm):
+            with as_reference(self.lm), self.prefix.reuse(prefix), head_input(self.lm):
                 out = self.lm(**kwargs)
         return out.logits[:, :-1].float() / temperature
 

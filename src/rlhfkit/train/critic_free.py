@@ -29,7 +29,8 @@ from rlhfkit.models.policy import PolicyWithValue
 from rlhfkit.models.reward import RewardNorm, Scorer
 from rlhfkit.train import dist
 from rlhfkit.train import losses as L
-from rlhfkit.train.ppo import MAX_STATS, StepResult, check_finite, collect_rollout, ppo_update, rollout_stats
+from rlhfkit.train.ppo import (MAX_STATS, StepResult, check_finite, collect_rollout, ppo_update, rollout_stats,
+                               sampler_is_policy)
 
 
 def repeat_prompts(prompts: list[str], group_size: int) -> list[str]:
@@ -74,7 +75,7 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
     ro = collect_rollout(model, tokenizer, repeat_prompts(prompts, K), score_fn, sampling=hp.sampling,
                          beta=beta if algorithm == "rloo" else 0.0, gamma=1.0, lam=1.0,
                          missing_eos_penalty=hp.missing_eos_penalty if hp.penalize_missing_eos else None,
-                         missing_eos_mode=hp.missing_eos_mode, iteration=iteration, norm=norm)
+                         missing_eos_mode=hp.missing_eos_mode, iteration=iteration, norm=norm, critic=False)
     # 4. critic-free advantages replace GAE's; no returns: the value head is not trained
     advantages = group_advantages(algorithm, ro.scores, ro.kl, ro.response_mask, beta, K)
     check_finite(iteration, advantages=advantages)
@@ -91,6 +92,8 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}
     del stats["value/explained_var"]  # no critic
+    if sampler_is_policy(model):
+        del stats["rollout/sampler_gap"]  # π_old IS the sampler's log-probs (ppo.experience): nothing to compare
     if gold_fn is not None:
         stats["gold/score"] = float(np.mean(gold_fn(ro.prompts, ro.texts)))
     B = len(ro.prompts) * dist.world_size()

@@ -24,6 +24,7 @@ from rlhfkit.generate import Sampled, assemble, decode_responses, eos_ids, sampl
 from rlhfkit.models.load import format_prompt
 from rlhfkit.models.policy import PolicyWithValue
 from rlhfkit.models.reward import RewardNorm, Scorer
+from rlhfkit.models.unwrap import plain_layers
 from rlhfkit.rewards import load_scorer
 from rlhfkit.train import dist
 from rlhfkit.train import losses as L
@@ -85,7 +86,7 @@ def check_finite(iteration: int, **tensors: Tensor) -> None:
 @torch.no_grad()
 def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score_fn: Scorer, *, sampling,
                     beta: float, gamma: float, lam: float, missing_eos_penalty: float | None, iteration: int,
-                    norm: RewardNorm | None = None, missing_eos_mode: str = "replace") -> Rollout:
+                    norm: RewardNorm | None = None, missing_eos_mode: str = "replace", critic: bool = True) -> Rollout:
     """Phase 1: generate, score, compute log-probs, values, KL-shaped rewards and advantages.
 
     ``sampling``: a SamplingConfig (temperature > 0, no truncation). ``norm``: the reward normalisation;
@@ -93,22 +94,38 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     (None: off) and ``missing_eos_mode``: see ``losses.missing_eos_scores``.
     Under torchrun ``prompts`` are this rank's share; the reward normalisation and the whitening use the
     statistics of every rank's rollouts (train/dist.py), so they match one process on the global batch.
+    ``critic`` False (RLOO, GRPO): no values are needed, so on float32 weights π_old is the sampler's own
+    log-probs and the policy's forward pass is skipped (see ``experience``).
     """
     model.eval()  # dropout off in rollouts and in the log-prob passes alike ([N-det])
     # 1. generate: left-padded prompts through the chat template, sampled at T with the KV cache
     formatted = [format_prompt(tokenizer, p, sampling.system_prompt) for p in prompts]
-    with dist.gathered(model):  # FSDP: weights gathered once, so ranks that stop early cannot hang the others
+    # FSDP: weights gathered once, so ranks that stop early cannot hang the others; LoRA folded into the
+    # weights while sampling (models/unwrap.py: peft's per-layer overhead is much of a small model's decode step)
+    with dist.gathered(model), plain_layers(model.lm):
         s = sample(model.lm, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature)
     return experience(model, tokenizer, prompts, s, score_fn, temperature=sampling.temperature, beta=beta, gamma=gamma,
                       lam=lam, missing_eos_penalty=missing_eos_penalty, iteration=iteration, norm=norm,
-                      missing_eos_mode=missing_eos_mode)
+                      missing_eos_mode=missing_eos_mode, critic=critic)
+
+
+def sampler_is_policy(model: PolicyWithValue) -> bool:
+    """Whether the sampler's log-probs can stand for the policy's: float32 weights, where they differ from a
+    recomputation by rounding only (≤ ~1e-5; bfloat16 differs by ~1e-2 between the cached and the full pass)."""
+    return all(p.dtype == torch.float32 for p in model.lm.parameters())
 
 
 @torch.no_grad()
 def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled, score_fn: Scorer, *,
                temperature: float, beta: float, gamma: float, lam: float, missing_eos_penalty: float | None,
-               iteration: int, norm: RewardNorm | None = None, missing_eos_mode: str = "replace") -> Rollout:
-    """Steps 2–4 of ``collect_rollout`` on the completions ``s`` sampled for ``prompts`` at ``temperature``."""
+               iteration: int, norm: RewardNorm | None = None, missing_eos_mode: str = "replace",
+               critic: bool = True) -> Rollout:
+    """Steps 2–4 of ``collect_rollout`` on the completions ``s`` sampled for ``prompts`` at ``temperature``.
+
+    ``critic`` False on float32 weights (``sampler_is_policy``): log π_old is what the sampler reported for the
+    tokens it drew — the behaviour policy's own probabilities, as TRL's GRPO uses with one update per batch —
+    and the values are 0, so the policy's forward pass over the rollouts is not run (a third of this phase).
+    """
     T = temperature
     lengths, response_mask, input_ids, attention_mask = assemble(s, eos_ids(tokenizer, model.lm))
     A = s.response_ids.shape[1]
@@ -127,9 +144,13 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
     # log-probs of the sampled tokens at the sampling temperature, under the policy and the reference;
     # the frozen lower blocks (LoRA on the top blocks only) run once for both and for the update epochs
     prefix = model.frozen_prefix(input_ids, attention_mask)  # (B, T, H) or None
-    logits, values = model(input_ids, attention_mask, A, T, prefix=prefix)
-    logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
-    del logits
+    if not critic and sampler_is_policy(model):
+        logprobs = s.logprobs.to(input_ids.device) * response_mask  # (B, A); 0 off the mask, as computed ones
+        values = torch.zeros_like(logprobs)
+    else:
+        logits, values = model(input_ids, attention_mask, A, T, prefix=prefix)
+        logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
+        del logits
     ref_logprobs = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, T, prefix=prefix),
                                           s.response_ids)
     scores = scores.to(values.device)
