@@ -19,6 +19,29 @@ def test_tiny_models_load_with_pad_distinct_from_eos(tiny_models, arch):
     assert out.logits.shape[-1] >= len(tok)
 
 
+def test_gpt2s_gelu_runs_as_pytorchs_fused_kernel_and_computes_what_transformers_loads(tiny_models):
+    """load_policy swaps GPT-2's six-op gelu_new for transformers' GELUTanh (one F.gelu kernel, same formula):
+    the logits equal a plain transformers load of the same folder to float rounding, and the gradient too."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    model, tok = load_policy(str(tiny_models["gpt2"]))
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_models["gpt2"])).eval()
+    kinds = lambda m: {type(x) for x in m.modules()}  # noqa: E731
+    assert NewGELUActivation in kinds(plain) and NewGELUActivation not in kinds(model) and GELUTanh in kinds(model)
+    assert model.config.activation_function == "gelu_new"  # the config, and so a saved model, unchanged
+    ids = tok(["hello the cat sat on the mat"], return_tensors="pt")["input_ids"]
+    outs, grads = [], []
+    for m in (model, plain):
+        emb = m.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = m(inputs_embeds=emb).logits
+        logits.square().mean().backward()
+        outs.append(logits.detach())
+        grads.append(emb.grad)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
 def test_chat_template_is_used(tiny_llama):
     tok = load_tokenizer(str(tiny_llama))
     text = format_prompt(tok, "why the sun?")

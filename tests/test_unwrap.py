@@ -6,6 +6,7 @@ Independent references: peft's own forward with the adapters on (the policy) and
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
@@ -30,8 +31,9 @@ def _logits(lm, ids):
         return lm(input_ids=ids).logits
 
 
-def test_folded_layers_compute_the_policy_and_the_reference_and_leave_the_model_as_it_was(tiny_llama):
-    model, _ = _policy(tiny_llama, lora_layers=1)  # LoRA on the top block only: the others are untouched
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # nn.Linear (W is out × in) and GPT-2's Conv1D (in × out)
+def test_folded_layers_compute_the_policy_and_the_reference_and_leave_the_model_as_it_was(tiny_models, arch):
+    model, _ = _policy(tiny_models[arch], lora_layers=1)  # LoRA on the top block only: the others are untouched
     lm = model.lm
     ids = torch.tensor([[5, 17, 3, 99, 42, 7]])
     policy = _logits(lm, ids)

@@ -148,11 +148,14 @@ def load_folder(path: str | Path):
     from transformers import AutoModelForCausalLM
 
     from rlhfkit.deploy.quantize import INT8_FILE, load_int8
+    from rlhfkit.models.load import fuse_activations
 
     folder = Path(path)
     if (folder / INT8_FILE).exists():
         return load_int8(folder), _weight_bytes(folder)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), _weight_bytes(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    fuse_activations(model)  # as every model rlhfkit loads: the same function as the policy's to ~1e-7
+    return model, _weight_bytes(folder)
 
 
 def _weight_bytes(folder: Path) -> int:

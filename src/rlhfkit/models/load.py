@@ -175,6 +175,23 @@ def load_tokenizer(name_or_path: str, *, padding_side: str = "left"):
     return tok
 
 
+def fuse_activations(model) -> int:
+    """Swap transformers' ``NewGELUActivation`` (GPT-2's ``gelu_new``: the tanh approximation of GELU written as
+    six tensor operations) for its ``GELUTanh``, PyTorch's one-kernel ``gelu(approximate="tanh")`` of the same
+    formula, which transformers documents as equivalent and much faster. Measured on a 2-core AVX2 EPYC, float32,
+    (16, 60, 1024): 15.8 → 4.4 ms forward, 19.3 → 9.1 ms with the backward; outputs agree to ~2e-7. The config
+    is left as it is (a saved model still says ``gelu_new``). Returns how many modules were swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
 def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"):
     """A causal LM in eval mode (dropout off: rollouts and log-prob passes must agree).
 
@@ -188,6 +205,7 @@ def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "floa
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype, device)))
     except OSError as exc:
         raise RlhfkitError(f"{name_or_path}: cannot load model ({exc})") from None
+    fuse_activations(model)
     model.to(device)
     model.eval()
     return model

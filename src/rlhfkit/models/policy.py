@@ -8,6 +8,7 @@ keeps a separate frozen copy as the reference.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,21 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     Generation computes positions this way; recomputing log-probs without it gives ρ ≠ 1 at step 0.
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A custom token layout for ``forward`` / ``reference_logits``: several continuations of one prompt in one row
+    (DPO's prompt + chosen + rejected, ``train/dpo.py``), each continuation seeing the prompt and itself only.
+
+    mask: (B, 1, T, T) additive attention mask in the model's dtype (0: attend, dtype min: not), passed to the
+    model as is (transformers uses a 4-D mask unchanged); positions: (B, T) position ids; keep: (K,) positions
+    whose logits (and values) are returned, in this order.
+    """
+
+    mask: Tensor
+    positions: Tensor
+    keep: Tensor
 
 
 class PolicyWithValue(nn.Module):
@@ -54,42 +70,50 @@ class PolicyWithValue(nn.Module):
         """How many of the lowest blocks are frozen and cached per rollout (0: none)."""
         return self.prefix.n_frozen
 
-    def _inputs(self, input_ids: Tensor, attention_mask: Tensor, n_response: int) -> dict:
+    def _inputs(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, packed: Packed | None) -> dict:
+        if packed is not None:
+            return dict(input_ids=input_ids, attention_mask=packed.mask, position_ids=packed.positions,
+                        logits_to_keep=packed.keep, use_cache=False)
         return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                     logits_to_keep=n_response + 1, use_cache=False)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float,
-                prefix: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _predicting(t: Tensor, packed: Packed | None) -> Tensor:
+        """The kept positions that predict response tokens: all of them for a packed layout (``keep`` names
+        them); else logits[:, t] predicts token t+1, the A+1 kept positions are T−A−1 … T−1: drop the last."""
+        return t if packed is not None else t[:, :-1]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, temperature: float,
+                prefix: Tensor | None = None, packed: Packed | None = None) -> tuple[Tensor, Tensor]:
         """Logits predicting each response token and the value of the state before it.
 
         input_ids, attention_mask: (B, T) = prompt (left-padded) + response (right-padded), T = P + A.
         prefix: (B, T, H) output of the frozen lower blocks for these rows (``frozen_prefix``), or None.
+        packed: another layout (``Packed``; attention_mask and n_response unused): A = len(packed.keep).
         Returns logits (B, A, V) scaled by 1/temperature, values (B, A).
         """
-        A = n_response
         with head_input(self.lm) as box, self.prefix.reuse(prefix):
-            out = self.lm(**self._inputs(input_ids, attention_mask, A))
-        # logits[:, t] predicts token t+1: the A+1 kept positions are T−A−1 … T−1; drop the last.
-        logits = out.logits[:, :-1].float() / temperature  # (B, A, V)
-        hidden = box[-1][:, -(A + 1) : -1]  # (B, A, H): the state before each response token
+            out = self.lm(**self._inputs(input_ids, attention_mask, n_response, packed))
+        logits = self._predicting(out.logits, packed).float() / temperature  # (B, A, V)
+        hidden = self._predicting(box[-1], packed)  # (B, A, H): the state before each response token
         values = self.value_head(hidden.float()).squeeze(-1)  # (B, A)
         return logits, values
 
     @torch.no_grad()
-    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, n_response: int, temperature: float,
-                         prefix: Tensor | None = None) -> Tensor:
+    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, temperature: float,
+                         prefix: Tensor | None = None, packed: Packed | None = None) -> Tensor:
         """(B, A, V) logits of the frozen reference: the base with adapters off, or the separate copy.
 
-        prefix: as in ``forward`` — the frozen lower blocks are the same for policy and reference.
+        prefix, packed: as in ``forward`` — the frozen lower blocks are the same for policy and reference.
         """
-        kwargs = self._inputs(input_ids, attention_mask, n_response)
+        kwargs = self._inputs(input_ids, attention_mask, n_response, packed)
         if self.reference is not None:
             with head_input(self.reference):
                 out = self.reference(**kwargs)
         else:
             with as_reference(self.lm), self.prefix.reuse(prefix), head_input(self.lm):
                 out = self.lm(**kwargs)
-        return out.logits[:, :-1].float() / temperature
+        return self._predicting(out.logits, packed).float() / temperature
 
     @torch.no_grad()
     def frozen_prefix(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:

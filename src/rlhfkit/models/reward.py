@@ -242,7 +242,7 @@ class RewardModel:
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from rlhfkit.models.load import load_tokenizer, resolve, resolve_dtype
+        from rlhfkit.models.load import fuse_activations, load_tokenizer, resolve, resolve_dtype
 
         dtype = resolve_dtype(dtype, device)
         path = resolve(backbone)
@@ -268,6 +268,7 @@ class RewardModel:
                 model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise RlhfkitError(f"{backbone}: cannot load as a sequence classifier ({exc})") from None
+        fuse_activations(model)
         if fmt == "concat":
             if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
                 model.resize_token_embeddings(len(tokenizer))
@@ -298,7 +299,7 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from rlhfkit.models.load import pick_device, resolve_dtype
+        from rlhfkit.models.load import fuse_activations, pick_device, resolve_dtype
 
         device = pick_device(device)
         dtype = resolve_dtype(dtype, device)
@@ -314,6 +315,7 @@ class RewardModel:
                 model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise RlhfkitError(f"{folder}: cannot load reward model ({exc})") from None
+        fuse_activations(model)
         tokenizer.padding_side = "right"
         model.to(device)
         # Fresh (aligned) copies of the weights: tensors read from the file can sit at addresses where the

@@ -51,6 +51,19 @@ def _lora_layers(lm, fold: bool) -> list[tuple[str, object]] | None:
     return layers
 
 
+def _folded(layer, weight):
+    """W + s·B·A as a new tensor, in one addmm (peft's get_delta_weight forms B·A, transposes and scales it first:
+    the same sum, three more passes over the weight). GPT-2's Conv1D stores W as (in, out): W + s·Aᵀ·Bᵀ."""
+    import torch
+
+    name = layer.active_adapters[0]
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # (r, in), (out, r)
+    if a.dtype != weight.dtype or b.dtype != weight.dtype:
+        return weight + layer.get_delta_weight(name).to(weight.dtype)
+    s = layer.scaling[name]
+    return torch.addmm(weight, a.T, b.T, alpha=s) if layer.fan_in_fan_out else torch.addmm(weight, b, a, alpha=s)
+
+
 @contextlib.contextmanager
 def plain_layers(lm, *, adapters: bool = True) -> Iterator[bool]:
     """Inside the block every LoRA layer of ``lm`` is replaced by its base layer, whose weight is W + s·B·A
@@ -72,7 +85,7 @@ def plain_layers(lm, *, adapters: bool = True) -> Iterator[bool]:
                 base = layer.get_base_layer()
                 original = base.weight.data
                 if adapters:
-                    base.weight.data = original + layer.get_delta_weight(layer.active_adapters[0]).to(original.dtype)
+                    base.weight.data = _folded(layer, original)
                 setattr(parent, attr, base)
                 swapped.append((parent, attr, layer, base, original))
         yield True
