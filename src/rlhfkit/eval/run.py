@@ -63,7 +63,7 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
 
     from rlhfkit.generate import assemble, decode_responses, eos_ids, sample
     from rlhfkit.models.load import format_prompt
-    from rlhfkit.models.unwrap import as_reference, plain_layers
+    from rlhfkit.models.unwrap import as_reference, inner, plain_layers
 
     out = {m: {"texts": [], "tokens": [], "ended": []} for m in MODELS}
     out["policy"].update(kl_k1=[], kl_k3=[])
@@ -83,9 +83,9 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
                 # (models/unwrap.py: plain layers, no peft call per layer and token)
                 if name == "reference":
                     ctx = as_reference(model.lm) if model.reference is None else contextlib.nullcontext()
-                    generator = model.lm if model.reference is None else model.reference
+                    generator = inner(model.lm) if model.reference is None else model.reference
                 else:
-                    ctx, generator = plain_layers(model.lm), model.lm
+                    ctx, generator = plain_layers(model.lm), inner(model.lm)
                 with ctx:
                     s = sample(generator, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens,
                                temperature=sampling.temperature)

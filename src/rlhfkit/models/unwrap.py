@@ -103,3 +103,10 @@ def as_reference(lm) -> Iterator[None]:
         if not stack.enter_context(plain_layers(lm, adapters=False)):
             stack.enter_context(lm.disable_adapter())
         yield
+
+
+def inner(lm):
+    """The transformers model inside a peft wrapper (``lm`` itself otherwise), adapters and all: the same function
+    without peft's own forward around it (~1 ms per decode step on the peers' tiny GPT-2, a tenth of the step)."""
+    get = getattr(lm, "get_base_model", None)
+    return get() if callable(get) else lm

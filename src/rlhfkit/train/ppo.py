@@ -24,7 +24,7 @@ from rlhfkit.generate import Sampled, assemble, decode_responses, eos_ids, sampl
 from rlhfkit.models.load import format_prompt
 from rlhfkit.models.policy import PolicyWithValue
 from rlhfkit.models.reward import RewardNorm, Scorer
-from rlhfkit.models.unwrap import plain_layers
+from rlhfkit.models.unwrap import inner, plain_layers
 from rlhfkit.rewards import load_scorer
 from rlhfkit.train import dist
 from rlhfkit.train import losses as L
@@ -103,7 +103,7 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     # FSDP: weights gathered once, so ranks that stop early cannot hang the others; LoRA folded into the
     # weights while sampling (models/unwrap.py: peft's per-layer overhead is much of a small model's decode step)
     with dist.gathered(model), plain_layers(model.lm):
-        s = sample(model.lm, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature)
+        s = sample(inner(model.lm), tokenizer, formatted, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature)
     return experience(model, tokenizer, prompts, s, score_fn, temperature=sampling.temperature, beta=beta, gamma=gamma,
                       lam=lam, missing_eos_penalty=missing_eos_penalty, iteration=iteration, norm=norm,
                       missing_eos_mode=missing_eos_mode, critic=critic)
