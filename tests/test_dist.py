@@ -120,7 +120,8 @@ def test_two_ranks_match_one_process_on_the_global_batch(run):
 def test_step_zero_has_ratio_one_and_zero_kl_on_every_rank(run):
     for d in run[2]:
         s = d["stats0"]
-        assert s["objective/kl"] == 0 and s["objective/kl_k1"] == 0
+        # π_old is the sampler's log-probs (float32), the reference a full forward: equal up to rounding
+        assert abs(s["objective/kl"]) < 1e-6 and abs(s["objective/kl_k1"]) < 1e-6
         assert s["policy/ratio_max"] == pytest.approx(1.0, abs=1e-6)
         assert s["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
 

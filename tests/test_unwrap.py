@@ -13,6 +13,7 @@ from peft.tuners.lora import LoraLayer
 from rlhfkit.config import PPOConfig, load_config
 from rlhfkit.models.policy import build_policy
 from rlhfkit.models.unwrap import plain_layers
+from rlhfkit.train import losses as L
 from rlhfkit.train.ppo import collect_rollout
 
 
@@ -67,23 +68,34 @@ def test_bfloat16_weights_are_not_folded(tiny_llama):
         assert any(isinstance(m, LoraLayer) for m in model.lm.modules())
 
 
-def test_critic_free_rollout_takes_the_samplers_logprobs_and_matches_a_recomputation(tiny_llama):
-    """critic False: π_old is the sampler's log-probs (the policy's forward is skipped); they equal what the
-    forward computes within float32 rounding, on the same tokens, and the values are 0."""
+@pytest.mark.parametrize("critic", [True, False], ids=["ppo", "critic-free"])
+def test_rollouts_take_the_samplers_logprobs_and_values_and_they_equal_a_forward_pass(tiny_llama, critic):
+    """On float32 weights the rollout runs no policy forward: π_old is the sampler's log-probs and V_old the value
+    head on the states its LM head read (0 without a critic). Both equal a forward pass over the finished
+    rollouts within float32 rounding, token by token; the KL and the advantages follow."""
     model, tok = _policy(tiny_llama, lora_layers=1)
-    hp = load_config(PPOConfig, None, dict(max_new_tokens=8, temperature=0.7))
+    torch.nn.init.normal_(model.value_head.weight, std=0.5)  # zero-initialised: values of 0 would prove nothing
+    head = model.lm.get_output_embeddings()
+    lift = torch.zeros(head.out_features)
+    lift[tok.eos_token_id] = 2.0  # EOS ~7× likelier on this random model: rows end early and leave the batch
+    head.register_forward_hook(lambda _m, _args, out: out + lift)
+    hp = load_config(PPOConfig, None, dict(max_new_tokens=12, temperature=0.7))
     score = lambda prompts, texts: [float(len(t)) for t in texts]  # noqa: E731
-    kw = dict(sampling=hp.sampling, beta=0.1, gamma=1.0, lam=1.0, missing_eos_penalty=None, iteration=0)
-    prompts = ["hello the cat", "why does the big dog run", "a b c"]
-    rollouts = {}
-    for critic in (True, False):
-        torch.manual_seed(3)
-        rollouts[critic] = collect_rollout(model, tok, prompts, score, critic=critic, **kw)
-    full, reused = rollouts[True], rollouts[False]
-    assert torch.equal(full.input_ids, reused.input_ids)
-    m = full.response_mask.bool()
-    assert m.sum() > 5
-    torch.testing.assert_close(reused.logprobs[m], full.logprobs[m], atol=1e-5, rtol=1e-5)
-    assert torch.equal(reused.logprobs[m], reused.sampler_logprobs[m])
-    assert (reused.logprobs[~m] == 0).all() and (reused.values == 0).all()
-    torch.testing.assert_close(reused.kl, full.kl, atol=1e-5, rtol=1e-5)
+    prompts = ["hello the cat", "why does the big dog run", "a b c", "hello the cat"]  # a repeat: shared prefill
+    torch.manual_seed(3)
+    ro = collect_rollout(model, tok, prompts, score, sampling=hp.sampling, beta=0.1, gamma=1.0, lam=0.95,
+                         missing_eos_penalty=None, iteration=0, critic=critic)
+    assert not ro.recomputed
+    m = ro.response_mask.bool()
+    assert m.sum() > 10 and ro.ended.any() and (~m).any()  # rows of unequal length, some dropped from the batch
+    with torch.no_grad():
+        logits, values = model(ro.input_ids, ro.attention_mask, ro.n_response, 0.7)
+    logprobs = L.logprobs_from_logits(logits, ro.input_ids[:, -ro.n_response:])
+    torch.testing.assert_close(ro.logprobs[m], logprobs[m], atol=1e-5, rtol=1e-5)
+    assert torch.equal(ro.logprobs[m], ro.sampler_logprobs[m]) and (ro.logprobs[~m] == 0).all()
+    if critic:
+        assert values[m].abs().min() > 0  # the head says something at every token
+        torch.testing.assert_close(ro.values[m], values[m], atol=1e-5, rtol=1e-5)
+    else:
+        assert (ro.values == 0).all()
+    torch.testing.assert_close(ro.kl[m], (logprobs - ro.ref_logprobs)[m], atol=1e-5, rtol=1e-5)

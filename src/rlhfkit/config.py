@@ -143,7 +143,7 @@ def _build(cls: type, values: dict[str, Any]):
     return cfg
 
 
-KNOWN_SECTIONS: set[str] = {"generate", "label", "pairs", "train_rm", "score", "ppo", "eval", "cai_revise",
+KNOWN_SECTIONS: set[str] = {"generate", "label", "pairs", "train_rm", "score", "ppo", "dpo", "eval", "cai_revise",
                               "cai_label", "sft"}
 """Section names a config file may hold (one per stage); ``cli.stage_command`` adds every stage it registers,
 so a misspelled section (``generat:``) is refused rather than ignored."""

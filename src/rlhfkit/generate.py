@@ -46,6 +46,8 @@ class Sampled:
     ended: "torch.Tensor"  # (B,) bool: the completion emitted EOS within the limit
     logprobs: "torch.Tensor"  # (B, A) float32: log-prob of each sampled token under the distribution it was
     #                           drawn from (see `draw`); 0 after EOS, and 0 for greedy (probability 1)
+    hidden: "torch.Tensor | None" = None  # (B, A, H) with ``hidden_states``: what the LM head read to predict
+    #                                       each response token (the state before it); junk after EOS
 
 
 def eos_ids(tokenizer, model) -> list[int]:
@@ -162,7 +164,8 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
 
 def _prefill(model, rows: list[list[int]], pad_id: int, device):
     """Run the prompts through the model once; returns (cache, logits (B, V) at each prompt's last token,
-    suffix mask (B, S)): the cache holds the shared prefix (L tokens), then each row's left-padded suffix.
+    suffix mask (B, S), expand (B,): each row's index among the U distinct prompts the model ran): the cache
+    holds the shared prefix (L tokens), then each row's left-padded suffix.
 
     Two savings with the same result: the tokens every prompt starts with (chat template and system turn,
     often half the prompt) run once, at batch 1; then each distinct suffix runs once, and rows with the same
@@ -197,11 +200,11 @@ def _prefill(model, rows: list[list[int]], pad_id: int, device):
     if U < len(rows):
         cache.batch_select_indices(expand)
         logits = logits[expand]
-    return cache, logits, full_mask[expand]
+    return cache, logits, full_mask[expand], expand
 
 
 def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-           top_k: int = 0) -> Sampled:
+           top_k: int = 0, hidden_states: bool = False) -> Sampled:
     """One completion per (already formatted) prompt text: left-padded, KV-cached, each token drawn by ``draw``.
 
     Only the arguments shape the distribution — never the model's generation_config. Positions count real
@@ -211,12 +214,15 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
     """
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return sample_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      top_k=top_k)
+                      top_k=top_k, hidden_states=hidden_states)
 
 
 def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, top_k: int = 0, on_step=None) -> Sampled:
+               top_p: float = 1.0, top_k: int = 0, on_step=None, hidden_states: bool = False) -> Sampled:
     """``sample`` on prompts already tokenized (``rows``: B lists of ids).
+
+    ``hidden_states``: also keep what the LM head read at each step (``Sampled.hidden``): PPO's value head reads
+    the same states, so the rollout needs no second forward pass for its values (train/ppo.py ``experience``).
 
     ``on_step(rows, tokens)``, when given, is called after every step with the batch indices of the rows that
     drew a token and those tokens (lists, EOS included), and returns the batch indices to end now: how
@@ -235,34 +241,64 @@ def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, 
     # The cache holds only the rows still running (b of them): `rows_in` maps them to the batch.
     rows_in = torch.arange(B, device=device)  # (b,)
     next_position = prompt_mask.sum(1, keepdim=True)  # (b, 1): each row's first response position
-    with torch.no_grad():
-        cache, logits, mask = _prefill(model, rows, pad, device)  # mask: (b, C) over the cache's C columns
-        mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (b, C + A_max): generated tokens attend
-        C = mask.shape[1] - max_new_tokens
-        for t in range(max_new_tokens):
-            token, logprob = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (b,), (b,)
-            running = ~ended[rows_in]  # (b,) rows that ended but still sit in the cache get nothing more
-            response[rows_in, t] = torch.where(running, token, pad)
-            logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
-            ended[rows_in] |= running & torch.isin(token, stop)
-            if on_step is not None:
-                live = running.nonzero()[:, 0]  # (r,) rows that drew a token this step
-                ends = on_step(rows_in[live].tolist(), token[live].tolist())
-                ended[torch.tensor(ends, dtype=torch.long, device=device)] = True
-            running = ~ended[rows_in]
-            if t + 1 == max_new_tokens or not bool(running.any()):
-                break
-            # Drop ended rows from the batch once they are an eighth of it: each later step then costs less,
-            # and the cache copy this takes is about one step's worth of cache traffic.
-            if int((~running).sum()) >= max(1, len(rows_in) // 8):
-                keep = running.nonzero()[:, 0]  # (b',)
-                cache.batch_select_indices(keep)
-                rows_in, token, mask, next_position = rows_in[keep], token[keep], mask[keep], next_position[keep]
-            out = model(input_ids=token[:, None], attention_mask=mask[:, : C + t + 1], position_ids=next_position + t,
-                        past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1]  # (b, V)
+    box: list = []  # the LM head's input of the latest forward (hidden_states only)
+    hook = (model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: box.append(args[0][:, -1]))
+            if hidden_states else None)
+    hidden = None
+    try:
+        with torch.no_grad():
+            cache, logits, mask, expand = _prefill(model, rows, pad, device)  # mask: (b, C) over the cache's C columns
+            if hook is not None:  # the prefill's last head call ran the U distinct prompts; expand: row → its prompt
+                state = box[-1][expand]  # (B, H)
+                box.clear()
+                hidden = state.new_zeros(B, max_new_tokens, state.shape[-1])  # (B, A_max, H)
+                hidden[:, 0] = state
+            t = _decode(model, tokenizer, cache, logits, mask, device=device, stop=stop, response=response,
+                        logprobs=logprobs, ended=ended, rows_in=rows_in, next_position=next_position,
+                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        on_step=on_step, box=box, hidden=hidden)
+    finally:
+        if hook is not None:
+            hook.remove()
     A = t + 1
-    return Sampled(prompt_ids, prompt_mask, response[:, :A], ended, logprobs[:, :A])
+    return Sampled(prompt_ids, prompt_mask, response[:, :A], ended, logprobs[:, :A],
+                   None if hidden is None else hidden[:, :A])
+
+
+def _decode(model, tokenizer, cache, logits, mask, *, device, stop, response, logprobs, ended, rows_in, next_position,
+            max_new_tokens, temperature, top_k, top_p, on_step, box, hidden) -> int:
+    """The decode loop of ``sample_ids``: fills ``response``, ``logprobs``, ``ended`` (and ``hidden``) in place;
+    returns the last step's index."""
+    import torch
+
+    pad, B = tokenizer.pad_token_id, mask.shape[0]
+    mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (b, C + A_max): generated tokens attend
+    C = mask.shape[1] - max_new_tokens
+    for t in range(max_new_tokens):
+        token, logprob = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (b,), (b,)
+        running = ~ended[rows_in]  # (b,) rows that ended but still sit in the cache get nothing more
+        response[rows_in, t] = torch.where(running, token, pad)
+        logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
+        ended[rows_in] |= running & torch.isin(token, stop)
+        if on_step is not None:
+            live = running.nonzero()[:, 0]  # (r,) rows that drew a token this step
+            ends = on_step(rows_in[live].tolist(), token[live].tolist())
+            ended[torch.tensor(ends, dtype=torch.long, device=device)] = True
+        running = ~ended[rows_in]
+        if t + 1 == max_new_tokens or not bool(running.any()):
+            break
+        # Drop ended rows from the batch once they are an eighth of it: each later step then costs less,
+        # and the cache copy this takes is about one step's worth of cache traffic.
+        if int((~running).sum()) >= max(1, len(rows_in) // 8):
+            keep = running.nonzero()[:, 0]  # (b',)
+            cache.batch_select_indices(keep)
+            rows_in, token, mask, next_position = rows_in[keep], token[keep], mask[keep], next_position[keep]
+        out = model(input_ids=token[:, None], attention_mask=mask[:, : C + t + 1], position_ids=next_position + t,
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1]  # (b, V)
+        if hidden is not None:
+            hidden[rows_in, t + 1] = box.pop()  # (b, H): the state before token t + 1
+    return t
 
 
 def response_length(response_ids, stop: list[int]):

@@ -31,8 +31,7 @@ from rlhfkit.models.policy import PolicyWithValue
 from rlhfkit.models.reward import RewardNorm, Scorer
 from rlhfkit.train import dist
 from rlhfkit.train import losses as L
-from rlhfkit.train.ppo import (MAX_STATS, StepResult, check_finite, collect_rollout, ppo_update, rollout_stats,
-                               sampler_is_policy)
+from rlhfkit.train.ppo import MAX_STATS, StepResult, check_finite, collect_rollout, ppo_update, rollout_stats
 
 
 def repeat_prompts(prompts: list[str], group_size: int) -> list[str]:
@@ -94,8 +93,6 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}
     del stats["value/explained_var"]  # no critic
-    if sampler_is_policy(model):
-        del stats["rollout/sampler_gap"]  # π_old IS the sampler's log-probs (ppo.experience): nothing to compare
     if gold_fn is not None:
         stats["gold/score"] = float(np.mean(gold_fn(ro.prompts, ro.texts)))
     B = len(ro.prompts) * dist.world_size()

@@ -63,6 +63,7 @@ class Rollout:
     norm: RewardNorm
     prefix: Tensor | None = None  # (B, T, H) output of the frozen lower blocks (PolicyWithValue.frozen_prefix)
     sampler_logprobs: Tensor | None = None  # (B, A) what the sampler reported for the tokens it drew (0 off the mask)
+    recomputed: bool = True  # logprobs and values from a forward pass (False: the sampler's, see ``experience``)
 
     @property
     def n_response(self) -> int:
@@ -94,8 +95,9 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     (None: off) and ``missing_eos_mode``: see ``losses.missing_eos_scores``.
     Under torchrun ``prompts`` are this rank's share; the reward normalisation and the whitening use the
     statistics of every rank's rollouts (train/dist.py), so they match one process on the global batch.
-    ``critic`` False (RLOO, GRPO): no values are needed, so on float32 weights π_old is the sampler's own
-    log-probs and the policy's forward pass is skipped (see ``experience``).
+    On float32 weights π_old is the sampler's own log-probs and the values are read from the states the sampler's
+    LM head saw (``critic`` False, RLOO and GRPO: no values), so the policy's forward pass is skipped
+    (``experience``).
     """
     model.eval()  # dropout off in rollouts and in the log-prob passes alike ([N-det])
     # 1. generate: left-padded prompts through the chat template, sampled at T with the KV cache
@@ -103,7 +105,8 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     # FSDP: weights gathered once, so ranks that stop early cannot hang the others; LoRA folded into the
     # weights while sampling (models/unwrap.py: peft's per-layer overhead is much of a small model's decode step)
     with dist.gathered(model), plain_layers(model.lm):
-        s = sample(inner(model.lm), tokenizer, formatted, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature)
+        s = sample(inner(model.lm), tokenizer, formatted, max_new_tokens=sampling.max_new_tokens,
+                   temperature=sampling.temperature, hidden_states=critic and sampler_is_policy(model))
     return experience(model, tokenizer, prompts, s, score_fn, temperature=sampling.temperature, beta=beta, gamma=gamma,
                       lam=lam, missing_eos_penalty=missing_eos_penalty, iteration=iteration, norm=norm,
                       missing_eos_mode=missing_eos_mode, critic=critic)
@@ -112,7 +115,8 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
 def sampler_is_policy(model: PolicyWithValue) -> bool:
     """Whether the sampler's log-probs can stand for the policy's: float32 weights, where they differ from a
     recomputation by rounding only (≤ ~1e-5; bfloat16 differs by ~1e-2 between the cached and the full pass)."""
-    return all(p.dtype == torch.float32 for p in model.lm.parameters())
+    # FSDP shards: the value head cannot run outside the wrapped forward (and the sampler's weights are gathered)
+    return all(p.dtype == torch.float32 and type(p.data) is torch.Tensor for p in model.parameters())
 
 
 @torch.no_grad()
@@ -122,9 +126,11 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
                critic: bool = True) -> Rollout:
     """Steps 2–4 of ``collect_rollout`` on the completions ``s`` sampled for ``prompts`` at ``temperature``.
 
-    ``critic`` False on float32 weights (``sampler_is_policy``): log π_old is what the sampler reported for the
-    tokens it drew — the behaviour policy's own probabilities, as TRL's GRPO uses with one update per batch —
-    and the values are 0, so the policy's forward pass over the rollouts is not run (a third of this phase).
+    On float32 weights (``sampler_is_policy``) the policy's forward pass over the rollouts is not run: log π_old
+    is what the sampler reported for the tokens it drew — the behaviour policy's own probabilities (TRL's GRPO
+    does the same with one update per batch) — and V_old is the value head on the states the sampler's LM head
+    read (``Sampled.hidden``; 0 when ``critic`` is False). Both equal the forward pass's within float32 rounding
+    (tests/test_unwrap.py). Otherwise, and in bfloat16 (cached and full passes differ by ~1e-2), it runs.
     """
     T = temperature
     lengths, response_mask, input_ids, attention_mask = assemble(s, eos_ids(tokenizer, model.lm))
@@ -144,9 +150,11 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
     # log-probs of the sampled tokens at the sampling temperature, under the policy and the reference;
     # the frozen lower blocks (LoRA on the top blocks only) run once for both and for the update epochs
     prefix = model.frozen_prefix(input_ids, attention_mask)  # (B, T, H) or None
-    if not critic and sampler_is_policy(model):
-        logprobs = s.logprobs.to(input_ids.device) * response_mask  # (B, A); 0 off the mask, as computed ones
-        values = torch.zeros_like(logprobs)
+    recomputed = not (sampler_is_policy(model) and (not critic or s.hidden is not None))
+    if not recomputed:
+        logprobs = s.logprobs.to(input_ids.device) * response_mask  # (B, A); 0 off the mask
+        values = (model.value_head(s.hidden.float()).squeeze(-1) * response_mask if critic  # (B, A, H) → (B, A)
+                  else torch.zeros_like(logprobs))
     else:
         logits, values = model(input_ids, attention_mask, A, T, prefix=prefix)
         logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
@@ -163,7 +171,7 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
     advantages = L.masked_whiten(advantages, response_mask, total=dist.all_sum)  # global moments
     return Rollout(input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values, scores, raw.to(values.device),
                    s.ended, rewards, kl, advantages, returns, list(prompts), texts, norm, prefix,
-                   s.logprobs.to(logprobs.device))
+                   s.logprobs.to(logprobs.device), recomputed)
 
 
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
@@ -227,6 +235,9 @@ def rollout_stats(ro: Rollout, beta: float) -> dict[str, float]:
     mask = ro.response_mask.bool()
     k3 = torch.where(mask, L.kl_k3(ro.logprobs, ro.ref_logprobs), torch.zeros_like(ro.logprobs))
     kl_seq = ro.kl.sum(1)  # (B,) Σ_t k1, what the KL controller steers
+    # the tokens were drawn from the distribution PPO's ratio and KL use: ~1e-6 in float32, ~1e-2 in bfloat16
+    # (only when the log-probs were recomputed; otherwise they ARE the sampler's)
+    gap = {"rollout/sampler_gap": sampler_gap(ro)} if ro.recomputed else {}
     return {
         "objective/score": ro.scores.mean().item(),
         "objective/reward_model": ro.raw_scores.mean().item(),
@@ -238,8 +249,7 @@ def rollout_stats(ro: Rollout, beta: float) -> dict[str, float]:
         "value/explained_var": L.explained_variance(ro.values, ro.returns, mask).item(),
         "rollout/length": ro.response_mask.sum(1).float().mean().item(),
         "rollout/ended": ro.ended.float().mean().item(),
-        # the tokens were drawn from the distribution PPO's ratio and KL use: ~1e-6 in float32, ~1e-2 in bfloat16
-        "rollout/sampler_gap": sampler_gap(ro),
+        **gap,
     }
 
 
