@@ -106,6 +106,25 @@ def test_batched_logps_equal_plain_forwards_and_reference_is_the_base(tiny_model
     assert (got[0] - ref[:3, 0]).abs().max() > 1e-2  # the adapters really moved the policy away
 
 
+def test_a_prompt_cut_differently_for_each_reply_is_not_shared(tiny_llama):
+    """encode cuts a long prompt to fit each reply: where the two prompts differ, the pair keeps a row per reply
+    (sharing the chosen reply's prompt would condition the rejected one on the wrong tokens)."""
+    model, tok = _model(tiny_llama, perturb=0.3)
+    kw = dict(eos_id=eos_ids(tok, model.lm)[0], system_prompt="", max_length=24)
+    long = "why does the big dog run so often today my friend? " * 3
+    enc = [(D.encode(tok, long, "yes", **kw), D.encode(tok, long, "no no no no no no no no no no", **kw))]
+    assert enc[0][0][0] != enc[0][1][0]
+    batch = D.pair_batch(enc, [0], tok.pad_token_id, "cpu", torch.float32)
+    assert isinstance(batch, D.PairBatch)
+    with torch.no_grad():
+        got = D.batch_logps(model, batch, average=False)[:, 0]
+    for j, (p, r) in enumerate(enc[0]):
+        with torch.no_grad():
+            logits = model.lm(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
+        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None]).sum().item()
+        assert got[j].item() == pytest.approx(want, abs=1e-4)
+
+
 def test_a_step_on_the_shared_prompt_layout_equals_one_on_separate_rows(tiny_llama):
     """Same loss, same gradients: the updated adapters agree to float rounding."""
     results = []

@@ -136,9 +136,10 @@ def shared_prompt_ok(lm) -> bool:
 
 def pair_batch(encoded: list[tuple[tuple, tuple]], idx: list[int], pad_id: int, device: str,
                shared_dtype: torch.dtype | None = None) -> PairBatch | SharedPromptBatch:
-    """The pairs ``idx`` as a batch: ``SharedPromptBatch`` when ``shared_dtype`` is given (its mask's dtype),
-    else ``PairBatch``."""
-    if shared_dtype is not None:
+    """The pairs ``idx`` as a batch: ``SharedPromptBatch`` when ``shared_dtype`` is given (its mask's dtype) and
+    each pair's two replies follow the same prompt ids, else ``PairBatch`` (``encode`` cuts a long prompt to fit
+    each reply, so the two can differ)."""
+    if shared_dtype is not None and all(encoded[i][0][0] == encoded[i][1][0] for i in idx):
         b = collate_shared([(encoded[i][0][0], encoded[i][0][1], encoded[i][1][1]) for i in idx], pad_id, shared_dtype)
         packed = Packed(*(t.to(device) for t in dataclasses.astuple(b.packed)))
         return SharedPromptBatch(b.input_ids.to(device), packed, b.targets.to(device), b.reply_mask.to(device),
