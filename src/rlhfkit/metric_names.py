@@ -53,7 +53,8 @@ _ALL = [
     Metric("rollout/length", "Length (tokens)", "mean completion length of the rollouts"),
     Metric("rollout/ended", "Ended", "share of rollouts that emitted EOS before max_new_tokens", +1, True),
     Metric("rollout/sampler_gap", "Sampler gap (nats)", "largest |log-prob the sampler reported − log-prob PPO "
-           "computed| over the sampled tokens: ~1e-6 in float32; large means samples came from another distribution", -1),
+           "computed| over the sampled tokens, where PPO recomputes them (bfloat16, FSDP; on float32 weights it takes "
+           "the sampler's): ~1e-2 in bfloat16; large means samples came from another distribution", -1),
     Metric("gold/score", "Gold score", "the independent gold scorer on the rollouts: it should rise with the "
            "reward-model score", +1),
     Metric("time/rollout_s", "Rollout seconds", "wall seconds of phase 1 (generate, score, log-probs, advantages)", -1),
