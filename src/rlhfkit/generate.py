@@ -229,7 +229,11 @@ def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, 
     `rlhfkit serve` streams each token and ends a row at a stop string, its own token limit, or when its
     client goes away. A row it ends is ``ended`` like one that drew EOS.
     """
+    import contextlib
+
     import torch
+
+    from rlhfkit.models.prefix import head_input
 
     device, pad = model.device, tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad(rows, pad, device)  # (B, P)
@@ -241,64 +245,43 @@ def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, 
     # The cache holds only the rows still running (b of them): `rows_in` maps them to the batch.
     rows_in = torch.arange(B, device=device)  # (b,)
     next_position = prompt_mask.sum(1, keepdim=True)  # (b, 1): each row's first response position
-    box: list = []  # the LM head's input of the latest forward (hidden_states only)
-    hook = (model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: box.append(args[0][:, -1]))
-            if hidden_states else None)
-    hidden = None
-    try:
-        with torch.no_grad():
-            cache, logits, mask, expand = _prefill(model, rows, pad, device)  # mask: (b, C) over the cache's C columns
-            if hook is not None:  # the prefill's last head call ran the U distinct prompts; expand: row → its prompt
-                state = box[-1][expand]  # (B, H)
-                box.clear()
-                hidden = state.new_zeros(B, max_new_tokens, state.shape[-1])  # (B, A_max, H)
-                hidden[:, 0] = state
-            t = _decode(model, tokenizer, cache, logits, mask, device=device, stop=stop, response=response,
-                        logprobs=logprobs, ended=ended, rows_in=rows_in, next_position=next_position,
-                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        on_step=on_step, box=box, hidden=hidden)
-    finally:
-        if hook is not None:
-            hook.remove()
+    hidden = None  # (B, A_max, H) with hidden_states
+    # hidden_states: models/prefix.head_input hands over what the LM head reads at each forward
+    with torch.no_grad(), (head_input(model) if hidden_states else contextlib.nullcontext()) as box:
+        cache, logits, mask, expand = _prefill(model, rows, pad, device)  # mask: (b, C) over the cache's C columns
+        if hidden_states:  # the prefill's last head call ran the U distinct prompts; expand: row → its prompt
+            state = box[-1][:, -1][expand]  # (B, H)
+            hidden = state.new_zeros(B, max_new_tokens, state.shape[-1])
+            hidden[:, 0] = state
+        mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (b, C + A_max): generated tokens attend
+        C = mask.shape[1] - max_new_tokens
+        for t in range(max_new_tokens):
+            token, logprob = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (b,), (b,)
+            running = ~ended[rows_in]  # (b,) rows that ended but still sit in the cache get nothing more
+            response[rows_in, t] = torch.where(running, token, pad)
+            logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
+            ended[rows_in] |= running & torch.isin(token, stop)
+            if on_step is not None:
+                live = running.nonzero()[:, 0]  # (r,) rows that drew a token this step
+                ends = on_step(rows_in[live].tolist(), token[live].tolist())
+                ended[torch.tensor(ends, dtype=torch.long, device=device)] = True
+            running = ~ended[rows_in]
+            if t + 1 == max_new_tokens or not bool(running.any()):
+                break
+            # Drop ended rows from the batch once they are an eighth of it: each later step then costs less,
+            # and the cache copy this takes is about one step's worth of cache traffic.
+            if int((~running).sum()) >= max(1, len(rows_in) // 8):
+                keep = running.nonzero()[:, 0]  # (b',)
+                cache.batch_select_indices(keep)
+                rows_in, token, mask, next_position = rows_in[keep], token[keep], mask[keep], next_position[keep]
+            out = model(input_ids=token[:, None], attention_mask=mask[:, : C + t + 1], position_ids=next_position + t,
+                        past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1]  # (b, V)
+            if hidden_states:
+                hidden[rows_in, t + 1] = box[-1][:, -1]  # (b, H): the state before token t + 1
     A = t + 1
     return Sampled(prompt_ids, prompt_mask, response[:, :A], ended, logprobs[:, :A],
                    None if hidden is None else hidden[:, :A])
-
-
-def _decode(model, tokenizer, cache, logits, mask, *, device, stop, response, logprobs, ended, rows_in, next_position,
-            max_new_tokens, temperature, top_k, top_p, on_step, box, hidden) -> int:
-    """The decode loop of ``sample_ids``: fills ``response``, ``logprobs``, ``ended`` (and ``hidden``) in place;
-    returns the last step's index."""
-    import torch
-
-    pad, B = tokenizer.pad_token_id, mask.shape[0]
-    mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (b, C + A_max): generated tokens attend
-    C = mask.shape[1] - max_new_tokens
-    for t in range(max_new_tokens):
-        token, logprob = draw(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (b,), (b,)
-        running = ~ended[rows_in]  # (b,) rows that ended but still sit in the cache get nothing more
-        response[rows_in, t] = torch.where(running, token, pad)
-        logprobs[rows_in, t] = torch.where(running, logprob, 0.0)
-        ended[rows_in] |= running & torch.isin(token, stop)
-        if on_step is not None:
-            live = running.nonzero()[:, 0]  # (r,) rows that drew a token this step
-            ends = on_step(rows_in[live].tolist(), token[live].tolist())
-            ended[torch.tensor(ends, dtype=torch.long, device=device)] = True
-        running = ~ended[rows_in]
-        if t + 1 == max_new_tokens or not bool(running.any()):
-            break
-        # Drop ended rows from the batch once they are an eighth of it: each later step then costs less,
-        # and the cache copy this takes is about one step's worth of cache traffic.
-        if int((~running).sum()) >= max(1, len(rows_in) // 8):
-            keep = running.nonzero()[:, 0]  # (b',)
-            cache.batch_select_indices(keep)
-            rows_in, token, mask, next_position = rows_in[keep], token[keep], mask[keep], next_position[keep]
-        out = model(input_ids=token[:, None], attention_mask=mask[:, : C + t + 1], position_ids=next_position + t,
-                    past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]  # (b, V)
-        if hidden is not None:
-            hidden[rows_in, t + 1] = box.pop()  # (b, H): the state before token t + 1
-    return t
 
 
 def response_length(response_ids, stop: list[int]):

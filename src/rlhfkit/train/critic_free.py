@@ -13,9 +13,9 @@ Where the KL to the reference enters:
         ([GRPO] Shao et al. 2024 eq. 3–4, TRL's GRPOTrainer), so the advantage is the reward signal alone.
 With no value head to compute, the rollout's π_old is the sampler's own log-probs on float32 weights (the
 behaviour policy's probabilities of the tokens it drew; ``ppo.experience``), so no forward pass over the
-rollouts runs for the policy — only the reference's. Every token of completion i gets A_i (outcome supervision). The policy loss is PPO's token-level masked mean
-over the minibatch (as DAPO and TRL's default), not GRPO's per-sequence mean, which weights short
-completions' tokens more.
+rollouts runs for the policy — only the reference's. Every token of completion i gets A_i (outcome
+supervision). The policy loss is PPO's token-level masked mean over the minibatch (as DAPO and TRL's
+default), not GRPO's per-sequence mean, which weights short completions' tokens more.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def sampler_is_policy(model: PolicyWithValue) -> bool:
     """Whether the sampler's log-probs can stand for the policy's: float32 weights, where they differ from a
     recomputation by rounding only (≤ ~1e-5; bfloat16 differs by ~1e-2 between the cached and the full pass)."""
     # FSDP shards: the value head cannot run outside the wrapped forward (and the sampler's weights are gathered)
-    return all(p.dtype == torch.float32 and type(p.data) is torch.Tensor for p in model.parameters())
+    return all(p.dtype == torch.float32 for p in model.parameters()) and not dist.sharded(model)
 
 
 @torch.no_grad()
