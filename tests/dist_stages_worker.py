@@ -28,14 +28,8 @@ from rlhfkit.train.ppo import seed_everything
 from rlhfkit.train.reward import _disable_dropout, encode_pairs, train_step
 from rlhfkit.train.sft import encode_example, sft_step
 
-PAIRS = [
-    ("what is a good book?", "a book about the cat and the dog", "no"),
-    ("hello the cat", "hello friend, the cat is here", "cat cat cat cat cat cat"),
-    ("why does the big dog run so often today my friend?", "it likes to run", "."),
-    ("hi", "hi, how can I help?", "go away"),
-    ("tell me about dogs", "dogs are friendly animals", "dogs dogs dogs"),
-    ("what is a good book?", "the one you enjoy", "book book"),
-]
+from run_checks import PAIRS  # beside this script: on sys.path when it runs and when it is imported
+
 WEIGHTS = [1.0, 0.5, 2.0]
 """The global batch of the step checks: pairs / examples 0, 1, 2 with these weights (rank 0 gets row 0, rank 1
 rows 1 and 2), so an unweighted or per-rank mean would differ from one process's."""

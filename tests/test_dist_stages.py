@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_stages_worker import PAIRS, configs, dpo_part, rm_part, sft_part
-from run_checks import assert_same_training
+from dist_stages_worker import configs, dpo_part, rm_part, sft_part
+from run_checks import PAIRS, assert_same_training
 from test_dist import launch
 
 

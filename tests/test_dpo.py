@@ -22,16 +22,8 @@ from rlhfkit.models.policy import PolicyWithValue, build_policy
 from rlhfkit.train import dpo as D
 from rlhfkit.train.metrics import read_metrics
 
-from run_checks import assert_same_training
+from run_checks import PAIRS, assert_same_training
 
-PAIRS = [
-    ("what is a good book?", "a book about the cat and the dog", "no"),
-    ("hello the cat", "hello friend, the cat is here", "cat cat cat cat cat cat"),
-    ("why does the big dog run so often today my friend?", "it likes to run", "."),
-    ("hi", "hi, how can I help?", "go away"),
-    ("what is a good book?", "the one you enjoy", "book book"),
-    ("tell me about dogs", "dogs are friendly animals", "dogs dogs dogs"),
-]
 
 
 def write_pairs(path, pairs=PAIRS, weights=None):
