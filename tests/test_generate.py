@@ -7,8 +7,9 @@ import torch
 
 from rlhfkit.data.records import Prompt
 from rlhfkit.generate import (decode_responses, draw, eos_ids, generate_completions, response_length, sample, select_prompts,
-                              shared_prefix_length, truncate)
+                              truncate)
 from rlhfkit.models.load import format_prompt, load_policy
+from rlhfkit.models.prefix import shared_prefix_length
 
 
 def test_response_length_counts_through_first_eos():

@@ -10,7 +10,7 @@ from torch import nn
 from rlhfkit.config import SamplingConfig
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.feedback.gold import GoldScorer
-from rlhfkit.models.policy import build_policy
+from rlhfkit.models.policy import build_policy, spread
 from rlhfkit.train.ppo import collect_rollout
 
 PROMPTS = ["hello the cat", "why does the dog run so often today?", "what is a good book?"]
@@ -105,3 +105,55 @@ def test_eval_kl_equals_an_unpadded_plain_forward_per_row(tiny_models):
         assert float(k1[b]) == pytest.approx(float(L.kl_k1(lp, lr).sum()), abs=1e-4)
         assert float(k3[b]) == pytest.approx(float(L.kl_k3(lp, lr).sum()), abs=1e-4)
     assert float(k3.sum()) > 1e-4  # the adapters moved: the check compares something
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("lora_layers", [1, 0], ids=["frozen-blocks", "all-blocks"])
+def test_a_prompt_prefix_every_row_shares_run_once_equals_the_full_forward(tiny_models, arch, lora_layers):
+    """``shared``: the tokens every prompt starts with run once at batch 1, each row its own tokens after them;
+    ``select``: the LM head at the real response tokens only — logits, values, gradients and the reference's
+    logits as the plain full forward over padded rows."""
+    model, tok = build_policy(str(tiny_models[arch]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=lora_layers)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    lift = torch.zeros(model.lm.config.vocab_size)
+    lift[tok.eos_token_id] = 4.0  # EOS far likelier on this random model: rows end early, padding follows
+    model.lm.get_output_embeddings().register_forward_hook(lambda _m, _args, out: out + lift)
+    ro = _batch(model, tok)
+    A, ids, mask = ro.n_response, ro.input_ids, ro.attention_mask
+    shared = model.shared_prompt_length(ids, mask, A)
+    lengths = mask[:, : ids.shape[1] - A].sum(1)
+    assert 0 < shared < int(lengths.min()) and len(set(lengths.tolist())) > 1  # a prefix, then rows padded unequally
+
+    m = ro.response_mask.bool()
+    assert (~m).any()  # padding after EOS: the selection leaves something out
+
+    def run(shared, prefix, select):
+        model.zero_grad(set_to_none=True)
+        logits, values = model(ids, mask, A, 0.7, prefix=prefix, shared=shared, select=select)
+        logits = logits if select is not None else logits[m]  # (N, V) either way
+        (logits.logsumexp(-1).sum() + values[m].sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logits.detach(), values.detach()[m], grads
+
+    once, full = run(shared, ro.prefix, m), run(0, None, None)
+    torch.testing.assert_close(once[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(once[1], full[1], atol=1e-5, rtol=1e-5)
+    assert any("lora_A" in n for n in full[2])
+    for n in full[2]:
+        torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, shared=shared, select=m),
+                               model.reference_logits(ids, mask, A, 0.7)[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(spread(once[0][:, 3], m), torch.where(m, model(ids, mask, A, 0.7)[0][..., 3], 0.0),
+                               atol=1e-5, rtol=1e-5)  # back in place, row by row
+
+
+def test_spread_puts_selected_values_back_row_by_row():
+    select = torch.tensor([[True, False, True], [False, False, True]])
+    values = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    out = spread(values, select)
+    assert out.tolist() == [[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]
+    (out * torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])).sum().backward()
+    assert values.grad.tolist() == [10.0, 30.0, 60.0]

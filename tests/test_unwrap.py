@@ -11,8 +11,10 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from rlhfkit.config import PPOConfig, load_config
+from rlhfkit.generate import assemble, eos_ids, sample
+from rlhfkit.models.load import format_prompt
 from rlhfkit.models.policy import build_policy
-from rlhfkit.models.unwrap import plain_layers
+from rlhfkit.models.unwrap import inner, plain_layers
 from rlhfkit.train import losses as L
 from rlhfkit.train.ppo import collect_rollout
 
@@ -25,6 +27,14 @@ def _policy(model_dir, dtype="float32", lora_layers=0):
         if "lora_B" in name:  # peft starts B at 0 (the adapters a no-op): give them an effect to fold in
             torch.nn.init.normal_(p, std=0.5)
     return model, tok
+
+
+def _lift_eos(model, tok):
+    """EOS ~7× likelier on the random model: rows end early and leave the batch."""
+    head = model.lm.get_output_embeddings()
+    lift = torch.zeros(head.out_features)
+    lift[tok.eos_token_id] = 2.0
+    head.register_forward_hook(lambda _m, _args, out: out + lift)
 
 
 def _logits(lm, ids):
@@ -74,11 +84,9 @@ def test_rollouts_take_the_samplers_logprobs_and_values_and_they_equal_a_forward
     head on the states its LM head read (0 without a critic). Both equal a forward pass over the finished
     rollouts within float32 rounding, token by token; the KL and the advantages follow."""
     model, tok = _policy(tiny_llama, lora_layers=1)
+    assert model.n_frozen > 0  # the frozen blocks' output is the sampler's too: the reference pass reads it
     torch.nn.init.normal_(model.value_head.weight, std=0.5)  # zero-initialised: values of 0 would prove nothing
-    head = model.lm.get_output_embeddings()
-    lift = torch.zeros(head.out_features)
-    lift[tok.eos_token_id] = 2.0  # EOS ~7× likelier on this random model: rows end early and leave the batch
-    head.register_forward_hook(lambda _m, _args, out: out + lift)
+    _lift_eos(model, tok)
     hp = load_config(PPOConfig, None, dict(max_new_tokens=12, temperature=0.7))
     score = lambda prompts, texts: [float(len(t)) for t in texts]  # noqa: E731
     prompts = ["hello the cat", "why does the big dog run", "a b c", "hello the cat"]  # a repeat: shared prefill
@@ -99,3 +107,33 @@ def test_rollouts_take_the_samplers_logprobs_and_values_and_they_equal_a_forward
     else:
         assert (ro.values == 0).all()
     torch.testing.assert_close(ro.kl[m], (logprobs - ro.ref_logprobs)[m], atol=1e-5, rtol=1e-5)
+    reference = L.logprobs_from_logits(model.reference_logits(ro.input_ids, ro.attention_mask, ro.n_response, 0.7),
+                                       ro.input_ids[:, -ro.n_response:])  # every block of the reference run here
+    torch.testing.assert_close(ro.ref_logprobs[m], reference[m], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("system", [None, "Answer in one short sentence, please."], ids=["raw-text", "chat-template"])
+def test_the_sampler_keeps_the_frozen_blocks_output_of_every_token_it_saw_and_drew(tiny_models, arch, system):
+    """``keep_block``: the last frozen block's output at every prompt and response token, in ``assemble``'s columns,
+    equals the frozen-prefix pass over the finished rows wherever a later token reads it — with a prompt prefix
+    shared by every row (run once at batch 1), repeated prompts (one prefill for both) and rows that end early."""
+    model, tok = _policy(tiny_models[arch], lora_layers=1)
+    assert model.n_frozen > 0
+    _lift_eos(model, tok)
+    prompts = ["hello the cat", "why does the big dog run", "a b c", "hello the cat"]
+    # raw text: no token shared by every row (one prefill pass); the chat template: a prefix run once at batch 1
+    texts = prompts if system is None else [format_prompt(tok, p, system) for p in prompts]
+    torch.manual_seed(3)
+    with plain_layers(model.lm):
+        s = sample(inner(model.lm), tok, texts, max_new_tokens=12, temperature=0.7, keep_block=model.prefix.last_block)
+    lengths, _, input_ids, attention_mask = assemble(s, eos_ids(tok, model.lm))
+    assert s.ended.any() and (lengths < 12).any() and (lengths == s.response_ids.shape[1]).any()
+    full = model.frozen_prefix(input_ids, attention_mask)  # (B, T, H)
+    assert s.block_states.shape == full.shape
+    # read by a later token: every real token but each row's last (its output would predict past the reply)
+    real = attention_mask.bool()
+    read = real & (real.long().cumsum(1) < real.sum(1, keepdim=True))
+    assert read.sum() > 20
+    torch.testing.assert_close(s.block_states[read], full[read], atol=1e-5, rtol=1e-5)
+    assert (s.block_states[~real] == 0).all()

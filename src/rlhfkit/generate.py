@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from rlhfkit.data.records import Completion, Prompt
 from rlhfkit.models.load import format_prompt
+from rlhfkit.models.prefix import shared_prefix_length
 
 _CDF_BLOCK = 256  # tokens per block of the two-level CDF in `_inverse_cdf`
 
@@ -48,6 +49,8 @@ class Sampled:
     #                           drawn from (see `draw`); 0 after EOS, and 0 for greedy (probability 1)
     hidden: "torch.Tensor | None" = None  # (B, A, H) with ``hidden_states``: what the LM head read to predict
     #                                       each response token (the state before it); junk after EOS
+    block_states: "torch.Tensor | None" = None  # (B, P + A, H) with ``keep_block``: that block's output at every
+    #                                       prompt and response token, in ``assemble``'s columns; 0 off its mask
 
 
 def eos_ids(tokenizer, model) -> list[int]:
@@ -152,16 +155,6 @@ def left_pad(rows: list[list[int]], pad_id: int, device=None) -> tuple["torch.Te
     return ids.to(device), mask.to(device)
 
 
-def shared_prefix_length(rows: list[list[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own (its last one is fed to
-    the model to predict the first response token)."""
-    L = min(map(len, rows)) - 1
-    for i in range(max(L, 0)):
-        if any(row[i] != rows[0][i] for row in rows):
-            return i
-    return max(L, 0)
-
-
 def _prefill(model, rows: list[list[int]], pad_id: int, device):
     """Run the prompts through the model once; returns (cache, logits (B, V) at each prompt's last token,
     suffix mask (B, S), expand (B,): each row's index among the U distinct prompts the model ran): the cache
@@ -204,7 +197,7 @@ def _prefill(model, rows: list[list[int]], pad_id: int, device):
 
 
 def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-           top_k: int = 0, hidden_states: bool = False) -> Sampled:
+           top_k: int = 0, hidden_states: bool = False, keep_block=None) -> Sampled:
     """One completion per (already formatted) prompt text: left-padded, KV-cached, each token drawn by ``draw``.
 
     Only the arguments shape the distribution — never the model's generation_config. Positions count real
@@ -214,15 +207,19 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
     """
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return sample_ids(model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      top_k=top_k, hidden_states=hidden_states)
+                      top_k=top_k, hidden_states=hidden_states, keep_block=keep_block)
 
 
 def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, top_k: int = 0, on_step=None, hidden_states: bool = False) -> Sampled:
+               top_p: float = 1.0, top_k: int = 0, on_step=None, hidden_states: bool = False,
+               keep_block=None) -> Sampled:
     """``sample`` on prompts already tokenized (``rows``: B lists of ids).
 
     ``hidden_states``: also keep what the LM head read at each step (``Sampled.hidden``): PPO's value head reads
     the same states, so the rollout needs no second forward pass for its values (train/ppo.py ``experience``).
+    ``keep_block``: a transformer block of ``model``; its output at every prompt and response token is kept
+    (``Sampled.block_states``): the last frozen block's, so PPO and evaluation need not run the frozen lower
+    blocks over the finished rollouts again (models/prefix.py). None when the block returns no plain tensor.
 
     ``on_step(rows, tokens)``, when given, is called after every step with the batch indices of the rows that
     drew a token and those tokens (lists, EOS included), and returns the batch indices to end now: how
@@ -233,7 +230,7 @@ def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, 
 
     import torch
 
-    from rlhfkit.models.prefix import head_input
+    from rlhfkit.models.prefix import block_output, head_input
 
     device, pad = model.device, tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad(rows, pad, device)  # (B, P)
@@ -245,14 +242,17 @@ def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, 
     # The cache holds only the rows still running (b of them): `rows_in` maps them to the batch.
     rows_in = torch.arange(B, device=device)  # (b,)
     next_position = prompt_mask.sum(1, keepdim=True)  # (b, 1): each row's first response position
-    hidden = None  # (B, A_max, H) with hidden_states
+    hidden = states = None  # (B, A_max, H) with hidden_states, (B, P + A_max, H) with keep_block
     # hidden_states: models/prefix.head_input hands over what the LM head reads at each forward
-    with torch.no_grad(), (head_input(model) if hidden_states else contextlib.nullcontext()) as box:
+    with (torch.no_grad(), (head_input(model) if hidden_states else contextlib.nullcontext()) as box,
+          (block_output(keep_block) if keep_block is not None else contextlib.nullcontext()) as kept):
         cache, logits, mask, expand = _prefill(model, rows, pad, device)  # mask: (b, C) over the cache's C columns
         if hidden_states:  # the prefill's last head call ran the U distinct prompts; expand: row → its prompt
             state = box[-1][:, -1][expand]  # (B, H)
             hidden = state.new_zeros(B, max_new_tokens, state.shape[-1])
             hidden[:, 0] = state
+        if kept:
+            states = _prompt_states(kept, rows, expand, max_new_tokens)
         mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)  # (b, C + A_max): generated tokens attend
         C = mask.shape[1] - max_new_tokens
         for t in range(max_new_tokens):
@@ -279,9 +279,31 @@ def sample_ids(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, 
             logits = out.logits[:, -1]  # (b, V)
             if hidden_states:
                 hidden[rows_in, t + 1] = box[-1][:, -1]  # (b, H): the state before token t + 1
+            if states is not None:
+                states[rows_in, prompt_ids.shape[1] + t] = kept.pop()[:, -1]  # (b, H) at response token t
     A = t + 1
-    return Sampled(prompt_ids, prompt_mask, response[:, :A], ended, logprobs[:, :A],
-                   None if hidden is None else hidden[:, :A])
+    out = Sampled(prompt_ids, prompt_mask, response[:, :A], ended, logprobs[:, :A], None if hidden is None else hidden[:, :A])
+    if states is not None:  # 0 off the attention mask (padding, after EOS): never read, and no junk from pad rows
+        real = assemble(out, stop.tolist())[3].bool()  # (B, P + A)
+        out.block_states = states[:, : real.shape[1]].masked_fill_(~real[..., None], 0.0)
+    return out
+
+
+def _prompt_states(kept: list, rows: list[list[int]], expand, max_new_tokens: int):
+    """(B, P + A_max, H): ``_prefill``'s block outputs laid out as ``assemble``'s prompt columns (left-padded),
+    zeros for the response columns to come. ``kept``: the outputs of the shared-prefix pass (1, L, H), when it
+    ran, then of the distinct suffixes (U, S, H), left-padded; ``expand``: row → its suffix. Emptied."""
+    suffix = kept.pop()[expand]  # (B, S, H): suffix j of row i in column P − S + j, as in the left-padded prompt
+    prefix = kept.pop() if kept else None  # (1, L, H): the tokens every row starts with
+    B, S, H = suffix.shape
+    P = max(map(len, rows))
+    states = suffix.new_zeros(B, P + max_new_tokens, H)
+    states[:, P - S : P] = suffix
+    if prefix is not None:  # row i: prefix in columns P − len_i … P − len_i + L − 1, before its own suffix
+        L = prefix.shape[1]
+        for i, row in enumerate(rows):
+            states[i, P - len(row) : P - len(row) + L] = prefix[0]
+    return states
 
 
 def response_length(response_ids, stop: list[int]):

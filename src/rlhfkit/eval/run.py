@@ -27,24 +27,29 @@ def _policy_config(policy_dir: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def sequence_kl(model, logprobs, input_ids, attention_mask, response_mask, temperature: float):
+def sequence_kl(model, logprobs, input_ids, attention_mask, response_mask, temperature: float, prefix=None):
     """(Σ_t k1, Σ_t k3) per sequence (B,): the KL of the policy to the reference on the policy's own samples.
 
     ``logprobs`` (B, A): the policy's log-prob of each sampled token, as the sampler reported it (the
     distribution it drew from, the policy with its adapters folded in: within float32 rounding of the unfolded
     forward, ~1e-6, as PPO's rollout/sampler_gap shows) — so only the reference runs
     here: the frozen lower blocks, then the top blocks with adapters off (a second policy forward over the
-    whole sequence cost a quarter of eval's time and gave the same numbers).
+    whole sequence cost a quarter of eval's time and gave the same numbers). ``prefix``: the frozen blocks'
+    output as the sampler kept it (``Sampled.block_states``); None: computed here.
     """
     import torch
 
+    from rlhfkit.models.policy import spread
     from rlhfkit.train import losses as L
 
     A = response_mask.shape[1]
     with torch.no_grad():
-        prefix = model.frozen_prefix(input_ids, attention_mask)
-        ref = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature, prefix=prefix),
-                                     input_ids[:, -A:])
+        prefix = prefix if prefix is not None else model.frozen_prefix(input_ids, attention_mask)
+        shared = model.shared_prompt_length(input_ids, attention_mask, A)  # the system turn once, not per row
+        real = response_mask.bool()  # the LM head at the real response tokens only
+        ref = spread(L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, temperature,
+                                                                   prefix=prefix, shared=shared, select=real),
+                                            input_ids[:, -A:][real]), real)
     mask = response_mask.bool()
     logp = logprobs.to(ref.dtype)
     k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(ref)).sum(1)
@@ -63,6 +68,7 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
 
     from rlhfkit.generate import assemble, decode_responses, eos_ids, sample
     from rlhfkit.models.load import format_prompt
+    from rlhfkit.models.policy import sampler_is_policy
     from rlhfkit.models.unwrap import as_reference, inner, plain_layers
 
     out = {m: {"texts": [], "tokens": [], "ended": []} for m in MODELS}
@@ -86,16 +92,19 @@ def sample_both(model, tokenizer, prompts: list[str], *, sampling, batch_size: i
                     generator = inner(model.lm) if model.reference is None else model.reference
                 else:
                     ctx, generator = plain_layers(model.lm), inner(model.lm)
+                # the policy's sampler keeps the frozen blocks' output for the KL's reference pass (float32 only:
+                # there the sampler's states are the forward pass's within rounding, as its log-probs)
+                keep = model.prefix.last_block if name == "policy" and sampler_is_policy(model) else None
                 with ctx:
                     s = sample(generator, tokenizer, formatted, max_new_tokens=sampling.max_new_tokens,
-                               temperature=sampling.temperature)
+                               temperature=sampling.temperature, keep_block=keep)
                 lengths, response_mask, input_ids, attention_mask = assemble(s, stop)
                 out[name]["texts"] += decode_responses(tokenizer, s.response_ids, lengths)
                 out[name]["tokens"] += lengths.tolist()
                 out[name]["ended"] += s.ended.tolist()
                 if name == "policy":
                     k1, k3 = sequence_kl(model, s.logprobs, input_ids, attention_mask, response_mask,
-                                          sampling.temperature)
+                                          sampling.temperature, prefix=s.block_states)
                     out[name]["kl_k1"] += k1.tolist()
                     out[name]["kl_k3"] += k3.tolist()
                 bar.update(task, advance=len(formatted))

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from rlhfkit.data.errors import RlhfkitError
-from rlhfkit.models.prefix import FrozenPrefix, head_input
-from rlhfkit.models.unwrap import as_reference
+from rlhfkit.models.prefix import FrozenPrefix, head_input, shared_prefix_length
+from rlhfkit.models.unwrap import as_reference, fsdp_parts, inner
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -27,6 +27,26 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     Generation computes positions this way; recomputing log-probs without it gives ρ ≠ 1 at step 0.
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def drop_prefix(t: Tensor, attention_mask: Tensor, n: int) -> Tensor:
+    """``t`` (B, T, …) without each row's first ``n`` real tokens, still left-padded: (B, T − n, …).
+
+    Rows are left-padded (``attention_mask`` (B, T) is 0 before each row's first real token): row i keeps its
+    padding, then everything after its first n real tokens, so the last columns (the response) stay in place.
+    """
+    B, T = attention_mask.shape
+    start = (attention_mask.long().cumsum(1) == 0).sum(1, keepdim=True)  # (B, 1): each row's first real column
+    cols = torch.arange(T - n, device=t.device)[None]  # (1, T − n)
+    idx = cols + n * (cols >= start)  # (B, T − n): padding as is, then the columns after the prefix
+    idx = idx.view(B, T - n, *[1] * (t.dim() - 2)).expand(B, T - n, *t.shape[2:])
+    return t.gather(1, idx)
+
+
+def spread(values: Tensor, select: Tensor) -> Tensor:
+    """(N,) values at the N selected positions (``forward``'s ``select``, row by row) → (B, A), 0 elsewhere;
+    differentiable in ``values``."""
+    return values.new_zeros(select.shape).masked_scatter(select.bool(), values)
 
 
 @dataclass(frozen=True)
@@ -83,37 +103,98 @@ class PolicyWithValue(nn.Module):
         them); else logits[:, t] predicts token t+1, the A+1 kept positions are T−A−1 … T−1: drop the last."""
         return t if packed is not None else t[:, :-1]
 
+    def shared_prompt_length(self, input_ids: Tensor, attention_mask: Tensor, n_response: int) -> int:
+        """How many real tokens every row's prompt starts with (the chat template and system turn: ~25 of
+        SmolLM2's ~40 prompt tokens in the demo), for ``forward``'s ``shared``. 0 where sharing does not apply: a
+        separate reference copy, sliding-window layers (padding between the prefix and a row's own tokens would
+        narrow the window), FSDP shards (one forward per step), a single row."""
+        from transformers import DynamicCache
+
+        if (self.reference is not None or input_ids.shape[0] < 2 or fsdp_parts(self)
+                or any(DynamicCache(config=self.lm.config).is_sliding)):
+            return 0
+        P = input_ids.shape[1] - n_response
+        return shared_prefix_length([ids[m.bool()].tolist() for ids, m in zip(input_ids[:, :P], attention_mask[:, :P])])
+
+    def _run(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, prefix: Tensor | None,
+             packed: Packed | None, shared: int):
+        """``self.lm``'s output on these rows (adapters as the caller set them). ``shared`` > 0: the first
+        ``shared`` real tokens of every row are the same (the chat template and system turn); they run once, at
+        batch 1, and each row runs only its own tokens against their keys and values — the same result (to float
+        rounding), gradients included (the copies of the prefix's keys and values pass theirs back to it)."""
+        if not shared:
+            with self.prefix.reuse(prefix):
+                return self.lm(**self._inputs(input_ids, attention_mask, n_response, packed))
+        from transformers import DynamicCache
+
+        B = input_ids.shape[0]
+        first = int((attention_mask[0].long().cumsum(0) == 0).sum())  # row 0's first real column
+        cache = DynamicCache(config=self.lm.config)
+        # the decoder alone: the prefix needs no logits (the adapters and the stub act on its modules in place)
+        with self.prefix.reuse(None if prefix is None else prefix[:1, first : first + shared]):
+            inner(self.lm).get_decoder()(input_ids=input_ids[:1, first : first + shared], past_key_values=cache,
+                                         use_cache=True, position_ids=torch.arange(shared, device=input_ids.device)[None])
+        cache.batch_repeat_interleave(B)
+        own = drop_prefix(attention_mask, attention_mask, shared)  # (B, T' = T − shared)
+        # A 4-D mask, used as is: the frozen blocks skipped above filled no cache, so transformers would size its
+        # own mask from their empty layers. Each row's token q sees the prefix and its own real tokens up to q.
+        Tq = own.shape[1]
+        causal = torch.ones(Tq, Tq, dtype=torch.bool, device=own.device).tril()  # (T', T')
+        sees = torch.cat([causal.new_ones(B, Tq, shared), causal[None] & own.bool()[:, None, :]], dim=2)  # (B, T', L + T')
+        dtype = next(p for p in self.lm.parameters()).dtype
+        mask = torch.zeros(sees.shape, dtype=dtype, device=own.device).masked_fill_(~sees, torch.finfo(dtype).min)
+        with self.prefix.reuse(None if prefix is None else drop_prefix(prefix, attention_mask, shared)):
+            return self.lm(input_ids=drop_prefix(input_ids, attention_mask, shared), past_key_values=cache,
+                           attention_mask=mask[:, None], use_cache=True, position_ids=shared + position_ids(own),
+                           logits_to_keep=n_response + 1)
+
+    def _head_rows(self, select: Tensor | None, packed: Packed | None) -> Tensor | None:
+        """``select`` (B, A) as a mask over the positions the LM head is given (the A + 1 kept ones)."""
+        if select is None:
+            return None
+        if packed is not None:
+            raise ValueError("select is not supported with a packed layout")
+        return torch.cat([select.bool(), select.new_zeros(select.shape[0], 1, dtype=torch.bool)], dim=1)
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, temperature: float,
-                prefix: Tensor | None = None, packed: Packed | None = None) -> tuple[Tensor, Tensor]:
+                prefix: Tensor | None = None, packed: Packed | None = None, shared: int = 0,
+                select: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits predicting each response token and the value of the state before it.
 
         input_ids, attention_mask: (B, T) = prompt (left-padded) + response (right-padded), T = P + A.
         prefix: (B, T, H) output of the frozen lower blocks for these rows (``frozen_prefix``), or None.
         packed: another layout (``Packed``; attention_mask and n_response unused): A = len(packed.keep).
-        Returns logits (B, A, V) scaled by 1/temperature, values (B, A).
+        shared: how many real tokens every row starts with, run once (``_run``; ``shared_prompt_length``).
+        select: (B, A) bool, the response tokens whose logits are wanted (the real ones, not the padding
+        after EOS): the LM head — a 49k-word matmul on SmolLM2, forward and backward — runs on those only.
+        Returns logits (B, A, V) — or (N, V) at the N selected positions, row by row — scaled by 1/temperature,
+        and values (B, A).
         """
-        with head_input(self.lm) as box, self.prefix.reuse(prefix):
-            out = self.lm(**self._inputs(input_ids, attention_mask, n_response, packed))
-        logits = self._predicting(out.logits, packed).float() / temperature  # (B, A, V)
+        rows = self._head_rows(select, packed)
+        with head_input(self.lm, rows) as box:
+            out = self._run(input_ids, attention_mask, n_response, prefix, packed, shared)
+        logits = (out.logits if rows is not None else self._predicting(out.logits, packed)).float() / temperature
         hidden = self._predicting(box[-1], packed)  # (B, A, H): the state before each response token
         values = self.value_head(hidden.float()).squeeze(-1)  # (B, A)
         return logits, values
 
     @torch.no_grad()
     def reference_logits(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, temperature: float,
-                         prefix: Tensor | None = None, packed: Packed | None = None) -> Tensor:
+                         prefix: Tensor | None = None, packed: Packed | None = None, shared: int = 0,
+                         select: Tensor | None = None) -> Tensor:
         """(B, A, V) logits of the frozen reference: the base with adapters off, or the separate copy.
 
-        prefix, packed: as in ``forward`` — the frozen lower blocks are the same for policy and reference.
+        prefix, packed, shared, select: as in ``forward`` (the frozen lower blocks are the same for policy and
+        reference); with ``select``: (N, V).
         """
-        kwargs = self._inputs(input_ids, attention_mask, n_response, packed)
+        rows = self._head_rows(select, packed)
         if self.reference is not None:
-            with head_input(self.reference):
-                out = self.reference(**kwargs)
+            with head_input(self.reference, rows):
+                out = self.reference(**self._inputs(input_ids, attention_mask, n_response, packed))
         else:
-            with as_reference(self.lm), self.prefix.reuse(prefix), head_input(self.lm):
-                out = self.lm(**kwargs)
-        return self._predicting(out.logits, packed).float() / temperature
+            with as_reference(self.lm), head_input(self.lm, rows):
+                out = self._run(input_ids, attention_mask, n_response, prefix, packed, shared)
+        return (out.logits if rows is not None else self._predicting(out.logits, packed)).float() / temperature
 
     @torch.no_grad()
     def frozen_prefix(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:
@@ -139,6 +220,14 @@ class PolicyWithValue(nn.Module):
             raise RlhfkitError(f"{folder}: checkpoint does not match the model ({str(exc).splitlines()[1].strip()} …)") from None
         if result.unexpected_keys:
             raise RlhfkitError(f"{folder}: checkpoint does not match the model ({result.unexpected_keys[:3]} …)")
+
+
+def sampler_is_policy(model: PolicyWithValue) -> bool:
+    """Whether what the sampler reports can stand for the policy's forward pass (its log-probs, LM-head input and
+    frozen blocks' output): float32 weights, where they differ from a recomputation by rounding only (≤ ~1e-5;
+    bfloat16 differs by ~1e-2 between the cached and the full pass), not FSDP-sharded (the value head cannot run
+    outside the wrapped forward, and the sampler's weights are gathered)."""
+    return all(p.dtype == torch.float32 for p in model.parameters()) and not fsdp_parts(model)
 
 
 def save_adapter(lm, folder: Path, base: str, state_dict: dict | None = None) -> None:

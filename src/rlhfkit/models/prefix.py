@@ -8,7 +8,8 @@ that output, so the policy forward of every epoch and the reference forward skip
 SmolLM2-135M with the top 8 of 30 blocks adapted that is 22/30 of each forward. When the model does
 not qualify (every block adapts, full fine-tuning, weights trained below the adapted blocks, a block
 that does not return a plain tensor) ``n_frozen`` is 0, ``compute`` returns None and callers run
-plain forwards.
+plain forwards. A sampler on the policy's own float32 weights has run those blocks over every token it
+saw and drew: ``block_output`` keeps that block's output, so the rollout's ``compute`` pass is skipped.
 
 ``head_input``: the value head reads what the LM head reads (the final, normed hidden states). A
 forward pre-hook on the LM head hands over a contiguous copy of it, so the model does not have to
@@ -42,6 +43,16 @@ class _Constant(nn.Module):
         return self.output
 
 
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (its last one is fed to
+    the model to predict the first response token)."""
+    L = min(map(len, rows)) - 1
+    for i in range(max(L, 0)):
+        if any(row[i] != rows[0][i] for row in rows):
+            return i
+    return max(L, 0)
+
+
 def frozen_blocks(lm: nn.Module) -> tuple[nn.ModuleList | None, int]:
     """(the transformer blocks, how many of the lowest are frozen); (None, 0) when caching cannot apply.
 
@@ -68,6 +79,12 @@ class FrozenPrefix:
     def __init__(self, lm: nn.Module, enabled: bool = True):
         blocks, self.n_frozen = frozen_blocks(lm) if enabled else (None, 0)
         self._blocks = (blocks,)  # a tuple: not registered as a second path to the same parameters
+
+    @property
+    def last_block(self) -> nn.Module | None:
+        """The last frozen block, whose output ``compute`` returns; None when caching does not apply. A sampler
+        that keeps this block's output at every token (generate.sample_ids ``keep_block``) has computed the same."""
+        return self._blocks[0][self.n_frozen - 1] if self.n_frozen else None
 
     def compute(self, lm: nn.Module, **forward_kwargs) -> Tensor | None:
         """(B, T, H) output of the last frozen block for these inputs, or None when caching does not apply."""
@@ -113,17 +130,19 @@ class FrozenPrefix:
 
 
 @contextlib.contextmanager
-def head_input(lm: nn.Module) -> Iterator[list[Tensor]]:
+def head_input(lm: nn.Module, rows: Tensor | None = None) -> Iterator[list[Tensor]]:
     """Within: the LM head gets a contiguous copy of its input, also appended to the yielded list.
 
-    Raises RlhfkitError on exit if the head was never called (a model whose LM head is not its
-    output embedding), rather than leaving the caller an empty list to index.
+    ``rows``: a boolean mask over the head input's leading dimensions (B, K): the head then runs on the
+    selected positions only, (N, H) → logits (N, V), while the list still gets the whole input (the value
+    head reads every position). Raises RlhfkitError on exit if the head was never called (a model whose LM
+    head is not its output embedding), rather than leaving the caller an empty list to index.
     """
     box: list[Tensor] = []
 
     def pre_hook(_module, args):
         box.append(args[0].contiguous())
-        return (box[-1], *args[1:])
+        return (box[-1] if rows is None else box[-1][rows], *args[1:])
 
     hook = lm.get_output_embeddings().register_forward_pre_hook(pre_hook)
     try:
@@ -133,3 +152,25 @@ def head_input(lm: nn.Module) -> Iterator[list[Tensor]]:
     if not box:
         raise RlhfkitError(f"{type(lm).__name__}: the LM head was not called in the forward pass, so the value "
                            "head has no hidden states to read")
+
+
+@contextlib.contextmanager
+def block_output(block: nn.Module) -> Iterator[list[Tensor]]:
+    """Within: every output of ``block`` is appended to the yielded list, as long as the block returns a plain
+    tensor; from its first output that is not one (an older block returning a tuple) the list is emptied and
+    stays empty, so callers fall back to computing the states themselves."""
+    box: list[Tensor] = []
+    plain = [True]
+
+    def hook(_module, _args, output):
+        plain[0] = plain[0] and isinstance(output, Tensor)
+        if plain[0]:
+            box.append(output)
+        else:
+            box.clear()
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()

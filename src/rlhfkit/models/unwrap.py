@@ -22,6 +22,13 @@ from collections.abc import Iterator
 _MERGEABLE = ("float32", "float64")
 
 
+def fsdp_parts(module) -> list:
+    """The submodules of ``module`` (itself included) that FSDP2 shards: it owns where their weights live."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
 def _lora_layers(lm, fold: bool) -> list[tuple[str, object]] | None:
     """(name, layer) of every LoRA layer of ``lm`` when all of them can be swapped for their base layers (and,
     with ``fold``, their adapters folded into the weights); None otherwise."""
@@ -31,12 +38,9 @@ def _lora_layers(lm, fold: bool) -> list[tuple[str, object]] | None:
         from peft.tuners.lora import LoraLayer
     except ImportError:  # pragma: no cover - peft is a dependency
         return None
-    from torch.distributed.fsdp import FSDPModule
-
-    modules = list(lm.named_modules())
-    if any(isinstance(m, FSDPModule) for _, m in modules):  # FSDP owns where its weights live: not ours to swap
+    if fsdp_parts(lm):  # FSDP owns where its weights live: not ours to swap
         return None
-    layers = [(n, m) for n, m in modules if isinstance(m, LoraLayer)]
+    layers = [(n, m) for n, m in lm.named_modules() if isinstance(m, LoraLayer)]
     if not layers:
         return None
     for _, m in layers:

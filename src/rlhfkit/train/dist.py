@@ -28,6 +28,7 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 
 from rlhfkit.data.errors import RlhfkitError
+from rlhfkit.models.unwrap import fsdp_parts
 
 STRATEGIES = ("ddp", "fsdp")
 START_TIMEOUT_S = 300.0
@@ -274,9 +275,7 @@ def gathered(model: nn.Module) -> Iterator[None]:
     per ``generate`` call makes the decode loop free of collectives (and saves a gather per block per
     token). A no-op for unsharded models.
     """
-    from torch.distributed.fsdp import FSDPModule
-
-    parts = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    parts = fsdp_parts(model)
     if not parts:
         yield
         return
@@ -350,12 +349,10 @@ def full_copy(wrapped: nn.Module, build: Callable[[], nn.Module]) -> nn.Module |
     (``get_model_state_dict``, full, offloaded to CPU) into ``build()`` — a fresh unwrapped model of the
     same structure — because a sharded module's ``state_dict`` is shards even while gathered.
     """
-    from torch.distributed.fsdp import FSDPModule
-
     model = inner(wrapped)
     if not _on():
         return model
-    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+    if not fsdp_parts(model):
         return model if is_main() else None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -382,9 +379,7 @@ SHARDED_DIR = "dcp"
 
 def sharded(wrapped: nn.Module) -> bool:
     """FSDP2 under torchrun: the trainer state is saved as shards, not gathered to rank 0."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return _on() and any(isinstance(m, FSDPModule) for m in inner(wrapped).modules())
+    return _on() and bool(fsdp_parts(inner(wrapped)))
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from torch import Tensor
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.generate import Sampled, assemble, decode_responses, eos_ids, sample
 from rlhfkit.models.load import format_prompt
-from rlhfkit.models.policy import PolicyWithValue
+from rlhfkit.models.policy import PolicyWithValue, sampler_is_policy, spread
 from rlhfkit.models.reward import RewardNorm, Scorer
 from rlhfkit.models.unwrap import inner, plain_layers
 from rlhfkit.rewards import load_scorer
@@ -97,26 +97,21 @@ def collect_rollout(model: PolicyWithValue, tokenizer, prompts: list[str], score
     statistics of every rank's rollouts (train/dist.py), so they match one process on the global batch.
     On float32 weights π_old is the sampler's own log-probs and the values are read from the states the sampler's
     LM head saw (``critic`` False, RLOO and GRPO: no values), so the policy's forward pass is skipped
-    (``experience``).
+    (``experience``); with LoRA on the top blocks only, the frozen blocks' output is the sampler's too.
     """
     model.eval()  # dropout off in rollouts and in the log-prob passes alike ([N-det])
     # 1. generate: left-padded prompts through the chat template, sampled at T with the KV cache
     formatted = [format_prompt(tokenizer, p, sampling.system_prompt) for p in prompts]
     # FSDP: weights gathered once, so ranks that stop early cannot hang the others; LoRA folded into the
     # weights while sampling (models/unwrap.py: peft's per-layer overhead is much of a small model's decode step)
+    own = sampler_is_policy(model)
     with dist.gathered(model), plain_layers(model.lm):
         s = sample(inner(model.lm), tokenizer, formatted, max_new_tokens=sampling.max_new_tokens,
-                   temperature=sampling.temperature, hidden_states=critic and sampler_is_policy(model))
+                   temperature=sampling.temperature, hidden_states=critic and own,
+                   keep_block=model.prefix.last_block if own else None)
     return experience(model, tokenizer, prompts, s, score_fn, temperature=sampling.temperature, beta=beta, gamma=gamma,
                       lam=lam, missing_eos_penalty=missing_eos_penalty, iteration=iteration, norm=norm,
                       missing_eos_mode=missing_eos_mode, critic=critic)
-
-
-def sampler_is_policy(model: PolicyWithValue) -> bool:
-    """Whether the sampler's log-probs can stand for the policy's: float32 weights, where they differ from a
-    recomputation by rounding only (≤ ~1e-5; bfloat16 differs by ~1e-2 between the cached and the full pass)."""
-    # FSDP shards: the value head cannot run outside the wrapped forward (and the sampler's weights are gathered)
-    return all(p.dtype == torch.float32 for p in model.parameters()) and not dist.sharded(model)
 
 
 @torch.no_grad()
@@ -149,18 +144,21 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
 
     # log-probs of the sampled tokens at the sampling temperature, under the policy and the reference;
     # the frozen lower blocks (LoRA on the top blocks only) run once for both and for the update epochs
-    prefix = model.frozen_prefix(input_ids, attention_mask)  # (B, T, H) or None
+    # (B, T, H) or None; on float32 weights the sampler's own, kept as it ran those blocks (``sample_ids``)
+    prefix = s.block_states if s.block_states is not None else model.frozen_prefix(input_ids, attention_mask)
+    shared = model.shared_prompt_length(input_ids, attention_mask, A)  # the system turn: run once, not per row
     recomputed = not (sampler_is_policy(model) and (not critic or s.hidden is not None))
     if not recomputed:
         logprobs = s.logprobs.to(input_ids.device) * response_mask  # (B, A); 0 off the mask
         values = (model.value_head(s.hidden.float()).squeeze(-1) * response_mask if critic  # (B, A, H) → (B, A)
                   else torch.zeros_like(logprobs))
     else:
-        logits, values = model(input_ids, attention_mask, A, T, prefix=prefix)
+        logits, values = model(input_ids, attention_mask, A, T, prefix=prefix, shared=shared)
         logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
         del logits
-    ref_logprobs = L.logprobs_from_logits(model.reference_logits(input_ids, attention_mask, A, T, prefix=prefix),
-                                          s.response_ids)
+    real = response_mask.bool()  # the LM head at the real response tokens only (not the padding after EOS)
+    ref_logprobs = spread(L.logprobs_from_logits(model.reference_logits(
+        input_ids, attention_mask, A, T, prefix=prefix, shared=shared, select=real), s.response_ids[real]), real)
     scores = scores.to(values.device)
     check_finite(iteration, scores=scores, values=values, logprobs=logprobs, ref_logprobs=ref_logprobs)
 
@@ -189,14 +187,18 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
     n = 0
     params = [p for p in model.parameters() if p.requires_grad]
     forward = wrapped if wrapped is not None else model
+    # the prompt tokens every row starts with run once per minibatch (one process: DDP / FSDP take one forward)
+    shared = model.shared_prompt_length(ro.input_ids, ro.attention_mask, A) if wrapped is None else 0
     for _ in range(epochs):
         order = torch.randperm(B, generator=generator)
         for lo in range(0, B, minibatch_size):
             idx = order[lo : lo + minibatch_size].to(ro.input_ids.device)
             mask = ro.response_mask[idx]  # (b, A)
             prefix = None if ro.prefix is None else ro.prefix[idx]
-            logits, values = forward(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix)
-            logp = L.logprobs_from_logits(logits, ro.input_ids[idx, -A:])
+            real = mask.bool()  # logits at the real response tokens only: (N, V)
+            logits, values = forward(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix,
+                                     select=real, **({"shared": shared} if shared else {}))
+            logp = spread(L.logprobs_from_logits(logits, ro.input_ids[idx, -A:][real]), real)  # (b, A), 0 off the mask
             # Token means over the GLOBAL minibatch: each rank divides its token sum by (all ranks' tokens / N),
             # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
             # whole minibatch (losses.py: exact gradient accumulation). One process: the plain masked mean.
@@ -207,7 +209,7 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask, norm)
             # Without an entropy bonus the entropy is only logged: no graph through (b, A, V) tensors.
             with torch.set_grad_enabled(ent_coef != 0):
-                entropy = L.masked_sum(L.entropy_from_logits(logits), mask) / norm
+                entropy = L.entropy_from_logits(logits).sum() / norm  # (N,): the real tokens
             # L_PPO = L_POLICY + c1·L_VF + c2·L_ENT, signed to minimise: maximise the clipped objective,
             # minimise the value error, encourage entropy (see losses.ppo_total_loss); GRPO adds β·KL.
             loss = L.ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef, kl_term, kl_loss_coef or 0.0)
