@@ -3,6 +3,8 @@ and every forward that reuses their output must equal the plain full forward."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,8 @@ from torch import nn
 from rlhfkit.config import SamplingConfig
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.feedback.gold import GoldScorer
-from rlhfkit.models.policy import build_policy, spread
+from rlhfkit.models.policy import build_policy
+from rlhfkit.train import losses as L
 from rlhfkit.train.ppo import collect_rollout
 
 PROMPTS = ["hello the cat", "why does the dog run so often today?", "what is a good book?"]
@@ -146,14 +149,20 @@ def test_a_prompt_prefix_every_row_shares_run_once_equals_the_full_forward(tiny_
         torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, shared=shared, select=m),
                                model.reference_logits(ids, mask, A, 0.7)[m], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(spread(once[0][:, 3], m), torch.where(m, model(ids, mask, A, 0.7)[0][..., 3], 0.0),
-                               atol=1e-5, rtol=1e-5)  # back in place, row by row
+    tokens = ids[:, -A:]
+    torch.testing.assert_close(L.selected_logprobs(once[0], tokens, m),  # back in place, row by row
+                               torch.where(m, L.logprobs_from_logits(model(ids, mask, A, 0.7)[0], tokens), 0.0),
+                               atol=1e-5, rtol=1e-5)
 
 
-def test_spread_puts_selected_values_back_row_by_row():
+def test_selected_logprobs_puts_each_log_prob_back_at_its_position():
+    """Hand-worked: logits at 3 selected positions of a (2, 3) layout; d log p_k / dz = onehot(k) − softmax(z)."""
     select = torch.tensor([[True, False, True], [False, False, True]])
-    values = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
-    out = spread(values, select)
-    assert out.tolist() == [[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]
+    ln3 = math.log(3.0)
+    logits = torch.tensor([[0.0, 0.0], [0.0, ln3], [ln3, 0.0]], requires_grad=True)  # p = ½ ½, ¼ ¾, ¾ ¼
+    tokens = torch.tensor([[0, 1, 1], [1, 1, 0]])  # unselected tokens are never read
+    out = L.selected_logprobs(logits, tokens, select)
+    expected = torch.tensor([[math.log(0.5), 0.0, math.log(0.75)], [0.0, 0.0, math.log(0.75)]])
+    torch.testing.assert_close(out, expected)
     (out * torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])).sum().backward()
-    assert values.grad.tolist() == [10.0, 30.0, 60.0]
+    torch.testing.assert_close(logits.grad, torch.tensor([[5.0, -5.0], [-7.5, 7.5], [15.0, -15.0]]))

@@ -43,10 +43,10 @@ def drop_prefix(t: Tensor, attention_mask: Tensor, n: int) -> Tensor:
     return t.gather(1, idx)
 
 
-def spread(values: Tensor, select: Tensor) -> Tensor:
-    """(N,) values at the N selected positions (``forward``'s ``select``, row by row) → (B, A), 0 elsewhere;
-    differentiable in ``values``."""
-    return values.new_zeros(select.shape).masked_scatter(select.bool(), values)
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean "query may attend to key" tensor as the additive mask transformers takes as is (4-D):
+    0 where allowed, the dtype's minimum where not."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,10 @@ class PolicyWithValue(nn.Module):
         Tq = own.shape[1]
         causal = torch.ones(Tq, Tq, dtype=torch.bool, device=own.device).tril()  # (T', T')
         sees = torch.cat([causal.new_ones(B, Tq, shared), causal[None] & own.bool()[:, None, :]], dim=2)  # (B, T', L + T')
-        dtype = next(p for p in self.lm.parameters()).dtype
-        mask = torch.zeros(sees.shape, dtype=dtype, device=own.device).masked_fill_(~sees, torch.finfo(dtype).min)
+        mask = additive_mask(sees[:, None], next(self.lm.parameters()).dtype)  # (B, 1, T', L + T')
         with self.prefix.reuse(None if prefix is None else drop_prefix(prefix, attention_mask, shared)):
             return self.lm(input_ids=drop_prefix(input_ids, attention_mask, shared), past_key_values=cache,
-                           attention_mask=mask[:, None], use_cache=True, position_ids=shared + position_ids(own),
+                           attention_mask=mask, use_cache=True, position_ids=shared + position_ids(own),
                            logits_to_keep=n_response + 1)
 
     def _head_rows(self, select: Tensor | None, packed: Packed | None) -> Tensor | None:

@@ -26,7 +26,7 @@ from torch import Tensor
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.data.records import Pair
 from rlhfkit.models.load import format_prompt
-from rlhfkit.models.policy import Packed, PolicyWithValue
+from rlhfkit.models.policy import Packed, PolicyWithValue, additive_mask
 from rlhfkit.train import dist
 from rlhfkit.train import losses as L
 
@@ -116,7 +116,7 @@ def collate_shared(rows: list[tuple[list[int], list[int], list[int]]], pad_id: i
     causal = torch.ones(T, T, dtype=torch.bool).tril()  # key index ≤ query index: replies come after the prompt
     allowed = causal & real[:, :, None] & real[:, None, :] & ((k == 0) | (k == q))  # (b, T, T)
     allowed |= torch.eye(T, dtype=torch.bool) & ~real[:, :, None]  # padding rows see themselves: no empty softmax row
-    mask = torch.zeros((b, 1, T, T), dtype=dtype).masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    mask = additive_mask(allowed[:, None], dtype)  # (b, 1, T, T)
     # the first token of each reply is predicted at the prompt's last position, the others at the token before
     keep = torch.cat([torch.tensor([P - 1]), torch.arange(P, P + C - 1), torch.tensor([P - 1]), torch.arange(P + C, T - 1)])
     targets = torch.cat([input_ids[:, P : P + C], input_ids[:, P + C :]], dim=1)  # (b, C + R)

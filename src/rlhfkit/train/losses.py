@@ -419,6 +419,17 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.
     return picked - torch.logsumexp(z, dim=-1)
 
 
+def selected_logprobs(logits: Tensor, tokens: Tensor, select: Tensor) -> Tensor:
+    """``logprobs_from_logits`` for logits computed at selected positions only, put back in place.
+
+    logits (N, V): at the N True positions of ``select`` (B, A), row by row (PolicyWithValue's ``select``);
+    tokens (B, A). Returns (B, A) log-probs, 0 where ``select`` is False; differentiable in ``logits``.
+    """
+    select = select.bool()
+    picked = logprobs_from_logits(logits, tokens[select])  # (N,)
+    return picked.new_zeros(select.shape).masked_scatter(select, picked)
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """1 − Var(R − V) / Var(R) over valid tokens (0-d): 1 perfect, 0 no better than a constant.
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.generate import Sampled, assemble, decode_responses, eos_ids, sample
 from rlhfkit.models.load import format_prompt
-from rlhfkit.models.policy import PolicyWithValue, sampler_is_policy, spread
+from rlhfkit.models.policy import PolicyWithValue, sampler_is_policy
 from rlhfkit.models.reward import RewardNorm, Scorer
 from rlhfkit.models.unwrap import inner, plain_layers
 from rlhfkit.rewards import load_scorer
@@ -157,8 +157,8 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
         logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
         del logits
     real = response_mask.bool()  # the LM head at the real response tokens only (not the padding after EOS)
-    ref_logprobs = spread(L.logprobs_from_logits(model.reference_logits(
-        input_ids, attention_mask, A, T, prefix=prefix, shared=shared, select=real), s.response_ids[real]), real)
+    ref_logprobs = L.selected_logprobs(model.reference_logits(input_ids, attention_mask, A, T, prefix=prefix,
+                                                              shared=shared, select=real), s.response_ids, real)
     scores = scores.to(values.device)
     check_finite(iteration, scores=scores, values=values, logprobs=logprobs, ref_logprobs=ref_logprobs)
 
@@ -197,8 +197,8 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             prefix = None if ro.prefix is None else ro.prefix[idx]
             real = mask.bool()  # logits at the real response tokens only: (N, V)
             logits, values = forward(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix,
-                                     select=real, **({"shared": shared} if shared else {}))
-            logp = spread(L.logprobs_from_logits(logits, ro.input_ids[idx, -A:][real]), real)  # (b, A), 0 off the mask
+                                     select=real, shared=shared)
+            logp = L.selected_logprobs(logits, ro.input_ids[idx, -A:], real)  # (b, A), 0 off the mask
             # Token means over the GLOBAL minibatch: each rank divides its token sum by (all ranks' tokens / N),
             # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
             # whole minibatch (losses.py: exact gradient accumulation). One process: the plain masked mean.
