@@ -45,7 +45,9 @@ def row(name: str, run_dir: Path, wall: float) -> list[str]:
     stages = run.get("stages", {})
     times = " ".join(f"{s[:3]} {stages[s]['seconds']:.0f}" if "seconds" in stages.get(s, {}) else f"{s[:3]} skip"
                      for s in STAGES if s in stages)
+    both = ev.get("gold_win_by_ending", {}).get("both_ended", {})
     return [name, fmt(ev["win_rate"].get("gold"), True),
+            f"{fmt(both.get('gold_win_rate'), True)}, {both.get('n', 0)} pairs" if both.get("n") else "—",
             f"{tox.get('reference', {}).get('value', float('nan')):.3f} → {tox.get('policy', {}).get('value', float('nan')):.3f}",
             fmt(tox.get("difference")),
             f"{models['reference']['reward_model']['value']:+.2f} → {models['policy']['reward_model']['value']:+.2f}",
@@ -64,7 +66,7 @@ def main() -> None:
     from rlhfkit import machine
 
     print(f"machine: {machine.one_line(machine.describe())}; dtype {a.dtype}")
-    header = ["run", "gold win rate", "toxicity (prov.+red-team)", "Δ toxicity [95%]", "reward model", "gold score",
+    header = ["run", "gold win rate", "gold win, both replies ended", "toxicity (prov.+red-team)", "Δ toxicity [95%]", "reward model", "gold score",
               "KL", "verdict", "min", "stage seconds"]
     rows = []
     for seed in a.seeds:

@@ -10,7 +10,7 @@ import pytest
 from rlhfkit.config import EvalConfig, PPOConfig, load_config
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.eval import metrics as M
-from rlhfkit.eval.run import run_eval
+from rlhfkit.eval.run import by_ending, run_eval
 from rlhfkit.train.ppo import run_ppo
 
 
@@ -71,6 +71,21 @@ def _zero_adapters(policy_dir):
     save_file({k: (v.zero_() if k in lora_b else v) for k, v in state.items()}, str(path))
 
 
+def test_gold_win_by_ending_by_hand():
+    ref_ended, pol_ended = [1, 1, 0, 0, 0, 1], [1, 1, 1, 1, 0, 0]
+    pol_gold, ref_gold = [1, 0, 2, 3, 5, 0], [0, 1, 1, 1, 5, 1]
+    out = by_ending(ref_ended, pol_ended, pol_gold, ref_gold, 0, list("abcdef"))
+    # both ended: rows 0, 1 (1 > 0 wins, 0 < 1 loses); only the policy's: rows 2, 3 (both win);
+    # only the reference's: row 5 (0 < 1); neither: row 4 (5 = 5, a tie counts half)
+    assert {k: v["n"] for k, v in out.items()} == {"both_ended": 2, "only_policy_ended": 2,
+                                                   "only_reference_ended": 1, "neither_ended": 1}
+    assert {k: v["gold_win_rate"]["value"] for k, v in out.items()} == {
+        "both_ended": 0.5, "only_policy_ended": 1.0, "only_reference_ended": 0.0, "neither_ended": 0.5}
+    # a case without pairs has no rate (nothing to bootstrap), not a 0
+    out = by_ending([1, 1], [1, 1], [1, 0], [0, 0], 0, ["a", "b"])
+    assert out["both_ended"]["gold_win_rate"]["value"] == 0.75 and out["neither_ended"] == {"n": 0}
+
+
 def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     prompts = _prompts(tmp_path)
     run = tmp_path / "run"
@@ -96,6 +111,12 @@ def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     assert result["kl"]["value"] == pytest.approx(np.mean(kls))
     assert min(kls) >= 0.0 and result["kl"]["value"] > 1e-3  # k3 ≥ 0 per sample; a trained policy is not the reference
     assert json.loads((run / "eval" / "eval.json").read_text())["verdict"]["checks"]
+    # where the win comes from: every pair in exactly the case its two replies' endings say
+    cases = {"both_ended": (True, True), "only_policy_ended": (False, True), "only_reference_ended": (True, False),
+             "neither_ended": (False, False)}
+    for case, (r, p) in cases.items():
+        assert result["gold_win_by_ending"][case]["n"] == sum(
+            (s["ended"]["reference"], s["ended"]["policy"]) == (r, p) for s in samples)
 
     # The same policy with its adapters switched off is the reference itself. With the same seeds both
     # models must then write the same texts, the KL must be 0 for every sample, every win rate ½, and the

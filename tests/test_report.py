@@ -44,6 +44,9 @@ def eval_json() -> dict:
                                     "difference": stat(-0.0625, -0.125, -0.015625)},
         "kl": stat(3.25, 2.5, 4.0),
         "kl_budget": 25.0,
+        "gold_win_by_ending": {"both_ended": {"n": 10, "gold_win_rate": stat(0.45, 0.25, 0.65)},
+                               "only_policy_ended": {"n": 4, "gold_win_rate": stat(1.0, 1.0, 1.0)},
+                               "only_reference_ended": {"n": 0}, "neither_ended": {"n": 2, "gold_win_rate": stat(0.5)}},
         # written by the eval stage too; the report shows the verdict as judged and the rest as settings
         "kl_k1": stat(3.0, 2.0, 4.0), "samples_per_prompt": 1,
     }
@@ -218,6 +221,11 @@ def test_eval_numbers_intervals_and_deltas_appear(full_report):
     assert "3.250 [2.500, 4.000]" in ev  # KL
     assert "93.8% [87.5%, 100.0%]" in ev and "+18.8%" in ev  # share of completions that ended by themselves
     assert "samples_per_prompt" in ev and "reward_model_up" not in ev
+    # where the gold win comes from: one line per case that has pairs, none for the empty case, no raw keys
+    assert "Gold win, both replies ended" in ev and "did45.0% [25.0%, 65.0%], 10 pairs" in ev
+    assert "Gold win, only the policy's reply ended100.0% [100.0%, 100.0%], 4 pairs" in ev
+    assert "Gold win, neither reply ended50.0%, 2 pairs" in ev
+    assert "only the reference's reply ended" not in ev and "gold_win_by_ending" not in ev
     summary = " ".join(page.text["summary"].split())
     assert "A clean win" in summary and "62.5% [56.2%, 75.0%]" in summary  # the verdict with the gold win rate
     assert "48 completions for 12 prompts" in summary

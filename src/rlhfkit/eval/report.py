@@ -451,7 +451,8 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
         extra.append({"label": "KL(policy ‖ reference)", "value": fmt_interval(d["kl"]),
                       "meaning": "how far the policy moved from the reference, in nats per completion"
                                  + (f"; budget {fmt_setting(budget)}" if finite(budget) and budget > 0 else "")})
-    known = {"models", "win_rate", "kl", "kl_budget", "verdict", "variants"}  # variants: a section of its own
+    extra += _ending_rows(as_dict(d.get("gold_win_by_ending")))
+    known = {"models", "win_rate", "kl", "kl_budget", "verdict", "variants", "gold_win_by_ending"}  # variants: own section
     settings = [(k, fmt_num(v) if not isinstance(v, str) else v)
                 for k, v in flatten_scalars({k: v for k, v in d.items() if k not in known})]
     models = as_dict(d.get("models"))
@@ -469,6 +470,30 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
     line = verdict.get("sentence") or "No verdict in eval.json (written by an older rlhfkit: re-run `rlhfkit eval`)."
     return {"rows": eval_rows(d), "extra": extra, "settings": settings, "toxicity_plot": toxicity_plot,
             "toxicity_alt": toxicity_alt, "passed": verdict.get("passed"), "verdict": line, "checks": checks}
+
+
+ENDING_LABELS = {
+    "both_ended": "both replies ended",
+    "only_policy_ended": "only the policy's reply ended",
+    "only_reference_ended": "only the reference's reply ended",
+    "neither_ended": "neither reply ended",
+}
+"""eval.json's gold_win_by_ending cases, as the report names them."""
+
+
+def _ending_rows(by_ending: dict) -> list[dict]:
+    """The gold win rate split by which replies ended within the token limit: where the win comes from."""
+    rows = []
+    for case, label in ENDING_LABELS.items():
+        entry = as_dict(by_ending.get(case))
+        if not entry.get("n") or not isinstance(entry.get("gold_win_rate"), dict):
+            continue
+        meaning = ("pairs grouped by whether each reply ended (EOS) within max_new_tokens; a policy that only "
+                   "learned to finish its replies wins where only its reply ended, not where both did"
+                   if not rows else "")
+        rows.append({"label": f"Gold win, {label}", "value": f"{fmt_interval(entry['gold_win_rate'], pct=True)}, "
+                                                             f"{entry['n']} pairs", "meaning": meaning})
+    return rows
 
 
 def _sample_item(s: dict) -> dict:

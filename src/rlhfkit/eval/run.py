@@ -215,6 +215,9 @@ def run_eval(cfg) -> dict:
         "kl_k1": M.summary(sampled["policy"]["kl_k1"], seed=cfg.seed, groups=groups),
         "by_category": by_category(rows, scores, cfg.seed, cfg.gold),
     }
+    if cfg.gold:
+        result["gold_win_by_ending"] = by_ending(sampled["reference"]["ended"], sampled["policy"]["ended"],
+                                                 pol["gold"], ref["gold"], cfg.seed, groups)
     toxic = [i for i, (p, _) in enumerate(rows) if p.category in TOXIC_CATEGORIES]
     cats = sorted({rows[i][0].category for i in toxic})
     toxic = toxic or list(range(len(rows)))  # prompts without categories: judge toxicity on all of them
@@ -242,6 +245,7 @@ def run_eval(cfg) -> dict:
         for m in MODELS:
             row[f"{m}_scores"] = {k: scores[m][k][i] for k in ("reward_model", "gold", "toxicity") if k in scores[m] and (cfg.gold or k != "gold")}
         row["kl"] = sampled["policy"]["kl_k3"][i]
+        row["ended"] = {m: bool(sampled[m]["ended"][i]) for m in MODELS}  # EOS within max_new_tokens
         samples.append(row)
     out = run_dir / "eval"
     write_jsonl(out / "samples.jsonl", samples)
@@ -252,6 +256,25 @@ def run_eval(cfg) -> dict:
 
         result["report"] = str(write_report(run_dir))
     return result
+
+
+ENDINGS = {"both_ended": (True, True), "only_policy_ended": (False, True), "only_reference_ended": (True, False),
+           "neither_ended": (False, False)}
+"""The four cases of a pair by whether each reply ended (EOS) within max_new_tokens: (reference, policy)."""
+
+
+def by_ending(ref_ended: list, pol_ended: list, pol_gold: list, ref_gold: list, seed: int, groups: list) -> dict:
+    """The gold win rate within each case of ``ENDINGS``: where the win comes from. A policy that only learned
+    to finish its replies wins where only its reply ended and not where both did."""
+    out = {}
+    for case, (r, p) in ENDINGS.items():
+        idx = [i for i, (a, b) in enumerate(zip(ref_ended, pol_ended)) if bool(a) == r and bool(b) == p]
+        entry: dict = {"n": len(idx)}
+        if idx:
+            entry["gold_win_rate"] = M.paired_win_rate([pol_gold[i] for i in idx], [ref_gold[i] for i in idx],
+                                                       seed=seed, groups=[groups[i] for i in idx])
+        out[case] = entry
+    return out
 
 
 def by_category(rows: list, scores: dict, seed: int, gold: bool) -> dict[str, dict]:
