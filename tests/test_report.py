@@ -382,3 +382,18 @@ def test_summary_warns_when_the_kl_penalty_is_off():
                                n_pairs=None, feedback=None, rm_eval=None, ppo_iterations=None, ev=None))
     assert "5 iterations" in steps["PPO"] and "β = 0" in steps["PPO"] and "reward hacking" in steps["PPO"]
     assert steps["Generate"] == steps["Label"] == steps["Evaluate"] == "not run"
+
+
+def test_the_terminal_table_says_where_the_gold_win_comes_from(capsys, monkeypatch):
+    from rlhfkit.eval.table import print_eval_table
+
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    ev = {**judged(eval_json()), "n_completions": 48}
+    print_eval_table(ev)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "│ gold win where both replies ended │ │ 0.45 [0.25, 0.65] │ 10 pairs │" in out
+    assert "│ gold win where only the policy's ended │ │ 1.00 [1.00, 1.00] │ 4 pairs │" in out
+    ev["gold_win_by_ending"]["both_ended"] = {"n": 0}  # a case without pairs gets no line
+    print_eval_table(ev)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "both replies ended" not in out and "only the policy's ended" in out
