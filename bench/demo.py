@@ -66,8 +66,8 @@ def main() -> None:
     from rlhfkit import machine
 
     print(f"machine: {machine.one_line(machine.describe())}; dtype {a.dtype}")
-    header = ["run", "gold win rate", "gold win, both replies ended", "toxicity (prov.+red-team)", "Δ toxicity [95%]", "reward model", "gold score",
-              "KL", "verdict", "min", "stage seconds"]
+    header = ["run", "gold win rate", "gold win, both replies ended", "toxicity (prov.+red-team)", "Δ toxicity [95%]",
+              "reward model", "gold score", "KL", "verdict", "min", "stage seconds"]
     rows = []
     for seed in a.seeds:
         run_dir = Path(a.out) / f"{a.dtype}-seed{seed}"
