@@ -392,8 +392,8 @@ def test_the_terminal_table_says_where_the_gold_win_comes_from(capsys, monkeypat
     print_eval_table(ev)
     out = " ".join(capsys.readouterr().out.split())
     assert "│ gold win where both replies ended │ │ 0.45 [0.25, 0.65] │ 10 pairs │" in out
-    assert "│ gold win where only the policy's ended │ │ 1.00 [1.00, 1.00] │ 4 pairs │" in out
+    assert "│ gold win where only the policy's reply ended │ │ 1.00 [1.00, 1.00] │ 4 pairs │" in out
     ev["gold_win_by_ending"]["both_ended"] = {"n": 0}  # a case without pairs gets no line
     print_eval_table(ev)
     out = " ".join(capsys.readouterr().out.split())
-    assert "both replies ended" not in out and "only the policy's ended" in out
+    assert "both replies ended" not in out and "only the policy's reply ended" in out

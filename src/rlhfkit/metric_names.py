@@ -108,6 +108,17 @@ NOT_METRICS = frozenset({"iteration"})
 EVAL_KEYS = [m.name.split("/", 1)[1] for m in _ALL if m.name.startswith("eval/")]
 """The per-model statistics of eval.json, in report order."""
 
+ENDINGS = {
+    "both_ended": (True, True, "both replies ended"),
+    "only_policy_ended": (False, True, "only the policy's reply ended"),
+    "only_reference_ended": (True, False, "only the reference's reply ended"),
+    "neither_ended": (False, False, "neither reply ended"),
+}
+"""eval.json's ``gold_win_by_ending`` cases: (the reference's reply ended, the policy's ended, label). Ended: an
+EOS within max_new_tokens."""
+ENDING_MEANING = ("pairs grouped by whether each reply ended (EOS) within max_new_tokens; a policy that only learned "
+                  "to finish its replies wins where only its reply ended, not where both did")
+
 
 def metric(name: str) -> Metric:
     """The metric called ``name``; KeyError naming the table if it is not documented here."""

@@ -20,7 +20,7 @@ from rlhfkit.eval.fmt import as_dict, finite, fmt_interval, fmt_num, fmt_pct, fm
 from rlhfkit.eval.plots import (POLICY_COLOUR, TRAIN_COLOUR, curves_plot, reliability_plot, toxicity_bar_plot,
                                 toxicity_hist_plot)
 from rlhfkit.eval.variants import variants_section
-from rlhfkit.metric_names import EVAL_KEYS, METRICS
+from rlhfkit.metric_names import ENDING_MEANING, ENDINGS, EVAL_KEYS, METRICS
 
 REPORT_FILE = "report.html"
 MAX_SAMPLES = 12
@@ -472,25 +472,14 @@ def _eval_section(ev: Artifact, samples: list[dict]) -> dict:
             "toxicity_alt": toxicity_alt, "passed": verdict.get("passed"), "verdict": line, "checks": checks}
 
 
-ENDING_LABELS = {
-    "both_ended": "both replies ended",
-    "only_policy_ended": "only the policy's reply ended",
-    "only_reference_ended": "only the reference's reply ended",
-    "neither_ended": "neither reply ended",
-}
-"""eval.json's gold_win_by_ending cases, as the report names them."""
-
-
 def _ending_rows(by_ending: dict) -> list[dict]:
     """The gold win rate split by which replies ended within the token limit: where the win comes from."""
     rows = []
-    for case, label in ENDING_LABELS.items():
+    for case, (*_, label) in ENDINGS.items():
         entry = as_dict(by_ending.get(case))
         if not entry.get("n") or not isinstance(entry.get("gold_win_rate"), dict):
             continue
-        meaning = ("pairs grouped by whether each reply ended (EOS) within max_new_tokens; a policy that only "
-                   "learned to finish its replies wins where only its reply ended, not where both did"
-                   if not rows else "")
+        meaning = ENDING_MEANING if not rows else ""
         rows.append({"label": f"Gold win, {label}", "value": f"{fmt_interval(entry['gold_win_rate'], pct=True)}, "
                                                              f"{entry['n']} pairs", "meaning": meaning})
     return rows

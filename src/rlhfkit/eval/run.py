@@ -14,6 +14,7 @@ import numpy as np
 
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.eval import metrics as M
+from rlhfkit.metric_names import ENDINGS
 
 MODELS = ("reference", "policy")
 
@@ -258,16 +259,11 @@ def run_eval(cfg) -> dict:
     return result
 
 
-ENDINGS = {"both_ended": (True, True), "only_policy_ended": (False, True), "only_reference_ended": (True, False),
-           "neither_ended": (False, False)}
-"""The four cases of a pair by whether each reply ended (EOS) within max_new_tokens: (reference, policy)."""
-
-
 def by_ending(ref_ended: list, pol_ended: list, pol_gold: list, ref_gold: list, seed: int, groups: list) -> dict:
-    """The gold win rate within each case of ``ENDINGS``: where the win comes from. A policy that only learned
-    to finish its replies wins where only its reply ended and not where both did."""
+    """The gold win rate within each case of ``metric_names.ENDINGS``: where the win comes from. A policy that
+    only learned to finish its replies wins where only its reply ended and not where both did."""
     out = {}
-    for case, (r, p) in ENDINGS.items():
+    for case, (r, p, _) in ENDINGS.items():
         idx = [i for i, (a, b) in enumerate(zip(ref_ended, pol_ended)) if bool(a) == r and bool(b) == p]
         entry: dict = {"n": len(idx)}
         if idx:

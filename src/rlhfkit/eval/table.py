@@ -13,7 +13,7 @@ def print_eval_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rlhfkit.metric_names import EVAL_KEYS, METRICS
+    from rlhfkit.metric_names import ENDINGS, EVAL_KEYS, METRICS
 
     ref, pol = result["models"]["reference"], result["models"]["policy"]
     table = Table(title=f"eval: {result['n_completions']} completions of {result['n_prompts']} held-out prompts (95% bootstrap intervals)")
@@ -26,8 +26,8 @@ def print_eval_table(result: dict) -> None:
             table.add_row(m.label, fmt(ref[key], spec), fmt(pol[key], spec), format(pol[key]["value"] - ref[key]["value"], "+" + spec.lstrip("+")))
     for key, m in result["win_rate"].items():
         table.add_row(f"win rate of policy ({key})", "", fmt(m, ".2f"), "")
-    for case, label in (("both_ended", "both replies ended"), ("only_policy_ended", "only the policy's ended")):
-        entry = result.get("gold_win_by_ending", {}).get(case, {})
+    for case in ("both_ended", "only_policy_ended"):
+        label, entry = ENDINGS[case][2], result.get("gold_win_by_ending", {}).get(case, {})
         if entry.get("n"):  # where the gold win comes from: finished replies, or better ones
             table.add_row(f"  gold win where {label}", "", fmt(entry["gold_win_rate"], ".2f"), f"{entry['n']} pairs")
     table.add_row("KL(policy ‖ reference), nats", "", fmt(result["kl"], ".2f"), f"budget {result['kl_budget']:g}")
