@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlhfkit.data.records import Prompt
-from rlhfkit.generate import (decode_responses, draw, eos_ids, generate_completions, response_length, sample, select_prompts,
+from rlhfkit.generate import (
+    _inverse_cdf, decode_responses, draw, eos_ids, generate_completions, response_length, sample, select_prompts,
                               truncate)
 from rlhfkit.models.load import format_prompt, load_policy
 from rlhfkit.models.prefix import shared_prefix_length
@@ -200,8 +201,8 @@ def test_greedy_is_model_generate_greedy(tiny_models):
 
 
 def test_draw_inverts_the_cdf_exactly():
-    # A known distribution over a vocabulary that is not a multiple of the CDF block (300 = 256 + 44), with mass
-    # in both blocks and impossible (−inf) tokens: frequencies within 5σ, impossible tokens never drawn.
+    # A known distribution over 300 tokens with impossible (−inf) ones between and after the possible ones:
+    # frequencies within 5σ, impossible tokens never drawn.
     probs = torch.zeros(300)
     probs[[0, 3, 255, 256, 299]] = torch.tensor([0.4, 0.1, 0.2, 0.25, 0.05])
     logits = probs.log().expand(40_000, 300)  # −inf where the probability is 0
@@ -211,6 +212,17 @@ def test_draw_inverts_the_cdf_exactly():
     sigma = (probs.double() * (1 - probs.double()) / len(tokens)).sqrt()
     assert ((freq - probs.double()).abs() <= 5 * sigma + 1e-12).all()
     assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)
+
+
+def test_inverse_cdf_at_the_edges_by_hand():
+    # weights 0.25, 0, 0.5, 0.25, 0, 0: CDF 0.25, 0.25, 0.75, 1, 1, 1. Token i is drawn for u in [CDF(i−1), CDF(i)):
+    # a boundary goes to the next possible token, a zero-weight token has an empty interval, and the largest u
+    # below 1 still lands on the last possible token, not on the impossible ones after it.
+    weights = torch.tensor([[0.25, 0.0, 0.5, 0.25, 0.0, 0.0]]).expand(6, 6)
+    u = torch.tensor([0.0, 0.2499, 0.25, 0.75, 0.9, 1 - 2**-53], dtype=torch.float64)[:, None]
+    tokens, total = _inverse_cdf(weights, u)
+    assert tokens.tolist() == [0, 0, 2, 3, 3, 3]
+    assert total.tolist() == [1.0] * 6
 
 
 def test_truncate_by_hand():

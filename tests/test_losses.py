@@ -282,6 +282,13 @@ def test_entropy_from_logits():
     logits = torch.tensor([[[0.0, math.log(3)]]])
     assert close(L.entropy_from_logits(logits), [[0.562335]])
     assert close(L.entropy_from_logits(2 * logits, temperature=2.0), [[0.562335]])
+    # the gradient (an entropy bonus): p = (1/3, 2/3, 0), H = 0.636514, dH/dz_i = −p_i (ln p_i + H) = (0.154033,
+    # −0.154033, 0) — finite beside a banned token
+    z = torch.tensor([[[0.0, math.log(2), -inf]]], requires_grad=True)
+    h = L.entropy_from_logits(z)
+    h.sum().backward()
+    assert close(h, [[0.636514]])
+    assert close(z.grad, [[[0.154033, -0.154033, 0.0]]])
 
 
 def test_logprobs_from_logits():

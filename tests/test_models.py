@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -19,11 +21,13 @@ def test_tiny_models_load_with_pad_distinct_from_eos(tiny_models, arch):
     assert out.logits.shape[-1] >= len(tok)
 
 
-def test_gpt2s_gelu_runs_as_pytorchs_fused_kernel_and_computes_what_transformers_loads(tiny_models):
-    """load_policy swaps GPT-2's six-op gelu_new for transformers' GELUTanh (one F.gelu kernel, same formula):
-    the logits equal a plain transformers load of the same folder to float rounding, and the gradient too."""
+def test_gpt2s_gelu_is_swapped_and_computes_what_transformers_loads(tiny_models):
+    """load_policy swaps GPT-2's six-op gelu_new for SigmoidGELU (x·σ(2u), the same function): the logits equal a
+    plain transformers load of the same folder to float rounding, and the gradient too."""
     from transformers import AutoModelForCausalLM
-    from transformers.activations import GELUTanh, NewGELUActivation
+    from transformers.activations import NewGELUActivation
+
+    from rlhfkit.models.activations import SigmoidGELU as GELUTanh
 
     model, tok = load_policy(str(tiny_models["gpt2"]))
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_models["gpt2"])).eval()
@@ -40,6 +44,37 @@ def test_gpt2s_gelu_runs_as_pytorchs_fused_kernel_and_computes_what_transformers
         grads.append(emb.grad)
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sigmoid_gelu_is_gelu_new_and_so_is_its_gradient(dtype):
+    """x·σ(2u) = ½·x·(1 + tanh u) (tanh u = 2σ(2u) − 1), u = √(2/π)(x + 0.044715x³), at the points that matter:
+    far out on both sides (where ½·x·(1 + tanh u) cancels), around 0, and at the hand-worked gelu_new(1) =
+    ½(1 + tanh(0.7978846·1.044715)) = 0.8411920; the written-out backward against autograd through the tanh form
+    in float64 (and by gradcheck), and the float32 path against PyTorch's fused kernel. bfloat16 takes the fused kernel."""
+    from rlhfkit.models.activations import SigmoidGELU
+
+    x = torch.tensor([-12.0, -5.0, -1.0, -0.3, 0.0, 1e-4, 0.3, 1.0, 2.5, 8.0], dtype=torch.float64)
+    tanh_form = lambda t: 0.5 * t * (1 + torch.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))  # noqa: E731
+    gelu = SigmoidGELU()
+    xd = x.to(dtype).requires_grad_(True)
+    y = gelu(xd)
+    y.backward(torch.ones_like(y))
+    xr = x.to(dtype).double().requires_grad_(True)
+    ref = tanh_form(xr)
+    ref.backward(torch.ones_like(ref))
+    tol = {torch.float32: 2e-6, torch.float64: 1e-12, torch.bfloat16: 2e-2}[dtype]
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), ref.detach(), atol=tol, rtol=tol)
+    torch.testing.assert_close(xd.grad.double(), xr.grad, atol=tol, rtol=tol)
+    assert float(gelu(torch.tensor([1.0], dtype=torch.float64))) == pytest.approx(0.8411920, abs=1e-7)
+    if dtype == torch.float64:  # the written-out backward itself (float64 takes the fused kernel in the module)
+        from rlhfkit.models.activations import _SigmoidGELUFunction
+
+        assert torch.autograd.gradcheck(_SigmoidGELUFunction.apply, (x.clone().requires_grad_(True),))
+    if dtype == torch.float32:
+        big = torch.randn(64, 256)
+        torch.testing.assert_close(gelu(big), torch.nn.functional.gelu(big, approximate="tanh"), atol=1e-6, rtol=1e-5)
 
 
 def test_chat_template_is_used(tiny_llama):

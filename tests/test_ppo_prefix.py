@@ -12,7 +12,7 @@ from torch import nn
 from rlhfkit.config import SamplingConfig
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.feedback.gold import GoldScorer
-from rlhfkit.models.policy import build_policy
+from rlhfkit.models.policy import Sharing, build_policy
 from rlhfkit.train import losses as L
 from rlhfkit.train.ppo import collect_rollout
 
@@ -126,28 +126,28 @@ def test_a_prompt_prefix_every_row_shares_run_once_equals_the_full_forward(tiny_
     model.lm.get_output_embeddings().register_forward_hook(lambda _m, _args, out: out + lift)
     ro = _batch(model, tok)
     A, ids, mask = ro.n_response, ro.input_ids, ro.attention_mask
-    shared = model.shared_prompt_length(ids, mask, A)
+    shared = model.sharing(ids, mask, A)
     lengths = mask[:, : ids.shape[1] - A].sum(1)
-    assert 0 < shared < int(lengths.min()) and len(set(lengths.tolist())) > 1  # a prefix, then rows padded unequally
+    assert 0 < shared.common < int(lengths.min()) and shared.group == 1 and len(set(lengths.tolist())) > 1  # a prefix, then rows padded unequally
 
     m = ro.response_mask.bool()
     assert (~m).any()  # padding after EOS: the selection leaves something out
 
     def run(shared, prefix, select):
         model.zero_grad(set_to_none=True)
-        logits, values = model(ids, mask, A, 0.7, prefix=prefix, shared=shared, select=select)
+        logits, values = model(ids, mask, A, 0.7, prefix=prefix, sharing=shared, select=select)
         logits = logits if select is not None else logits[m]  # (N, V) either way
         (logits.logsumexp(-1).sum() + values[m].sum()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         return logits.detach(), values.detach()[m], grads
 
-    once, full = run(shared, ro.prefix, m), run(0, None, None)
+    once, full = run(shared, ro.prefix, m), run(Sharing(), None, None)
     torch.testing.assert_close(once[0], full[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(once[1], full[1], atol=1e-5, rtol=1e-5)
     assert any("lora_A" in n for n in full[2])
     for n in full[2]:
         torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, shared=shared, select=m),
+    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, sharing=shared, select=m),
                                model.reference_logits(ids, mask, A, 0.7)[m], atol=1e-5, rtol=1e-5)
     tokens = ids[:, -A:]
     torch.testing.assert_close(L.selected_logprobs(once[0], tokens, m),  # back in place, row by row
@@ -166,3 +166,74 @@ def test_selected_logprobs_puts_each_log_prob_back_at_its_position():
     torch.testing.assert_close(out, expected)
     (out * torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])).sum().backward()
     torch.testing.assert_close(logits.grad, torch.tensor([[5.0, -5.0], [-7.5, 7.5], [15.0, -15.0]]))
+
+
+def _rows(prompts: list[list[int]], A: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts + A response tokens each: (input_ids, attention_mask)."""
+    P = max(map(len, prompts))
+    ids = torch.tensor([[0] * (P - len(p)) + p + [9] * A for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * (len(p) + A) for p in prompts])
+    return ids, mask
+
+
+@pytest.mark.parametrize("prompts,expected", [
+    ([[5, 6, 7], [5, 6, 7], [5, 8, 9, 4], [5, 8, 9, 4]], Sharing(1, 2)),  # two groups of 2 after a common token
+    ([[5, 6, 7], [5, 8, 9], [5, 6, 7], [5, 8, 9]], Sharing(1, 1)),  # the same prompts, not in runs: no groups
+    ([[3, 6], [3, 6], [3, 6], [4, 8], [4, 8], [4, 8]], Sharing(0, 3)),  # groups of 3, nothing common
+    ([[5, 6, 7], [5, 6, 7], [5, 8, 9]], Sharing(1, 1)),  # a run of 2 that does not tile 3 rows
+    ([[5, 6, 7]] * 4, Sharing(2, 1)),  # one prompt: the common tokens are all there is to share
+    ([[5], [5], [7], [7]], Sharing(0, 1)),  # one token each: nothing before the last one to share
+])
+def test_sharing_finds_the_common_tokens_and_the_groups_by_hand(tiny_models, prompts, expected):
+    model, _ = build_policy(str(tiny_models["gpt2"]), lora_r=4, lora_alpha=8, device="cpu")
+    ids, mask = _rows(prompts)
+    assert model.sharing(ids, mask, 2) == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("lora_layers", [1, 0], ids=["frozen-blocks", "all-blocks"])
+@pytest.mark.parametrize("template", [True, False], ids=["common-prefix", "no-common-prefix"])
+def test_each_groups_prompt_run_once_equals_the_full_forward(tiny_models, arch, lora_layers, template):
+    """RLOO/GRPO rows (K samples of each prompt in a row): the common tokens once, each group's prompt once, each
+    row its last prompt token and response — logits, values, gradients and the reference's logits as the plain
+    forward. Without a chat template nothing is common, and the one-token prompt's group has no tokens of its own
+    before its last one (an all-padding row of the group pass)."""
+    model, tok = build_policy(str(tiny_models[arch]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=lora_layers)
+    if not template:
+        tok.chat_template = None
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    lift = torch.zeros(model.lm.config.vocab_size)
+    lift[tok.eos_token_id] = 4.0  # rows end early: padding after EOS
+    model.lm.get_output_embeddings().register_forward_hook(lambda _m, _args, out: out + lift)
+    word = next(w for w in ("cat", "a", "I", "the", "hi") if len(tok(w, add_special_tokens=False)["input_ids"]) == 1)
+    prompts = [word, "why does the dog run so often today?", "what is a good book?"]
+    torch.manual_seed(0)
+    ro = collect_rollout(model, tok, [p for p in prompts for _ in range(2)], GoldScorer().score,
+                         sampling=SamplingConfig(max_new_tokens=6), beta=0.1, gamma=1.0, lam=0.95,
+                         missing_eos_penalty=None, iteration=0)
+    A, ids, mask = ro.n_response, ro.input_ids, ro.attention_mask
+    sharing = model.sharing(ids, mask, A)
+    assert sharing.group == 2 and (sharing.common > 0) == template
+    if not template:
+        assert int(mask[0, : ids.shape[1] - A].sum()) == 1  # one token: nothing of its own to share
+    m = ro.response_mask.bool()
+    assert (~m).any()
+
+    def run(sharing, prefix):
+        model.zero_grad(set_to_none=True)
+        logits, values = model(ids, mask, A, 0.7, prefix=prefix, sharing=sharing, select=m)
+        (logits.logsumexp(-1).sum() + values[m].sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logits.detach(), values.detach()[m], grads
+
+    once, full = run(sharing, ro.prefix), run(Sharing(), None)
+    torch.testing.assert_close(once[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(once[1], full[1], atol=1e-5, rtol=1e-5)
+    assert any("lora_A" in n for n in full[2])
+    for n in full[2]:
+        torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, sharing=sharing, select=m),
+                               model.reference_logits(ids, mask, A, 0.7, select=m), atol=1e-5, rtol=1e-5)

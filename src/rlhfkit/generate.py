@@ -34,7 +34,6 @@ from rlhfkit.data.records import Completion, Prompt
 from rlhfkit.models.load import format_prompt
 from rlhfkit.models.prefix import shared_prefix_length
 
-_CDF_BLOCK = 256  # tokens per block of the two-level CDF in `_inverse_cdf`
 
 
 @dataclass
@@ -82,38 +81,23 @@ def truncate(scores: "torch.Tensor", top_k: int = 0, top_p: float = 1.0) -> "tor
     return scores
 
 
-def _last_positive(x: "torch.Tensor") -> "torch.Tensor":
-    """(B, 1) index of the last positive entry of each row of x (B, N)."""
-    import torch
-
-    return ((x > 0) * torch.arange(x.shape[1], device=x.device)).amax(1, keepdim=True)
-
-
 def _inverse_cdf(weights: "torch.Tensor", u: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
     """Draw index i of each row with probability weights[i] / Σ weights by inverting the CDF at u.
 
     weights: (B, V) ≥ 0 float32; u: (B, 1) float64 uniform in [0, 1). Returns (indices (B,), Σ weights (B,) float64).
-    Two levels — block sums, then a CDF inside the chosen block — both accumulated in float64: a float32
-    cumsum over 49k tokens drifts by up to ~1e-3, which would shift probability between tokens.
+    The CDF is accumulated in float64: a float32 cumsum over 49k tokens drifts by up to ~1e-3, which would shift
+    probability between tokens. (One cumsum over the vocabulary, float64 included, is faster on CPU than a CDF of
+    block sums and then one inside the chosen block: 2.4 vs 3.5 ms at 16 × 49k, 0.13 vs 0.38 ms at 16 × 2k.)
     """
     import torch
-    import torch.nn.functional as F
 
-    B, V = weights.shape
-    n_blocks = -(-V // _CDF_BLOCK)
-    if V % _CDF_BLOCK:
-        weights = F.pad(weights, (0, n_blocks * _CDF_BLOCK - V))  # zero weight: never drawn
-    blocks = weights.view(B, n_blocks, _CDF_BLOCK)
-    mass = blocks.sum(-1, dtype=torch.float64)  # (B, n_blocks)
-    cdf = mass.cumsum(-1)  # (B, n_blocks)
+    cdf = weights.cumsum(-1, dtype=torch.float64)  # (B, V)
     target = u * cdf[:, -1:]  # (B, 1) in [0, total)
-    # the first block whose CDF exceeds the target; the minimum guards a target rounded up to the total
-    b = torch.minimum(torch.searchsorted(cdf, target, right=True), _last_positive(mass))  # (B, 1)
-    below = torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target))  # mass before block b
-    inside = blocks[torch.arange(B, device=weights.device), b[:, 0]]  # (B, block)
-    j = torch.minimum(torch.searchsorted(inside.cumsum(-1, dtype=torch.float64), target - below, right=True),
-                      _last_positive(inside))  # (B, 1)
-    return (b * _CDF_BLOCK + j)[:, 0], cdf[:, -1]
+    # the first token whose CDF exceeds the target: never a zero-weight token (its CDF equals the one before it),
+    # and in range, since u·total < total in floating point for u < 1; past the end only with a NaN CDF (NaN
+    # logits), which the log-prob then carries
+    i = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=weights.shape[1] - 1)  # (B,)
+    return i, cdf[:, -1]
 
 
 def draw(logits: "torch.Tensor", *, temperature: float, top_k: int = 0, top_p: float = 1.0):

@@ -46,9 +46,9 @@ def sequence_kl(model, logprobs, input_ids, attention_mask, response_mask, tempe
     mask = response_mask.bool()  # the LM head at the real response tokens only
     with torch.no_grad():
         prefix = prefix if prefix is not None else model.frozen_prefix(input_ids, attention_mask)
-        shared = model.shared_prompt_length(input_ids, attention_mask, A)  # the system turn once, not per row
+        sharing = model.sharing(input_ids, attention_mask, A)  # the system turn once, not per row
         ref = L.selected_logprobs(model.reference_logits(input_ids, attention_mask, A, temperature, prefix=prefix,
-                                                         shared=shared, select=mask), input_ids[:, -A:], mask)
+                                                         sharing=sharing, select=mask), input_ids[:, -A:], mask)
     logp = logprobs.to(ref.dtype)
     k1 = torch.where(mask, L.kl_k1(logp, ref), torch.zeros_like(ref)).sum(1)
     k3 = torch.where(mask, L.kl_k3(logp, ref), torch.zeros_like(ref)).sum(1)

@@ -49,6 +49,22 @@ def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """logits / temperature in float32; no division (a pass over the logits, and one more in the backward) at 1."""
+    return logits.float() if temperature == 1 else logits.float() / temperature
+
+
+def _sees(cached: Tensor, own: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive 4-D mask of a pass over tokens ``own`` (n, Tq) (1: real, 0: padding) after cached columns
+    ``cached`` (n, C) (1: visible): token q sees the visible cached columns and its own real tokens up to q.
+    (n, 1, Tq, C + Tq). A padding token may see nothing: the additive mask is finite (``additive_mask``), so its
+    softmax is uniform, not NaN, and no real token reads its output."""
+    Tq = own.shape[1]
+    causal = torch.ones(Tq, Tq, dtype=torch.bool, device=own.device).tril()  # (Tq, Tq)
+    sees = torch.cat([cached.bool()[:, None, :].expand(-1, Tq, -1), causal[None] & own.bool()[:, None, :]], dim=2)
+    return additive_mask(sees[:, None], dtype)  # (n, 1, Tq, C + Tq)
+
+
 @dataclass(frozen=True)
 class Packed:
     """A custom token layout for ``forward`` / ``reference_logits``: several continuations of one prompt in one row
@@ -62,6 +78,27 @@ class Packed:
     mask: Tensor
     positions: Tensor
     keep: Tensor
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Prompt tokens that several rows have in common, for ``forward`` to run once (``PolicyWithValue.sharing``).
+
+    common: real tokens every row starts with (the chat template and system turn), run once at batch 1.
+    group: K > 1 when rows g·K … g·K + K − 1 have the same prompt (RLOO's and GRPO's K samples of a prompt):
+    the rest of each group's prompt, but its last token, then runs once per group, at batch B / K.
+    Each row runs only what is its own: the last prompt token (it predicts the first response token) and the
+    response. ``Sharing()`` shares nothing.
+    """
+
+    common: int = 0
+    group: int = 1
+
+    def __bool__(self) -> bool:
+        return self.common > 0 or self.group > 1
+
+
+NO_SHARING = Sharing()
 
 
 class PolicyWithValue(nn.Module):
@@ -103,49 +140,73 @@ class PolicyWithValue(nn.Module):
         them); else logits[:, t] predicts token t+1, the A+1 kept positions are T−A−1 … T−1: drop the last."""
         return t if packed is not None else t[:, :-1]
 
-    def shared_prompt_length(self, input_ids: Tensor, attention_mask: Tensor, n_response: int) -> int:
-        """How many real tokens every row's prompt starts with (the chat template and system turn: ~25 of
-        SmolLM2's ~40 prompt tokens in the demo), for ``forward``'s ``shared``. 0 where sharing does not apply: a
-        separate reference copy, sliding-window layers (padding between the prefix and a row's own tokens would
-        narrow the window), FSDP shards (one forward per step), a single row."""
+    def sharing(self, input_ids: Tensor, attention_mask: Tensor, n_response: int) -> Sharing:
+        """What of these rows' prompts ``forward`` can run once (``Sharing``): the tokens every prompt starts with
+        (the chat template and system turn: ~25 of SmolLM2's ~40 prompt tokens in the demo) and, where runs of K
+        consecutive rows have the same prompt, each such group's. Nothing where sharing does not apply: a separate
+        reference copy, sliding-window layers (padding between the shared tokens and a row's own would narrow the
+        window), FSDP shards (one forward per step), a single row."""
         from transformers import DynamicCache
 
-        if (self.reference is not None or input_ids.shape[0] < 2 or fsdp_parts(self)
+        B = input_ids.shape[0]
+        if (self.reference is not None or B < 2 or fsdp_parts(self)
                 or any(DynamicCache(config=self.lm.config).is_sliding)):
-            return 0
+            return NO_SHARING
         P = input_ids.shape[1] - n_response
-        return shared_prefix_length([ids[m.bool()].tolist() for ids, m in zip(input_ids[:, :P], attention_mask[:, :P])])
+        prompts = [tuple(ids[m.bool()].tolist()) for ids, m in zip(input_ids[:, :P], attention_mask[:, :P])]
+        common = shared_prefix_length([list(p) for p in prompts])
+        K = next((k for k in range(1, B) if prompts[k] != prompts[0]), B)  # the first run of equal prompts
+        grouped = (1 < K < B and B % K == 0 and all(prompts[i] == prompts[i - i % K] for i in range(B))
+                   and any(len(prompts[i]) - 1 > common for i in range(0, B, K)))  # something left to share
+        return Sharing(common, K if grouped else 1)
 
     def _run(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, prefix: Tensor | None,
-             packed: Packed | None, shared: int):
-        """``self.lm``'s output on these rows (adapters as the caller set them). ``shared`` > 0: the first
-        ``shared`` real tokens of every row are the same (the chat template and system turn); they run once, at
-        batch 1, and each row runs only its own tokens against their keys and values — the same result (to float
-        rounding), gradients included (the copies of the prefix's keys and values pass theirs back to it)."""
-        if not shared:
+             packed: Packed | None, sharing: Sharing):
+        """``self.lm``'s output on these rows (adapters as the caller set them). With ``sharing`` the tokens rows
+        have in common run once — the common ones at batch 1, then each group's own prompt at batch B / K — into a
+        KV cache each row's own tokens then attend to: the same result (to float rounding), gradients included
+        (the copies of the shared keys and values pass theirs back to them)."""
+        if not sharing:
             with self.prefix.reuse(prefix):
                 return self.lm(**self._inputs(input_ids, attention_mask, n_response, packed))
         from transformers import DynamicCache
 
-        B = input_ids.shape[0]
-        first = int((attention_mask[0].long().cumsum(0) == 0).sum())  # row 0's first real column
+        B, T = input_ids.shape
+        L, K = sharing.common, sharing.group
+        decoder = inner(self.lm).get_decoder()  # the shared tokens need no logits (adapters and stub act in place)
+        dtype = next(self.lm.parameters()).dtype
         cache = DynamicCache(config=self.lm.config)
-        # the decoder alone: the prefix needs no logits (the adapters and the stub act on its modules in place)
-        with self.prefix.reuse(None if prefix is None else prefix[:1, first : first + shared]):
-            inner(self.lm).get_decoder()(input_ids=input_ids[:1, first : first + shared], past_key_values=cache,
-                                         use_cache=True, position_ids=torch.arange(shared, device=input_ids.device)[None])
-        cache.batch_repeat_interleave(B)
-        own = drop_prefix(attention_mask, attention_mask, shared)  # (B, T' = T − shared)
-        # A 4-D mask, used as is: the frozen blocks skipped above filled no cache, so transformers would size its
-        # own mask from their empty layers. Each row's token q sees the prefix and its own real tokens up to q.
-        Tq = own.shape[1]
-        causal = torch.ones(Tq, Tq, dtype=torch.bool, device=own.device).tril()  # (T', T')
-        sees = torch.cat([causal.new_ones(B, Tq, shared), causal[None] & own.bool()[:, None, :]], dim=2)  # (B, T', L + T')
-        mask = additive_mask(sees[:, None], next(self.lm.parameters()).dtype)  # (B, 1, T', L + T')
-        with self.prefix.reuse(None if prefix is None else drop_prefix(prefix, attention_mask, shared)):
-            return self.lm(input_ids=drop_prefix(input_ids, attention_mask, shared), past_key_values=cache,
-                           attention_mask=mask, use_cache=True, position_ids=shared + position_ids(own),
-                           logits_to_keep=n_response + 1)
+        if L:
+            first = int((attention_mask[0].long().cumsum(0) == 0).sum())  # row 0's first real column
+            with self.prefix.reuse(None if prefix is None else prefix[:1, first : first + L]):
+                decoder(input_ids=input_ids[:1, first : first + L], past_key_values=cache, use_cache=True,
+                        position_ids=torch.arange(L, device=input_ids.device)[None])
+        # the rest of the tokens, in (at most) two passes: each group's prompt but its last token, then each row's own
+        # (a 4-D mask, used as is: frozen blocks skipped by the stub fill no cache, so transformers would size its own
+        # mask from their empty layers)
+        seen = attention_mask.new_ones(1, L)  # (n, C): which cached columns a query may see, per row of the pass
+        if K > 1:
+            cut = T - n_response - 1  # the columns before each row's own tokens: its last prompt token and response
+            lead_mask = attention_mask[::K, :cut]  # (G, cut): each group's prompt but its last token
+            own = drop_prefix(lead_mask, lead_mask, L)  # (G, S)
+            cache.batch_repeat_interleave(own.shape[0])
+            seen = seen.expand(own.shape[0], L)
+            with self.prefix.reuse(None if prefix is None else drop_prefix(prefix[::K, :cut], lead_mask, L)):
+                decoder(input_ids=drop_prefix(input_ids[::K, :cut], lead_mask, L), past_key_values=cache, use_cache=True,
+                        attention_mask=_sees(seen, own, dtype), position_ids=L + position_ids(own))
+            cache.batch_repeat_interleave(K)
+            seen = torch.cat([seen, own], dim=1).repeat_interleave(K, dim=0)  # (B, L + S)
+            own_mask, ids, rest = attention_mask[:, cut:], input_ids[:, cut:], None if prefix is None else prefix[:, cut:]
+            positions = position_ids(attention_mask)[:, cut:]
+        else:
+            cache.batch_repeat_interleave(B)
+            seen = seen.expand(B, L)
+            own_mask = drop_prefix(attention_mask, attention_mask, L)  # (B, T' = T − L)
+            ids, rest = drop_prefix(input_ids, attention_mask, L), None if prefix is None else drop_prefix(prefix, attention_mask, L)
+            positions = L + position_ids(own_mask)
+        with self.prefix.reuse(rest):
+            return self.lm(input_ids=ids, past_key_values=cache, attention_mask=_sees(seen, own_mask, dtype),
+                           use_cache=True, position_ids=positions, logits_to_keep=n_response + 1)
 
     def _head_rows(self, select: Tensor | None, packed: Packed | None) -> Tensor | None:
         """``select`` (B, A) as a mask over the positions the LM head is given (the A + 1 kept ones)."""
@@ -156,14 +217,14 @@ class PolicyWithValue(nn.Module):
         return torch.cat([select.bool(), select.new_zeros(select.shape[0], 1, dtype=torch.bool)], dim=1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, temperature: float,
-                prefix: Tensor | None = None, packed: Packed | None = None, shared: int = 0,
+                prefix: Tensor | None = None, packed: Packed | None = None, sharing: Sharing = NO_SHARING,
                 select: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits predicting each response token and the value of the state before it.
 
         input_ids, attention_mask: (B, T) = prompt (left-padded) + response (right-padded), T = P + A.
         prefix: (B, T, H) output of the frozen lower blocks for these rows (``frozen_prefix``), or None.
         packed: another layout (``Packed``; attention_mask and n_response unused): A = len(packed.keep).
-        shared: how many real tokens every row starts with, run once (``_run``; ``shared_prompt_length``).
+        sharing: the prompt tokens rows have in common, run once (``Sharing``, ``sharing``).
         select: (B, A) bool, the response tokens whose logits are wanted (the real ones, not the padding
         after EOS): the LM head — a 49k-word matmul on SmolLM2, forward and backward — runs on those only.
         Returns logits (B, A, V) — or (N, V) at the N selected positions, row by row — scaled by 1/temperature,
@@ -171,19 +232,19 @@ class PolicyWithValue(nn.Module):
         """
         rows = self._head_rows(select, packed)
         with head_input(self.lm, rows) as box:
-            out = self._run(input_ids, attention_mask, n_response, prefix, packed, shared)
-        logits = (out.logits if rows is not None else self._predicting(out.logits, packed)).float() / temperature
+            out = self._run(input_ids, attention_mask, n_response, prefix, packed, sharing)
+        logits = _scaled(out.logits if rows is not None else self._predicting(out.logits, packed), temperature)
         hidden = self._predicting(box[-1], packed)  # (B, A, H): the state before each response token
         values = self.value_head(hidden.float()).squeeze(-1)  # (B, A)
         return logits, values
 
     @torch.no_grad()
     def reference_logits(self, input_ids: Tensor, attention_mask: Tensor | None, n_response: int, temperature: float,
-                         prefix: Tensor | None = None, packed: Packed | None = None, shared: int = 0,
+                         prefix: Tensor | None = None, packed: Packed | None = None, sharing: Sharing = NO_SHARING,
                          select: Tensor | None = None) -> Tensor:
         """(B, A, V) logits of the frozen reference: the base with adapters off, or the separate copy.
 
-        prefix, packed, shared, select: as in ``forward`` (the frozen lower blocks are the same for policy and
+        prefix, packed, sharing, select: as in ``forward`` (the frozen lower blocks are the same for policy and
         reference); with ``select``: (N, V).
         """
         rows = self._head_rows(select, packed)
@@ -192,8 +253,8 @@ class PolicyWithValue(nn.Module):
                 out = self.reference(**self._inputs(input_ids, attention_mask, n_response, packed))
         else:
             with as_reference(self.lm), head_input(self.lm, rows):
-                out = self._run(input_ids, attention_mask, n_response, prefix, packed, shared)
-        return (out.logits if rows is not None else self._predicting(out.logits, packed)).float() / temperature
+                out = self._run(input_ids, attention_mask, n_response, prefix, packed, sharing)
+        return _scaled(out.logits if rows is not None else self._predicting(out.logits, packed), temperature)
 
     @torch.no_grad()
     def frozen_prefix(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | None:

@@ -22,7 +22,7 @@ from torch import Tensor
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.generate import Sampled, assemble, decode_responses, eos_ids, sample
 from rlhfkit.models.load import format_prompt
-from rlhfkit.models.policy import PolicyWithValue, sampler_is_policy
+from rlhfkit.models.policy import NO_SHARING, PolicyWithValue, sampler_is_policy
 from rlhfkit.models.reward import RewardNorm, Scorer
 from rlhfkit.models.unwrap import inner, plain_layers
 from rlhfkit.rewards import load_scorer
@@ -146,19 +146,19 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
     # the frozen lower blocks (LoRA on the top blocks only) run once for both and for the update epochs
     # (B, T, H) or None; on float32 weights the sampler's own, kept as it ran those blocks (``sample_ids``)
     prefix = s.block_states if s.block_states is not None else model.frozen_prefix(input_ids, attention_mask)
-    shared = model.shared_prompt_length(input_ids, attention_mask, A)  # the system turn: run once, not per row
+    sharing = model.sharing(input_ids, attention_mask, A)  # the system turn, and a group's prompt: once, not per row
     recomputed = not (sampler_is_policy(model) and (not critic or s.hidden is not None))
     if not recomputed:
         logprobs = s.logprobs.to(input_ids.device) * response_mask  # (B, A); 0 off the mask
         values = (model.value_head(s.hidden.float()).squeeze(-1) * response_mask if critic  # (B, A, H) → (B, A)
                   else torch.zeros_like(logprobs))
     else:
-        logits, values = model(input_ids, attention_mask, A, T, prefix=prefix, shared=shared)
+        logits, values = model(input_ids, attention_mask, A, T, prefix=prefix, sharing=sharing)
         logprobs = L.logprobs_from_logits(logits, s.response_ids)  # (B, A); logits already divided by T
         del logits
     real = response_mask.bool()  # the LM head at the real response tokens only (not the padding after EOS)
     ref_logprobs = L.selected_logprobs(model.reference_logits(input_ids, attention_mask, A, T, prefix=prefix,
-                                                              shared=shared, select=real), s.response_ids, real)
+                                                              sharing=sharing, select=real), s.response_ids, real)
     scores = scores.to(values.device)
     check_finite(iteration, scores=scores, values=values, logprobs=logprobs, ref_logprobs=ref_logprobs)
 
@@ -175,11 +175,14 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
                vf_clip: float, vf_coef: float, ent_coef: float, temperature: float, max_grad_norm: float,
                generator: torch.Generator, iteration: int, critic: bool = True,
-               kl_loss_coef: float | None = None, wrapped: torch.nn.Module | None = None) -> dict[str, float]:
+               kl_loss_coef: float | None = None, wrapped: torch.nn.Module | None = None,
+               group_size: int = 1) -> dict[str, float]:
     """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches.
 
     critic False: no value loss (RLOO, GRPO). kl_loss_coef: β of a KL-to-reference term in the loss (GRPO), None: none.
     wrapped: the DDP / FSDP module to run the training forward through (train/dist.py); None: ``model``.
+    group_size: K > 1 when rows g·K … g·K + K − 1 are one prompt's samples (RLOO, GRPO): the shuffle then moves
+    whole groups (where the minibatch holds whole groups), so each group's prompt runs once (``Sharing``).
     Under torchrun ``minibatch_size`` is this rank's share of the global minibatch.
     """
     B, A = ro.response_mask.shape
@@ -187,17 +190,18 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
     n = 0
     params = [p for p in model.parameters() if p.requires_grad]
     forward = wrapped if wrapped is not None else model
-    # the prompt tokens every row starts with run once per minibatch (one process: DDP / FSDP take one forward)
-    shared = model.shared_prompt_length(ro.input_ids, ro.attention_mask, A) if wrapped is None else 0
+    K = group_size if group_size > 1 and B % group_size == 0 and minibatch_size % group_size == 0 else 1
     for _ in range(epochs):
-        order = torch.randperm(B, generator=generator)
+        order = (torch.randperm(B // K, generator=generator)[:, None] * K + torch.arange(K)).flatten()  # whole groups
         for lo in range(0, B, minibatch_size):
             idx = order[lo : lo + minibatch_size].to(ro.input_ids.device)
+            # the prompt tokens rows share run once per minibatch (one process: DDP / FSDP take one forward)
+            sharing = model.sharing(ro.input_ids[idx], ro.attention_mask[idx], A) if wrapped is None else NO_SHARING
             mask = ro.response_mask[idx]  # (b, A)
             prefix = None if ro.prefix is None else ro.prefix[idx]
             real = mask.bool()  # logits at the real response tokens only: (N, V)
             logits, values = forward(ro.input_ids[idx], ro.attention_mask[idx], A, temperature, prefix=prefix,
-                                     select=real, shared=shared)
+                                     select=real, sharing=sharing)
             logp = L.selected_logprobs(logits, ro.input_ids[idx, -A:], real)  # (b, A), 0 off the mask
             # Token means over the GLOBAL minibatch: each rank divides its token sum by (all ranks' tokens / N),
             # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
