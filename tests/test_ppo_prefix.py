@@ -110,6 +110,33 @@ def test_eval_kl_equals_an_unpadded_plain_forward_per_row(tiny_models):
     assert float(k3.sum()) > 1e-4  # the adapters moved: the check compares something
 
 
+def _sharing_equals_the_plain_forward(model, ro, sharing, full_select):
+    """The forward with ``sharing`` (the rollout's frozen-block output, the LM head at the real response tokens)
+    against the plain one (``full_select`` None: the head everywhere): logits, values and gradients, and the
+    reference's logits. Returns the shared forward's (logits, values, gradients)."""
+    A, ids, mask = ro.n_response, ro.input_ids, ro.attention_mask
+    m = ro.response_mask.bool()
+
+    def run(sharing, prefix, select):
+        model.zero_grad(set_to_none=True)
+        logits, values = model(ids, mask, A, 0.7, prefix=prefix, sharing=sharing, select=select)
+        logits = logits if select is not None else logits[m]  # (N, V) either way
+        (logits.logsumexp(-1).sum() + values[m].sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logits.detach(), values.detach()[m], grads
+
+    once, full = run(sharing, ro.prefix, m), run(Sharing(), None, full_select)
+    torch.testing.assert_close(once[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(once[1], full[1], atol=1e-5, rtol=1e-5)
+    assert any("lora_A" in n for n in full[2])
+    for n in full[2]:
+        torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
+    plain = model.reference_logits(ids, mask, A, 0.7, select=full_select)
+    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, sharing=sharing, select=m),
+                               plain if full_select is not None else plain[m], atol=1e-5, rtol=1e-5)
+    return once
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 @pytest.mark.parametrize("lora_layers", [1, 0], ids=["frozen-blocks", "all-blocks"])
 def test_a_prompt_prefix_every_row_shares_run_once_equals_the_full_forward(tiny_models, arch, lora_layers):
@@ -133,22 +160,7 @@ def test_a_prompt_prefix_every_row_shares_run_once_equals_the_full_forward(tiny_
     m = ro.response_mask.bool()
     assert (~m).any()  # padding after EOS: the selection leaves something out
 
-    def run(shared, prefix, select):
-        model.zero_grad(set_to_none=True)
-        logits, values = model(ids, mask, A, 0.7, prefix=prefix, sharing=shared, select=select)
-        logits = logits if select is not None else logits[m]  # (N, V) either way
-        (logits.logsumexp(-1).sum() + values[m].sum()).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        return logits.detach(), values.detach()[m], grads
-
-    once, full = run(shared, ro.prefix, m), run(Sharing(), None, None)
-    torch.testing.assert_close(once[0], full[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(once[1], full[1], atol=1e-5, rtol=1e-5)
-    assert any("lora_A" in n for n in full[2])
-    for n in full[2]:
-        torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, sharing=shared, select=m),
-                               model.reference_logits(ids, mask, A, 0.7)[m], atol=1e-5, rtol=1e-5)
+    once = _sharing_equals_the_plain_forward(model, ro, shared, full_select=None)
     tokens = ids[:, -A:]
     torch.testing.assert_close(L.selected_logprobs(once[0], tokens, m),  # back in place, row by row
                                torch.where(m, L.logprobs_from_logits(model(ids, mask, A, 0.7)[0], tokens), 0.0),
@@ -222,18 +234,4 @@ def test_each_groups_prompt_run_once_equals_the_full_forward(tiny_models, arch, 
     m = ro.response_mask.bool()
     assert (~m).any()
 
-    def run(sharing, prefix):
-        model.zero_grad(set_to_none=True)
-        logits, values = model(ids, mask, A, 0.7, prefix=prefix, sharing=sharing, select=m)
-        (logits.logsumexp(-1).sum() + values[m].sum()).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        return logits.detach(), values.detach()[m], grads
-
-    once, full = run(sharing, ro.prefix), run(Sharing(), None)
-    torch.testing.assert_close(once[0], full[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(once[1], full[1], atol=1e-5, rtol=1e-5)
-    assert any("lora_A" in n for n in full[2])
-    for n in full[2]:
-        torch.testing.assert_close(once[2][n], full[2][n], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.reference_logits(ids, mask, A, 0.7, prefix=ro.prefix, sharing=sharing, select=m),
-                               model.reference_logits(ids, mask, A, 0.7, select=m), atol=1e-5, rtol=1e-5)
+    _sharing_equals_the_plain_forward(model, ro, sharing, full_select=m)
