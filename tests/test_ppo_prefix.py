@@ -25,15 +25,27 @@ def _batch(model, tok):
                            beta=0.1, gamma=1.0, lam=0.95, missing_eos_penalty=None, iteration=0)
 
 
+def _move_adapters(model) -> None:
+    """LoRA B off zero, so the policy differs from the reference."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+
+
+def _end_early(model, tok) -> None:
+    """EOS far likelier on this random model: rows end early and padding follows them."""
+    lift = torch.zeros(model.lm.config.vocab_size)
+    lift[tok.eos_token_id] = 4.0
+    model.lm.get_output_embeddings().register_forward_hook(lambda _m, _args, out: out + lift)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_prefix_forward_equals_full_forward(tiny_models, arch):
     """Logits, values, reference logits and gradients agree with and without the cached prefix."""
     model, tok = build_policy(str(tiny_models[arch]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=1)
     assert model.n_frozen == 1  # 2 blocks, the top one adapted
-    with torch.no_grad():  # move the adapters off zero so policy ≠ reference
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    _move_adapters(model)
     ro = _batch(model, tok)
     assert ro.prefix is not None and ro.prefix.shape[:2] == ro.input_ids.shape
     A, idx = ro.n_response, torch.tensor([2, 0])
@@ -85,10 +97,7 @@ def test_eval_kl_equals_an_unpadded_plain_forward_per_row(tiny_models):
     from rlhfkit.train import losses as L
 
     model, tok = build_policy(str(tiny_models["llama"]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    _move_adapters(model)
     ro = _batch(model, tok)
     k1, k3 = sequence_kl(model, ro.sampler_logprobs, ro.input_ids, ro.attention_mask, ro.response_mask, 0.7)
     A = ro.n_response
@@ -144,13 +153,8 @@ def test_a_prompt_prefix_every_row_shares_run_once_equals_the_full_forward(tiny_
     ``select``: the LM head at the real response tokens only — logits, values, gradients and the reference's
     logits as the plain full forward over padded rows."""
     model, tok = build_policy(str(tiny_models[arch]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=lora_layers)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    lift = torch.zeros(model.lm.config.vocab_size)
-    lift[tok.eos_token_id] = 4.0  # EOS far likelier on this random model: rows end early, padding follows
-    model.lm.get_output_embeddings().register_forward_hook(lambda _m, _args, out: out + lift)
+    _move_adapters(model)
+    _end_early(model, tok)
     ro = _batch(model, tok)
     A, ids, mask = ro.n_response, ro.input_ids, ro.attention_mask
     shared = model.sharing(ids, mask, A)
@@ -213,13 +217,8 @@ def test_each_groups_prompt_run_once_equals_the_full_forward(tiny_models, arch, 
     model, tok = build_policy(str(tiny_models[arch]), lora_r=4, lora_alpha=8, device="cpu", lora_layers=lora_layers)
     if not template:
         tok.chat_template = None
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    lift = torch.zeros(model.lm.config.vocab_size)
-    lift[tok.eos_token_id] = 4.0  # rows end early: padding after EOS
-    model.lm.get_output_embeddings().register_forward_hook(lambda _m, _args, out: out + lift)
+    _move_adapters(model)
+    _end_early(model, tok)
     word = next(w for w in ("cat", "a", "I", "the", "hi") if len(tok(w, add_special_tokens=False)["input_ids"]) == 1)
     prompts = [word, "why does the dog run so often today?", "what is a good book?"]
     torch.manual_seed(0)

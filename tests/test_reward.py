@@ -101,8 +101,10 @@ def hp(**kw) -> RewardConfig:
 
 
 def _train(pairs, backbone, out_dir, *, gold_scorer=None, run_dir=None, **kw):
+    # float32 on every CPU: dtype auto would autocast to bfloat16 on AVX512-BF16 machines, where scores move
+    # in the third digit with the batch's padding and the exact checks below would hold on some CIs only
     args = dict(epochs=10, batch_size=8, lr=1e-3, max_length=64, eval_fraction=0.25, patience=0, device="cpu",
-                warmup_ratio=0.0)
+                warmup_ratio=0.0, dtype="float32")
     args.update(kw)
     return train_reward_model(pairs, hp(backbone=str(backbone), **args), out_dir=out_dir, gold_scorer=gold_scorer,
                               run_dir=run_dir, progress=False)
@@ -473,7 +475,7 @@ def test_train_rm_and_score_stages(tiny_bert, tmp_path):
     run = tmp_path / "run"
     write_jsonl(run / "pairs.jsonl", toy_pairs())
     cfg = RewardConfig(run_dir=str(run), backbone=str(tiny_bert), epochs=6, batch_size=8, lr=1e-3, max_length=64,
-                       patience=0, warmup_ratio=0.0, device="cpu")
+                       patience=0, warmup_ratio=0.0, device="cpu", dtype="float32")  # as _train: exact on every CPU
     cfg.validate()
     summary = R.run_train_rm(cfg, progress=False)
     assert summary["heldout"]["accuracy"] == 1.0
@@ -486,12 +488,12 @@ def test_train_rm_and_score_stages(tiny_bert, tmp_path):
     out = io.StringIO()
     stdin = io.StringIO('{"prompt": "question 1 cat", "completion": "dog good"}\n'
                         '{"prompt": "question 1 cat", "completion": "dog bad"}\nplain line\n')
-    s = R.run_score(ScoreConfig(run_dir=str(run), device="cpu"), stdin=stdin, stdout=out)
+    s = R.run_score(ScoreConfig(run_dir=str(run), device="cpu", dtype="float32"), stdin=stdin, stdout=out)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert s["scored"] == 3 and len(rows) == 3
     assert rows[0]["completion"] == "dog good" and rows[2]["text"] == "plain line"
     assert rows[0]["reward"] > rows[1]["reward"]
-    rm = RewardModel.load(run / "reward_model", device="cpu", dtype="auto")  # as the score stage loads it
+    rm = RewardModel.load(run / "reward_model", device="cpu", dtype="float32")  # as the score stage loads it
     assert [r["reward"] for r in rows[:2]] == pytest.approx(rm.score(["question 1 cat"] * 2, ["dog good", "dog bad"]))
 
     # issue 19.7: the folder's README shows how plain transformers gets the same rewards (mean pooling here);

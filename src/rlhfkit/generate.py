@@ -35,7 +35,6 @@ from rlhfkit.models.load import format_prompt
 from rlhfkit.models.prefix import shared_prefix_length
 
 
-
 @dataclass
 class Sampled:
     """One batch of samples. B = batch, P = prompt tokens (left-padded), A = response tokens."""
