@@ -14,7 +14,7 @@ from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.feedback.gold import GoldScorer
 from rlhfkit.models.policy import Sharing, build_policy
 from rlhfkit.train import losses as L
-from rlhfkit.train.ppo import collect_rollout
+from rlhfkit.train.ppo import collect_rollout, shuffled_rows
 
 PROMPTS = ["hello the cat", "why does the dog run so often today?", "what is a good book?"]
 
@@ -204,6 +204,20 @@ def test_sharing_finds_the_common_tokens_and_the_groups_by_hand(tiny_models, pro
     model, _ = build_policy(str(tiny_models["gpt2"]), lora_r=4, lora_alpha=8, device="cpu")
     ids, mask = _rows(prompts)
     assert model.sharing(ids, mask, 2) == expected
+
+
+def test_the_update_shuffles_whole_groups_where_its_minibatches_hold_them():
+    # 12 rows = 4 groups of K = 3; minibatches of 6 hold two whole groups, so each run of 3 in the order is one
+    # group's rows g·3, g·3 + 1, g·3 + 2 in order, and every group appears once: each minibatch's prompts can
+    # then run once a group (Sharing). The group order is the generator's permutation of the 4 groups.
+    order = shuffled_rows(12, 3, 6, torch.Generator().manual_seed(5))
+    groups = torch.randperm(4, generator=torch.Generator().manual_seed(5))
+    assert order.tolist() == [3 * g + j for g in groups.tolist() for j in range(3)]
+    # minibatches of 4 would split a group, K = 1 has none, and 10 rows are not whole groups of 3:
+    # a plain permutation of the rows, the one torch.randperm draws
+    for B, K, minibatch in [(12, 3, 4), (12, 1, 6), (10, 3, 6)]:
+        order = shuffled_rows(B, K, minibatch, torch.Generator().manual_seed(5))
+        assert order.tolist() == torch.randperm(B, generator=torch.Generator().manual_seed(5)).tolist()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])

@@ -172,6 +172,14 @@ def experience(model: PolicyWithValue, tokenizer, prompts: list[str], s: Sampled
                    s.logprobs.to(logprobs.device), recomputed)
 
 
+def shuffled_rows(B: int, group_size: int, minibatch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """(B,) an epoch's row order. Rows g·K … g·K + K − 1 (one prompt's K samples) stay together and in order
+    where the minibatch holds whole groups (K divides B and the minibatch size), so every minibatch is whole
+    groups; otherwise, or with K = 1, a plain permutation of the rows (``torch.randperm(B)``)."""
+    K = group_size if group_size > 1 and B % group_size == 0 and minibatch_size % group_size == 0 else 1
+    return (torch.randperm(B // K, generator=generator)[:, None] * K + torch.arange(K)).flatten()
+
+
 def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, minibatch_size: int, clip_eps: float,
                vf_clip: float, vf_coef: float, ent_coef: float, temperature: float, max_grad_norm: float,
                generator: torch.Generator, iteration: int, critic: bool = True,
@@ -190,9 +198,8 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
     n = 0
     params = [p for p in model.parameters() if p.requires_grad]
     forward = wrapped if wrapped is not None else model
-    K = group_size if group_size > 1 and B % group_size == 0 and minibatch_size % group_size == 0 else 1
     for _ in range(epochs):
-        order = (torch.randperm(B // K, generator=generator)[:, None] * K + torch.arange(K)).flatten()  # whole groups
+        order = shuffled_rows(B, group_size, minibatch_size, generator)
         for lo in range(0, B, minibatch_size):
             idx = order[lo : lo + minibatch_size].to(ro.input_ids.device)
             # the prompt tokens rows share run once per minibatch (one process: DDP / FSDP take one forward)
