@@ -11,7 +11,6 @@ from rlhfkit.config import EvalConfig, PPOConfig, load_config
 from rlhfkit.data.errors import RlhfkitError
 from rlhfkit.eval import metrics as M
 from rlhfkit.eval.run import by_ending, run_eval
-from rlhfkit.models.load import resolve_dtype
 from rlhfkit.train.ppo import run_ppo
 
 
@@ -87,15 +86,16 @@ def test_gold_win_by_ending_by_hand():
     assert out["both_ended"]["gold_win_rate"]["value"] == 0.75 and out["neither_ended"] == {"n": 0}
 
 
-def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: what auto picks on AVX512-BF16 CPUs
+def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path, dtype):
     prompts = _prompts(tmp_path)
     run = tmp_path / "run"
     # lr 1e-2: one iteration moves the adapters far enough that the policy's KL to the reference is clearly > 0
     run_ppo(load_config(PPOConfig, None, dict(run_dir=str(run), model=str(tiny_llama), reward_model="gold", prompts=str(prompts),
                                               iterations=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6,
-                                              sample_every=0, device="cpu", lora_layers=0, lr=1e-2)))
+                                              sample_every=0, device="cpu", lora_layers=0, lr=1e-2, dtype=dtype)))
     eval_cfg = dict(run_dir=str(run), reward_model="gold", prompts=str(prompts), device="cpu", samples_per_prompt=2,
-                    report=False)
+                    report=False, dtype=dtype)
     result = run_eval(load_config(EvalConfig, None, eval_cfg))
     assert result["n_prompts"] == 4 and result["n_completions"] == 8
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
@@ -127,9 +127,9 @@ def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path):
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     assert [s["policy"] for s in samples] == [s["reference"] for s in samples]
     # the policy's log-probs come from the sampler's cached decode steps, the reference's from one forward over
-    # the sequence: equal up to rounding of the two paths (a wrong reference would be off by whole nats). With
-    # dtype auto the frozen base is bfloat16 on AVX512-BF16 CPUs: there up to 1.3e-5 was measured, 3e-12 in float32
-    tol = 1e-5 if resolve_dtype("auto", "cpu") == "float32" else 1e-4
+    # the sequence: equal up to rounding of the two paths (a wrong reference would be off by whole nats). In
+    # float32 3e-12 was measured; with a bfloat16 base up to 1.3e-5 (AVX512-BF16 kernels) and 1.2e-5 (AVX2 ones)
+    tol = {"float32": 1e-5, "bfloat16": 1e-4}[dtype]
     assert all(abs(s["kl"]) < tol for s in samples) and abs(same["kl"]["value"]) < tol
     assert same["win_rate"]["gold"]["value"] == 0.5 and same["win_rate"]["reward_model"]["value"] == 0.5
     assert same["models"]["reference"] == result["models"]["reference"]
