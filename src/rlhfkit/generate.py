@@ -430,4 +430,5 @@ def run_generate(cfg) -> dict:
     save_resolved(cfg.run_dir, "generate", cfg)
     write_jsonl(out, completions)
     ended = sum(c.sampling.get("ended", False) for c in completions)
-    return {"path": str(out), "prompts": len(prompts), "completions": len(completions), "ended": ended, **stats}
+    return {"path": str(out), "prompts": len(prompts), "completions": len(completions), "ended": ended,
+            "dtype": str(model.dtype).removeprefix("torch."), **stats}

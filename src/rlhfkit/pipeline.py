@@ -159,8 +159,12 @@ def run_pipeline(config_path: str | Path | None, *, overrides: dict[str, dict] |
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(digest + "\n")
         timings[stage.name] = {"seconds": round(time.perf_counter() - t0, 1)}
+        dtype = summaries[name].get("dtype") if isinstance(summaries[name], dict) else None
+        if dtype:  # the precision the stage's model ran in (dtype auto resolved on this machine)
+            timings[stage.name]["dtype"] = dtype
         record_run(run_dir, timings, time.perf_counter() - t_all)
-        echo(f"[{stage.name}] done in {time.perf_counter() - t0:.0f} s: {describe(stage.name, summaries[name])}")
+        precision = f" ({dtype})" if dtype else ""
+        echo(f"[{stage.name}] done in {time.perf_counter() - t0:.0f} s{precision}: {describe(stage.name, summaries[name])}")
         rerun = True
     summaries["seconds"] = time.perf_counter() - t_all
     summaries["stages"] = timings
@@ -184,7 +188,8 @@ def _refuse_stale_rankings(registry: dict, configs: dict, run_dir: Path, force: 
 
 
 RUN_FILE = "run.json"
-"""RUN_DIR/run.json: the machine and each stage's wall seconds of the last pipeline run (the report shows them)."""
+"""RUN_DIR/run.json: the machine and each stage's wall seconds of the last pipeline run, and the dtype its model ran
+in where it runs one (the report shows them)."""
 
 
 def record_run(run_dir: Path, timings: dict, seconds: float) -> None:

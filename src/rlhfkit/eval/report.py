@@ -544,16 +544,17 @@ def _samples_section(run_dir: Path, samples: list[dict]) -> dict:
 
 
 def _machine_section(run_dir: Path) -> dict | None:
-    """The machine and each stage's wall seconds, from RUN_DIR/run.json (written by `rlhfkit pipeline`)."""
+    """The machine and each stage's wall seconds (and its model's dtype), from RUN_DIR/run.json (`rlhfkit pipeline`)."""
     from rlhfkit.machine import one_line
 
     art = _read_json(run_dir, "run.json", "pipeline")
     if art.data is None:
         return None
-    stages = [(name, t["seconds"]) for name, t in as_dict(art.data.get("stages")).items()
+    stages = [(name, t["seconds"], t.get("dtype")) for name, t in as_dict(art.data.get("stages")).items()
               if isinstance(t, dict) and finite(t.get("seconds"))]
     return {"machine": one_line(as_dict(art.data.get("machine"))),
-            "stages": ", ".join(f"{name} {fmt_num(float(sec))} s" for name, sec in stages),
+            "stages": ", ".join(f"{name} {fmt_num(float(sec))} s" + (f" ({dtype})" if isinstance(dtype, str) else "")
+                                for name, sec, dtype in stages),
             "total": fmt_num(float(art.data["seconds"])) if finite(art.data.get("seconds")) else "—"}
 
 

@@ -330,6 +330,7 @@ def _report(rm: RewardModel, data: EncodedPairs, state: TrainState, hp, *, n_giv
     pairs = data.pairs
     report: dict[str, Any] = {
         "backbone": hp.backbone, "format": rm.format, "max_length": rm.max_length, "lora_r": hp.lora_r,
+        "dtype": rm.compute_dtype,  # what dtype auto became: the score statistics below were computed in it
         "pairs": {"given": n_given, "used": len(pairs), "train": len(data.train), "heldout": len(data.heldout),
                   "train_prompts": len({pairs[i].prompt for i in data.train}),
                   "heldout_prompts": len({pairs[i].prompt for i in data.heldout})},
