@@ -98,6 +98,7 @@ def test_eval_end_to_end_on_tiny_policy(tiny_llama, tmp_path, dtype):
                     report=False, dtype=dtype)
     result = run_eval(load_config(EvalConfig, None, eval_cfg))
     assert result["n_prompts"] == 4 and result["n_completions"] == 8
+    assert result["dtype"] == dtype  # the precision asked for is the one the models ran in
     samples = [json.loads(x) for x in (run / "eval" / "samples.jsonl").read_text().splitlines()]
     eval_prompts = [f"why does the cat {i} run?" for i in (1, 3, 5, 7)]
     assert [s["prompt"] for s in samples] == [p for p in eval_prompts for _ in range(2)]
