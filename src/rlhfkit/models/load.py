@@ -226,13 +226,16 @@ def load_policy(name_or_path: str, *, device: str = "cpu", dtype: str = "float32
 
 def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str | list[str] = "all-linear",
              top_layers: int = 0):
-    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters train.
+    """Wrap ``model`` with fresh LoRA adapters (peft); only the adapters train. Their layers add the adapter's
+    product inside the base layer's output GEMM (``lora.FusedLoraLinear``).
 
     ``top_layers`` > 0 adapts only the last N transformer blocks. Then nothing below them needs a
     gradient, so backpropagation stops at the lowest adapted block: on CPU the update costs a
     fraction of a full backward pass.
     """
     from peft import LoraConfig, get_peft_model
+
+    from rlhfkit.models.lora import fuse_lora
 
     n_layers = model.config.get_text_config().num_hidden_layers
     if 0 < top_layers < n_layers:
@@ -241,7 +244,9 @@ def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, targe
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type="CAUSAL_LM",
     )
     with quiet_transformers():
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+    fuse_lora(model)
+    return model
 
 
 def _linear_modules_of_top_layers(model, n_layers: int, top_layers: int) -> list[str]:

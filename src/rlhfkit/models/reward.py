@@ -277,10 +277,13 @@ class RewardModel:
         if lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
+            from rlhfkit.models.lora import fuse_lora
+
             lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear",
                               bias="none", task_type="SEQ_CLS", modules_to_save=[_head_name(model)])
             with quiet_transformers():  # peft calls a transformers method deprecated in 5.x
                 model = get_peft_model(model, lora)
+            fuse_lora(model)
         model.to(device)
         model.eval()
         if fmt == "concat" or pooling == "cls":

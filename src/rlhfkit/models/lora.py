@@ -1,0 +1,74 @@
+"""LoRA layers that add the adapter's product inside the base layer's output, in one GEMM.
+
+peft computes a LoRA linear layer as ``base(x) + lora_B(lora_A(x)) · s``: after the two small matmuls come two
+passes over the (tokens, out) output — the scaling, then the sum — and in the backward a third (the gradient
+scaled by s before ``lora_B``'s). ``FusedLoraLinear`` computes the same sum as y = base(x), then
+``y.addmm_(A·x, Bᵀ, alpha=s)``: the scaling is applied to the (tokens, r)·(r, out) product inside the GEMM and the
+sum accumulated into y in place; autograd's addmm backward scales only (tokens, r) and (r, out) tensors. On the
+peers' 3.7M GPT-2 (LoRA r = 16 on every linear layer, 16 × 43 tokens, one float32 CPU thread, 2-core AMD EPYC
+with AVX-512) a GRPO update's forward and backward took 0.177 s instead of 0.195 (median of 16 alternating steps).
+Outputs agree with peft's to float32 rounding (the product is scaled before it is added, not after).
+
+The fused path covers what rlhfkit builds: one active vanilla adapter (no DoRA or other variant, no LoRA bias, no
+dropout), an ``nn.Linear`` or GPT-2 ``Conv1D`` base, input, adapters and base weights in one dtype. Anything else —
+a bfloat16 base under float32 adapters, adapters switched off (the reference), merged, several adapters, peft's
+``adapter_names`` — runs peft's own forward, unchanged. The class is a subclass of peft's ``lora.Linear``, swapped
+in on the instance: saving, loading, merging and ``isinstance`` checks see peft's layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import Linear as LoraLinear
+from torch import Tensor, nn
+
+
+def _plain_base(module: nn.Module) -> bool:
+    """nn.Linear or GPT-2's Conv1D (x·W + b, W stored in × out) exactly: forwards this module computes itself."""
+    return type(module) is nn.Linear or (type(module).__name__ == "Conv1D" and getattr(module, "bias", None) is not None)
+
+
+class FusedLoraLinear(LoraLinear):
+    """peft's ``lora.Linear`` with the adapter's product added in one in-place addmm (see the module doc)."""
+
+    def _fusable(self, x: Tensor, args: tuple, kwargs: dict) -> str | None:
+        """The active adapter's name when the fused path computes this call exactly as peft would; else None."""
+        if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+            return None
+        name = self.active_adapters[0]
+        if name not in self.lora_A or name in self.lora_variant or self.lora_bias.get(name, False):
+            return None
+        if not isinstance(self.lora_dropout[name], nn.Identity):
+            return None
+        base = self.get_base_layer()
+        if not _plain_base(base):
+            return None
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        if not (x.dtype == a.dtype == b.dtype == base.weight.dtype):
+            return None
+        return name
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        name = self._fusable(x, args, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        base = self.get_base_layer()
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight  # (r, in), (out, r)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        # (N, out) as the base layer computes it, as a fresh tensor: the in-place sum must not go into a view
+        # (autograd would copy the gradient back through it), and Conv1D.forward returns one
+        y = F.linear(x2, base.weight, base.bias) if type(base) is nn.Linear else torch.addmm(base.bias, x2, base.weight)
+        y.addmm_(x2 @ a.t(), b.t(), alpha=self.scaling[name])  # y += s·(x·Aᵀ)·Bᵀ
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def fuse_lora(model: nn.Module) -> int:
+    """Make every peft ``lora.Linear`` in ``model`` a ``FusedLoraLinear`` (in place, weights untouched). Returns
+    how many layers it changed."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:
+            module.__class__ = FusedLoraLinear
+            changed += 1
+    return changed
