@@ -152,7 +152,7 @@ def ours_worker(job_path: str) -> None:
         "max_new_tokens": job["response_length"], "lora_r": job["lora_r"], "lora_alpha": 2 * max(job["lora_r"], 1),
         "lora_layers": job["lora_layers"], "kl_coef": job["kl"], "lr": job["lr"], "gold": False, "device": "cpu",
         "seed": job["seed"], "temperature": job["temperature"], "algorithm": job.get("algorithm", "ppo"),
-        "group_size": job.get("group_size", 2),
+        "group_size": job.get("group_size", 2), "dtype": "float32",
     })
     seed_everything(hp.seed)
     model, tokenizer = build_policy(hp.model, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, device="cpu",
@@ -161,7 +161,7 @@ def ours_worker(job_path: str) -> None:
         tokenizer.chat_template = None
     with tempfile.TemporaryDirectory() as tmp:  # the reward model goes through its saved-folder path, as in `rlhfkit ppo`
         RewardModel.from_backbone(job["reward_model"], device="cpu").save(Path(tmp) / "reward_model")
-        score_fn, _ = load_scorer(str(Path(tmp) / "reward_model"), Path(tmp), "cpu")
+        score_fn, _, _ = load_scorer(str(Path(tmp) / "reward_model"), Path(tmp), "cpu", dtype="float32")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr, eps=1e-5)
     kl_ctl = FixedKLController(hp.kl_coef)
     norm = None  # fitted on the first iteration's rollouts, as in `rlhfkit ppo`

@@ -42,7 +42,7 @@ def test_pipeline_runs_skips_and_reruns_from_a_change(tiny_llama, tmp_path):
     # each model stage its own precision: run.json, the terminal line and the report say which each ran in
     dtypes = {"generate": "bfloat16", "train_rm": "float32", "ppo": "bfloat16", "eval": "float32"}
     cfg = _config(tmp_path, tiny_llama, **{stage: {"dtype": dtype} for stage, dtype in dtypes.items()})
-    run_pipeline(cfg, echo=lines.append)
+    summaries = run_pipeline(cfg, echo=lines.append)
     run = tmp_path / "run"
     for artifact in ["completions.jsonl", "feedback.db", "pairs.jsonl", "reward_model/eval.json",
                      "policy/trainable.safetensors", "eval/eval.json", "eval/report.html"]:
@@ -51,6 +51,9 @@ def test_pipeline_runs_skips_and_reruns_from_a_change(tiny_llama, tmp_path):
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert {name: t.get("dtype") for name, t in stages.items()} == {**dtypes, "label": None, "pairs": None}
     assert any(line.startswith("[ppo] done in") and "s (bfloat16):" in line for line in lines)
+    # the reward model scores in the precision of the stage that uses it (not what auto picks on this machine)
+    assert summaries["ppo"]["reward_model_dtype"] == "bfloat16"
+    assert json.loads((run / "eval" / "eval.json").read_text())["reward_model_dtype"] == "float32"
     assert "generate" in (report := (run / "eval" / "report.html").read_text()) and " s (bfloat16), label " in report
 
     lines.clear()

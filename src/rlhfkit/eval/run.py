@@ -191,7 +191,8 @@ def run_eval(cfg) -> dict:
     model, tokenizer = build_policy(ppo["model"], lora_r=ppo["lora_r"], lora_alpha=ppo["lora_alpha"], device=device,
                                     lora_layers=ppo.get("lora_layers", 0), dtype=dtype)
     model.load_trained(policy_dir)
-    raw_fn, _ = load_scorer(cfg.reward_model if cfg.reward_model == "gold" else str(rm_path), run_dir, device)
+    raw_fn, _, raw_dtype = load_scorer(cfg.reward_model if cfg.reward_model == "gold" else str(rm_path), run_dir, device,
+                                       dtype=cfg.dtype)
     gold = GoldScorer()
     texts_in = [p.prompt for p, _ in rows]
     groups = [p.id for p, _ in rows]  # intervals resample prompts: a prompt's samples are not independent
@@ -209,7 +210,7 @@ def run_eval(cfg) -> dict:
         "n_prompts": len(set(groups)), "samples_per_prompt": cfg.samples_per_prompt,
         "toxic_samples_per_prompt": cfg.toxic_samples_per_prompt or cfg.samples_per_prompt,
         "n_completions": len(texts_in), "sampling": dataclasses.asdict(sampling), "sampling_differs_from_ppo": differs,
-        "kl_budget": kl_budget, "dtype": dtype,
+        "kl_budget": kl_budget, "dtype": dtype, "reward_model_dtype": raw_dtype,
         "models": {m: model_metrics(scores[m], sampled[m], sampled[m]["texts"], cfg.seed, groups) for m in MODELS},
         "win_rate": {"reward_model": M.paired_win_rate(pol["reward_model"], ref["reward_model"], seed=cfg.seed, groups=groups)},
         "kl": M.summary(sampled["policy"]["kl_k3"], seed=cfg.seed, groups=groups),

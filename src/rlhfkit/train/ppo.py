@@ -495,7 +495,7 @@ def run_ppo(cfg) -> dict:
     dtype = resolve_dtype(cfg.dtype, device) if cfg.lora_r > 0 else "float32"
     model, tokenizer = build_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device,
                                     lora_layers=cfg.lora_layers, dtype=dtype)
-    score_fn, scorer_name = load_scorer(cfg.reward_model, run_dir, device)
+    score_fn, scorer_name, scorer_dtype = load_scorer(cfg.reward_model, run_dir, device, dtype=cfg.dtype)
     gold_fn = None
     if cfg.gold:
         from rlhfkit.feedback.gold import GoldScorer
@@ -571,7 +571,7 @@ def run_ppo(cfg) -> dict:
     seconds = time.perf_counter() - t_start
     first, final = history[0], history[-1]
     summary = {"path": str(out), "algorithm": cfg.algorithm, "iterations": len(history), "stop_reason": stop_reason, "seconds": seconds,
-               "reward_model": scorer_name, "dtype": dtype, "reward_norm": dataclasses.asdict(norm),
+               "reward_model": scorer_name, "dtype": dtype, "reward_model_dtype": scorer_dtype, "reward_norm": dataclasses.asdict(norm),
                "score_first": first["objective/score"], "score_last": final["objective/score"],
                "kl_last": final["objective/kl"], "beta_last": kl_ctl.value}
     if gold_fn is not None:
