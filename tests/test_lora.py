@@ -14,6 +14,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from rlhfkit.models.load import add_lora, load_policy
 from rlhfkit.models.lora import FusedLoraLinear, fuse_lora
 from rlhfkit.models.policy import build_policy
+from rlhfkit.models.reward import RewardModel
 
 
 def _policy(model_dir, dtype="float32"):
@@ -90,7 +91,8 @@ def test_fused_model_computes_peft_model_logits_and_adapter_gradients(tiny_model
 
 
 def test_what_the_fused_path_does_not_cover_runs_peft_forward_unchanged(tiny_models):
-    """Adapters off (the reference), a bfloat16 base under float32 adapters, dropout: peft's forward, bit for bit."""
+    """Adapters off (the reference), autocast, a bfloat16 base under float32 adapters, dropout: peft's forward,
+    bit for bit."""
     torch.manual_seed(3)
     lm = _policy(tiny_models["llama"])
     layer = _layers(lm)[0]
@@ -101,6 +103,10 @@ def test_what_the_fused_path_does_not_cover_runs_peft_forward_unchanged(tiny_mod
             assert torch.equal(layer(x), layer.get_base_layer()(x))
         assert layer._fusable(x, (), {}) == "default"  # and back on once the block ends
         assert layer._fusable(x.double(), (), {}) is None  # input in another dtype than the weights
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the reward model's bfloat16: float32 weights, autocast
+            assert layer._fusable(x, (), {}) is None
+            out = layer(x)
+            assert out.dtype == torch.bfloat16 and torch.equal(out, LoraLinear.forward(layer, x))
 
     bf16 = _policy(tiny_models["llama"], dtype="bfloat16")
     layer = _layers(bf16)[0]
@@ -114,3 +120,14 @@ def test_what_the_fused_path_does_not_cover_runs_peft_forward_unchanged(tiny_mod
     dropped = add_lora(base, r=4, alpha=8, dropout=0.1)
     layer = _layers(dropped)[0]
     assert type(layer) is FusedLoraLinear and layer._fusable(x.float(), (), {}) is None
+
+
+def test_lora_reward_model_trains_under_bfloat16_autocast(tiny_llama):
+    """train-rm's LoRA reward model with dtype bfloat16 (what auto picks on AVX512-BF16 CPUs): its layers are the
+    fused ones, and under autocast they score and backpropagate (the in-place sum would mix dtypes)."""
+    rm = RewardModel.from_backbone(str(tiny_llama), device="cpu", lora_r=4, dtype="bfloat16")
+    assert any(type(m) is FusedLoraLinear for m in rm.model.modules())
+    out = rm.forward(rm.encode(["why does the cat run?"] * 2, ["it is happy", "no"]))
+    out.sum().backward()
+    grads = [p.grad for n, p in rm.model.named_parameters() if "lora_B" in n]
+    assert out.shape == (2,) and torch.isfinite(out).all() and grads and all(g is not None for g in grads)

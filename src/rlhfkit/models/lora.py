@@ -10,9 +10,9 @@ with AVX-512) a GRPO update's forward and backward took 0.177 s instead of 0.195
 Outputs agree with peft's to float32 rounding (the product is scaled before it is added, not after).
 
 The fused path covers what rlhfkit builds: one active vanilla adapter (no DoRA or other variant, no LoRA bias, no
-dropout), an ``nn.Linear`` or GPT-2 ``Conv1D`` base, input, adapters and base weights in one dtype. Anything else —
-a bfloat16 base under float32 adapters, adapters switched off (the reference), merged, several adapters, peft's
-``adapter_names`` — runs peft's own forward, unchanged. The class is a subclass of peft's ``lora.Linear``, swapped
+dropout), an ``nn.Linear`` or GPT-2 ``Conv1D`` base, input, adapters and base weights in one dtype, no autocast.
+Anything else — a bfloat16 base under float32 adapters, autocast (the reward model's bfloat16), adapters switched
+off (the reference), merged, several adapters, peft's ``adapter_names`` — runs peft's own forward, unchanged. The class is a subclass of peft's ``lora.Linear``, swapped
 in on the instance: saving, loading, merging and ``isinstance`` checks see peft's layer.
 """
 
@@ -35,6 +35,8 @@ class FusedLoraLinear(LoraLinear):
     def _fusable(self, x: Tensor, args: tuple, kwargs: dict) -> str | None:
         """The active adapter's name when the fused path computes this call exactly as peft would; else None."""
         if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+            return None
+        if torch.is_autocast_enabled(x.device.type):  # autocast casts the matmuls, not the in-place sum: peft's way
             return None
         name = self.active_adapters[0]
         if name not in self.lora_A or name in self.lora_variant or self.lora_bias.get(name, False):
