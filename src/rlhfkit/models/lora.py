@@ -5,9 +5,9 @@ passes over the (tokens, out) output — the scaling, then the sum — and in th
 scaled by s before ``lora_B``'s). ``FusedLoraLinear`` computes the same sum as y = base(x), then
 ``y.addmm_(A·x, Bᵀ, alpha=s)``: the scaling is applied to the (tokens, r)·(r, out) product inside the GEMM and the
 sum accumulated into y in place; autograd's addmm backward scales only (tokens, r) and (r, out) tensors. On the
-peers' 3.7M GPT-2 (LoRA r = 16 on every linear layer, 16 × 43 tokens, one float32 CPU thread, 2-core AMD EPYC
-with AVX-512) a GRPO update's forward and backward took 0.177 s instead of 0.195 (median of 16 alternating steps).
-Outputs agree with peft's to float32 rounding (the product is scaled before it is added, not after).
+peers' 3.7M GPT-2 (LoRA r = 16 on every linear layer, one float32 CPU thread, 2-core AMD EPYC with AVX-512) a
+GRPO step's update phase took 0.168 s instead of 0.185 (bench/lora.py; on SmolLM2, LoRA on 8 of 30 blocks, no
+difference). Outputs agree with peft's to float32 rounding (the product is scaled before it is added, not after).
 
 The fused path covers what rlhfkit builds: one active vanilla adapter (no DoRA or other variant, no LoRA bias, no
 dropout), an ``nn.Linear`` or GPT-2 ``Conv1D`` base, input, adapters and base weights in one dtype, no autocast.
