@@ -3,7 +3,7 @@
 peft computes a LoRA linear layer as ``base(x) + lora_B(lora_A(x)) · s``: after the two small matmuls come two
 passes over the (tokens, out) output — the scaling, then the sum — and in the backward a third (the gradient
 scaled by s before ``lora_B``'s). ``FusedLoraLinear`` computes the same sum as y = base(x), then
-``y.addmm_(A·x, Bᵀ, alpha=s)``: the scaling is applied to the (tokens, r)·(r, out) product inside the GEMM and the
+``y.addmm_(x·Aᵀ, Bᵀ, alpha=s)``: the scaling is applied to the (tokens, r)·(r, out) product inside the GEMM and the
 sum accumulated into y in place; autograd's addmm backward scales only (tokens, r) and (r, out) tensors. On the
 peers' 3.7M GPT-2 (LoRA r = 16 on every linear layer, one float32 CPU thread, 2-core AMD EPYC with AVX-512) a
 GRPO step's update phase took 0.168 s instead of 0.185 (bench/lora.py; on SmolLM2, LoRA on 8 of 30 blocks, no
@@ -12,8 +12,9 @@ difference). Outputs agree with peft's to float32 rounding (the product is scale
 The fused path covers what rlhfkit builds: one active vanilla adapter (no DoRA or other variant, no LoRA bias, no
 dropout), an ``nn.Linear`` or GPT-2 ``Conv1D`` base, input, adapters and base weights in one dtype, no autocast.
 Anything else — a bfloat16 base under float32 adapters, autocast (the reward model's bfloat16), adapters switched
-off (the reference), merged, several adapters, peft's ``adapter_names`` — runs peft's own forward, unchanged. The class is a subclass of peft's ``lora.Linear``, swapped
-in on the instance: saving, loading, merging and ``isinstance`` checks see peft's layer.
+off (the reference), merged, several adapters, peft's ``adapter_names`` — runs peft's own forward, unchanged. The
+class is a subclass of peft's ``lora.Linear``, swapped in on the instance: saving, loading, merging and
+``isinstance`` checks see peft's layer.
 """
 
 from __future__ import annotations
