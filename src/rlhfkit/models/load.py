@@ -233,9 +233,9 @@ def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, targe
     gradient, so backpropagation stops at the lowest adapted block: on CPU the update costs a
     fraction of a full backward pass.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    from rlhfkit.models.lora import fuse_lora
+    from rlhfkit.models.lora import with_lora
 
     n_layers = model.config.get_text_config().num_hidden_layers
     if 0 < top_layers < n_layers:
@@ -243,10 +243,7 @@ def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, targe
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type="CAUSAL_LM",
     )
-    with quiet_transformers():
-        model = get_peft_model(model, config)
-    fuse_lora(model)
-    return model
+    return with_lora(model, config)
 
 
 def _linear_modules_of_top_layers(model, n_layers: int, top_layers: int) -> list[str]:

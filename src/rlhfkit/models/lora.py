@@ -25,6 +25,17 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import Tensor, nn
 
 
+def single_adapter(layer) -> str | None:
+    """The name of the one active adapter of peft LoRA layer ``layer`` when all it adds is s·B·A·x: not merged or
+    switched off, no variant (DoRA …), no LoRA bias; None otherwise. What both this module's fused forward and
+    ``unwrap.plain_layers``' folding of W + s·B·A need."""
+    if (layer.merged or layer.disable_adapters or len(layer.active_adapters) != 1 or layer.lora_variant
+            or any(layer.lora_bias.values())):
+        return None
+    name = layer.active_adapters[0]
+    return name if name in layer.lora_A else None
+
+
 def _plain_base(module: nn.Module) -> bool:
     """nn.Linear or GPT-2's Conv1D (x·W + b, W stored in × out) exactly: forwards this module computes itself."""
     return type(module) is nn.Linear or (type(module).__name__ == "Conv1D" and getattr(module, "bias", None) is not None)
@@ -35,12 +46,10 @@ class FusedLoraLinear(LoraLinear):
 
     def _fusable(self, x: Tensor, args: tuple, kwargs: dict) -> str | None:
         """The active adapter's name when the fused path computes this call exactly as peft would; else None."""
-        if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+        name = None if args or kwargs else single_adapter(self)
+        if name is None:
             return None
         if torch.is_autocast_enabled(x.device.type):  # autocast casts the matmuls, not the in-place sum: peft's way
-            return None
-        name = self.active_adapters[0]
-        if name not in self.lora_A or name in self.lora_variant or self.lora_bias.get(name, False):
             return None
         if not isinstance(self.lora_dropout[name], nn.Identity):
             return None
@@ -64,6 +73,19 @@ class FusedLoraLinear(LoraLinear):
         y = F.linear(x2, base.weight, base.bias) if type(base) is nn.Linear else torch.addmm(base.bias, x2, base.weight)
         y.addmm_(x2 @ a.t(), b.t(), alpha=self.scaling[name])  # y += s·(x·Aᵀ)·Bᵀ
         return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def with_lora(model: nn.Module, config) -> nn.Module:
+    """``model`` wrapped by peft with the adapters ``config`` (a peft ``LoraConfig``) describes, its LoRA linear
+    layers fused: every place rlhfkit adds adapters comes through here."""
+    from peft import get_peft_model
+
+    from rlhfkit.models.load import quiet_transformers
+
+    with quiet_transformers():  # peft calls a transformers method deprecated in 5.x
+        model = get_peft_model(model, config)
+    fuse_lora(model)
+    return model
 
 
 def fuse_lora(model: nn.Module) -> int:

@@ -275,15 +275,13 @@ class RewardModel:
             # HF's decoder heads read the last token that is not padding: they must know the pad id.
             model.config.pad_token_id = tokenizer.pad_token_id
         if lora_r > 0:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig
 
-            from rlhfkit.models.lora import fuse_lora
+            from rlhfkit.models.lora import with_lora
 
             lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear",
                               bias="none", task_type="SEQ_CLS", modules_to_save=[_head_name(model)])
-            with quiet_transformers():  # peft calls a transformers method deprecated in 5.x
-                model = get_peft_model(model, lora)
-            fuse_lora(model)
+            model = with_lora(model, lora)
         model.to(device)
         model.eval()
         if fmt == "concat" or pooling == "cls":

@@ -36,6 +36,8 @@ def _lora_layers(lm, fold: bool) -> list[tuple[str, object]] | None:
 
     try:
         from peft.tuners.lora import LoraLayer
+
+        from rlhfkit.models.lora import single_adapter
     except ImportError:  # pragma: no cover - peft is a dependency
         return None
     if fsdp_parts(lm):  # FSDP owns where its weights live: not ours to swap
@@ -46,11 +48,9 @@ def _lora_layers(lm, fold: bool) -> list[tuple[str, object]] | None:
     for _, m in layers:
         base = m.get_base_layer()
         weight = getattr(base, "weight", None)
-        if (m.merged or m.disable_adapters or len(m.active_adapters) != 1 or m.lora_variant
-                or any(m.lora_bias.values()) or not isinstance(weight, torch.nn.Parameter)
+        if (single_adapter(m) is None or not isinstance(weight, torch.nn.Parameter)
                 or type(weight.data) is not torch.Tensor  # an FSDP DTensor or another subclass: leave it alone
-                or (fold and str(weight.dtype).removeprefix("torch.") not in _MERGEABLE)
-                or m.active_adapters[0] not in m.lora_A):
+                or (fold and str(weight.dtype).removeprefix("torch.") not in _MERGEABLE)):
             return None
     return layers
 
