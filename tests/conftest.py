@@ -40,6 +40,21 @@ def smollm2_dir() -> Path:
     return smollm2_path()
 
 
+def lora_policy(model_dir, dtype: str = "float32", lora_layers: int = 0):
+    """(PolicyWithValue, tokenizer) with LoRA r 4 whose B matrices are moved off zero (seeded): peft starts B at 0,
+    the adapters a no-op, so nothing that computes with them would be tested."""
+    import torch
+
+    from rlhfkit.models.policy import build_policy
+
+    model, tok = build_policy(str(model_dir), lora_r=4, lora_alpha=8, device="cpu", lora_layers=lora_layers, dtype=dtype)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return model, tok
+
+
 def chromium_path() -> str | None:
     """Debian's chromium for browser tests; in CI a missing browser is a failure, not a skip."""
     path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -13,17 +13,9 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 
 from rlhfkit.models.load import add_lora, load_policy
 from rlhfkit.models.lora import FusedLoraLinear, fuse_lora
-from rlhfkit.models.policy import build_policy
 from rlhfkit.models.reward import RewardModel
 
-
-def _policy(model_dir, dtype="float32"):
-    model, _ = build_policy(str(model_dir), lora_r=4, lora_alpha=8, device="cpu", dtype=dtype)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at 0 (the adapter a no-op): give it an effect
-            torch.nn.init.normal_(p, std=0.5)
-    return model.lm
+from conftest import lora_policy
 
 
 def _layers(lm) -> list:
@@ -52,7 +44,7 @@ def _run(layer, forward, x):
 # llama: nn.Linear without bias (W is out × in); gpt2: Conv1D with bias (W is in × out, fan_in_fan_out)
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_fused_layer_computes_what_peft_computes_with_its_gradients(tiny_models, arch):
-    lm = _policy(tiny_models[arch])
+    lm = lora_policy(tiny_models[arch])[0].lm
     layers = _layers(lm)
     assert layers and all(type(m) is FusedLoraLinear for m in layers)  # add_lora swapped every one
     torch.manual_seed(2)
@@ -70,7 +62,7 @@ def test_fused_layer_computes_what_peft_computes_with_its_gradients(tiny_models,
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_fused_model_computes_peft_model_logits_and_adapter_gradients(tiny_models, arch):
-    lm = _policy(tiny_models[arch])
+    lm = lora_policy(tiny_models[arch])[0].lm
     ids = torch.tensor([[5, 17, 3, 99, 42, 7], [8, 8, 1, 60, 2, 30]])
 
     def logits_and_grads():
@@ -94,7 +86,7 @@ def test_what_the_fused_path_does_not_cover_runs_peft_forward_unchanged(tiny_mod
     """Adapters off (the reference), autocast, a bfloat16 base under float32 adapters, dropout: peft's forward,
     bit for bit."""
     torch.manual_seed(3)
-    lm = _policy(tiny_models["llama"])
+    lm = lora_policy(tiny_models["llama"])[0].lm
     layer = _layers(lm)[0]
     x = torch.randn(2, 4, layer.in_features)
     with torch.no_grad():
@@ -108,7 +100,7 @@ def test_what_the_fused_path_does_not_cover_runs_peft_forward_unchanged(tiny_mod
             out = layer(x)
             assert out.dtype == torch.bfloat16 and torch.equal(out, LoraLinear.forward(layer, x))
 
-    bf16 = _policy(tiny_models["llama"], dtype="bfloat16")
+    bf16 = lora_policy(tiny_models["llama"], dtype="bfloat16")[0].lm
     layer = _layers(bf16)[0]
     assert layer.get_base_layer().weight.dtype == torch.bfloat16 and layer.lora_A["default"].weight.dtype == torch.float32
     x = torch.randn(2, 4, layer.in_features, dtype=torch.bfloat16)

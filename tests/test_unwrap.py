@@ -13,20 +13,11 @@ from peft.tuners.lora import LoraLayer
 from rlhfkit.config import PPOConfig, load_config
 from rlhfkit.generate import assemble, eos_ids, sample
 from rlhfkit.models.load import format_prompt
-from rlhfkit.models.policy import build_policy
 from rlhfkit.models.unwrap import inner, plain_layers
 from rlhfkit.train import losses as L
 from rlhfkit.train.ppo import collect_rollout
 
-
-def _policy(model_dir, dtype="float32", lora_layers=0):
-    model, tok = build_policy(str(model_dir), lora_r=4, lora_alpha=8, device="cpu", lora_layers=lora_layers,
-                              dtype=dtype)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at 0 (the adapters a no-op): give them an effect to fold in
-            torch.nn.init.normal_(p, std=0.5)
-    return model, tok
+from conftest import lora_policy
 
 
 def _lift_eos(model, tok):
@@ -44,7 +35,7 @@ def _logits(lm, ids):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])  # nn.Linear (W is out × in) and GPT-2's Conv1D (in × out)
 def test_folded_layers_compute_the_policy_and_the_reference_and_leave_the_model_as_it_was(tiny_models, arch):
-    model, _ = _policy(tiny_models[arch], lora_layers=1)  # LoRA on the top block only: the others are untouched
+    model, _ = lora_policy(tiny_models[arch], lora_layers=1)  # LoRA on the top block only: the others are untouched
     lm = model.lm
     ids = torch.tensor([[5, 17, 3, 99, 42, 7]])
     policy = _logits(lm, ids)
@@ -72,7 +63,7 @@ def test_folded_layers_compute_the_policy_and_the_reference_and_leave_the_model_
 
 def test_bfloat16_weights_are_not_folded(tiny_llama):
     """A LoRA delta folded into bfloat16 weights is rounded to 8 bits of mantissa: not the policy; left as is."""
-    model, _ = _policy(tiny_llama, dtype="bfloat16")
+    model, _ = lora_policy(tiny_llama, dtype="bfloat16")
     with plain_layers(model.lm) as folded:
         assert not folded
         assert any(isinstance(m, LoraLayer) for m in model.lm.modules())
@@ -83,7 +74,7 @@ def test_rollouts_take_the_samplers_logprobs_and_values_and_they_equal_a_forward
     """On float32 weights the rollout runs no policy forward: π_old is the sampler's log-probs and V_old the value
     head on the states its LM head read (0 without a critic). Both equal a forward pass over the finished
     rollouts within float32 rounding, token by token; the KL and the advantages follow."""
-    model, tok = _policy(tiny_llama, lora_layers=1)
+    model, tok = lora_policy(tiny_llama, lora_layers=1)
     assert model.n_frozen > 0  # the frozen blocks' output is the sampler's too: the reference pass reads it
     torch.nn.init.normal_(model.value_head.weight, std=0.5)  # zero-initialised: values of 0 would prove nothing
     _lift_eos(model, tok)
@@ -118,7 +109,7 @@ def test_the_sampler_keeps_the_frozen_blocks_output_of_every_token_it_saw_and_dr
     """``keep_block``: the last frozen block's output at every prompt and response token, in ``assemble``'s columns,
     equals the frozen-prefix pass over the finished rows wherever a later token reads it — with a prompt prefix
     shared by every row (run once at batch 1), repeated prompts (one prefill for both) and rows that end early."""
-    model, tok = _policy(tiny_models[arch], lora_layers=1)
+    model, tok = lora_policy(tiny_models[arch], lora_layers=1)
     assert model.n_frozen > 0
     _lift_eos(model, tok)
     prompts = ["hello the cat", "why does the big dog run", "a b c", "hello the cat"]
