@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,36 +55,22 @@ def alternate(run_one, use, steps: int) -> dict[str, list[float]]:
 
 
 def grpo(a) -> tuple[dict, str]:
-    import torch
-
-    from rlhfkit.config import PPOConfig, load_config
-    from rlhfkit.models.policy import build_policy
-    from rlhfkit.models.reward import RewardModel
-    from rlhfkit.rewards import load_scorer
-    from rlhfkit.train.critic_free import critic_free_step
-    from rlhfkit.train.kl_control import FixedKLController
-    from rlhfkit.train.ppo import prompt_batch, seed_everything
+    from rlhfkit.train.ppo import prompt_batch
 
     tiny = Path(a.tiny)
     bench_ppo.ensure_tiny(tiny, a.threads)
     prompts = [json.loads(x)["prompt"] for x in (tiny / "prompts.jsonl").read_text().splitlines() if x.strip()]
-    hp = load_config(PPOConfig, None, {
-        "model": str(tiny / "small"), "batch_size": 16, "minibatch_size": 16, "ppo_epochs": 1, "max_new_tokens": 32,
-        "lora_r": 16, "lora_alpha": 32, "lora_layers": 0, "kl_coef": 0.05, "lr": 1e-5, "gold": False, "device": "cpu",
-        "seed": 0, "temperature": 1.0, "algorithm": "grpo", "group_size": 2, "dtype": "float32"})
-    seed_everything(0)
-    model, tok = build_policy(hp.model, lora_r=16, lora_alpha=32, device="cpu", lora_layers=0)
-    tok.chat_template = None  # the prompts as TRL sees them, as bench/algos.py
-    with tempfile.TemporaryDirectory() as tmp:
-        RewardModel.from_backbone(str(tiny / "small-rm"), device="cpu").save(Path(tmp) / "rm")
-        score_fn, _, _ = load_scorer(str(Path(tmp) / "rm"), Path(tmp), "cpu", dtype="float32")
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr, eps=1e-5)
-    kl_ctl, state = FixedKLController(hp.kl_coef), {"it": 0, "norm": None}
+    # bench/algos.py's GRPO job with its defaults, built by the same worker code
+    job = {"algorithm": "grpo", "model": str(tiny / "small"), "reward_model": str(tiny / "small-rm"), "batch": 16,
+           "epochs": 1, "response_length": 32, "lora_r": 16, "lora_layers": 0, "kl": 0.05, "lr": 1e-5, "seed": 0,
+           "temperature": 1.0, "group_size": 2, "plain_prompts": True}
+    hp, model, tok, score_fn, optimizer, kl_ctl, step_fn = bench_ppo.ours_setup(job)
+    state = {"it": 0, "norm": None}
 
     def one() -> float:
         it = state["it"]
-        step = critic_free_step(model, tok, optimizer, kl_ctl, prompt_batch(prompts, it, 8, 0), score_fn, None,
-                                iteration=it, seed=0, hp=hp, norm=state["norm"])
+        step = step_fn(model, tok, optimizer, kl_ctl, prompt_batch(prompts, it, hp.prompts_per_iteration, hp.seed),
+                       score_fn, None, iteration=it, seed=hp.seed, hp=hp, norm=state["norm"])
         state["it"], state["norm"] = it + 1, step.rollout.norm
         return step.stats["time/update_s"]
 

@@ -133,10 +133,9 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def ours_worker(job_path: str) -> None:
-    """PPO (``ppo_step``) or, with ``job["algorithm"]`` rloo|grpo, ``critic_free_step`` in a loop, as `rlhfkit ppo`."""
-    job = json.loads(Path(job_path).read_text())
-    worker_setup(job)
+def ours_setup(job: dict):
+    """What a run of ``job`` steps with, built as `rlhfkit ppo` builds it: (hp, model, tokenizer, reward scorer
+    (float32), optimizer, KL controller, step function: ``ppo_step``, or ``critic_free_step`` for rloo|grpo)."""
     import torch
 
     from rlhfkit.config import PPOConfig, load_config
@@ -145,7 +144,7 @@ def ours_worker(job_path: str) -> None:
     from rlhfkit.rewards import load_scorer
     from rlhfkit.train.kl_control import FixedKLController
     from rlhfkit.train.critic_free import critic_free_step
-    from rlhfkit.train.ppo import ppo_step, prompt_batch, seed_everything
+    from rlhfkit.train.ppo import ppo_step, seed_everything
 
     hp = load_config(PPOConfig, None, {
         "model": job["model"], "batch_size": job["batch"], "minibatch_size": job["batch"], "ppo_epochs": job["epochs"],
@@ -163,9 +162,20 @@ def ours_worker(job_path: str) -> None:
         RewardModel.from_backbone(job["reward_model"], device="cpu").save(Path(tmp) / "reward_model")
         score_fn, _, _ = load_scorer(str(Path(tmp) / "reward_model"), Path(tmp), "cpu", dtype="float32")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr, eps=1e-5)
-    kl_ctl = FixedKLController(hp.kl_coef)
+    return (hp, model, tokenizer, score_fn, optimizer, FixedKLController(hp.kl_coef),
+            ppo_step if hp.algorithm == "ppo" else critic_free_step)
+
+
+def ours_worker(job_path: str) -> None:
+    """PPO (``ppo_step``) or, with ``job["algorithm"]`` rloo|grpo, ``critic_free_step`` in a loop, as `rlhfkit ppo`."""
+    job = json.loads(Path(job_path).read_text())
+    worker_setup(job)
+    import torch
+
+    from rlhfkit.train.ppo import prompt_batch
+
+    hp, model, tokenizer, score_fn, optimizer, kl_ctl, step_fn = ours_setup(job)
     norm = None  # fitted on the first iteration's rollouts, as in `rlhfkit ppo`
-    step_fn = ppo_step if hp.algorithm == "ppo" else critic_free_step
     prompts = job["prompts"]
     times, lengths, rollout_s, update_s = [], [], [], []
     for it in range(job["warmup"] + job["updates"]):
