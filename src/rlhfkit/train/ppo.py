@@ -351,8 +351,8 @@ def alarm_reason(history: list[dict[str, float]], *, kl_budget: float, ratio_ala
     if stats["policy/ratio_max"] > ratio_alarm:
         return f"probability ratio far from 1: mean max ρ = {stats['policy/ratio_max']:.2f} > {ratio_alarm}"
     if missing_eos_mode == "replace" and stats["rollout/ended"] == 0:
-        return ("every completion hit max_new_tokens, so every score is the missing-EOS penalty and PPO has nothing "
-                "to learn from: raise max_new_tokens or turn penalize_missing_eos off")
+        return ("every completion hit max_new_tokens, so every score is the missing-EOS penalty and the policy has "
+                "nothing to learn from: raise max_new_tokens or turn penalize_missing_eos off")
     cut = [1 - h["rollout/ended"] for h in history]
     recent = float(np.mean(cut[-LENGTH_WINDOW:]))
     if length_alarm > 0 and len(cut) > LENGTH_WINDOW and cut[0] < length_alarm <= recent:
