@@ -69,6 +69,18 @@ def test_group_advantages_hand_values_and_where_the_kl_enters():
     want = torch.tensor([-2.0, -1.0, 3.0]) / (math.sqrt(7) + 1e-4)
     torch.testing.assert_close(adv, want[:, None] * mask)
     assert torch.equal(adv, group_advantages("grpo", scores, torch.zeros_like(kl), mask, 1.0, 3))
+    # grpo with scale_rewards none (Dr. GRPO): the centred scores (−2, −1, 3), undivided
+    adv = group_advantages("grpo", scores, kl, mask, 1.0, 3, "none")
+    assert torch.equal(adv, torch.tensor([-2.0, -1.0, 3.0])[:, None] * mask)
+
+
+def test_grpo_step_reads_scale_rewards(tiny_llama):
+    """scale_rewards none reaches the step: each token's advantage is its completion's score minus its group's mean."""
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    ro = _step(model, tok, _hp("grpo", scale_rewards="none"), GoldScorer().score).rollout
+    centred = (ro.scores.view(2, 3) - ro.scores.view(2, 3).mean(1, keepdim=True)).reshape(-1)  # (6,)
+    assert centred.abs().max() > 0.1  # the groups' scores differ, so the scale would show (std ≠ 1)
+    torch.testing.assert_close(ro.advantages, centred[:, None] * ro.response_mask)
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
@@ -177,6 +189,8 @@ def test_config_refuses_k1_ragged_batches_and_unknown_algorithms():
         _hp("rloo", group_size=4, batch_size=6)
     with pytest.raises(RlhfkitError, match="'algorithm' must be one of ppo, rloo, grpo"):
         _hp("dpo")
+    with pytest.raises(RlhfkitError, match="'scale_rewards' must be one of group, batch, none, got 'std'"):
+        _hp("grpo", scale_rewards="std")
     assert _hp("ppo", group_size=1).prompts_per_iteration == 6  # ppo ignores group_size
     assert _hp("rloo").prompts_per_iteration == 2
 

@@ -570,6 +570,27 @@ def test_grpo_all_equal_group_gives_zero_not_nan():
     assert close(adv[:3], torch.zeros(3)) and close(adv[3:], [-1.0, 0.0, 1.0], tol=2e-4)  # std 1: 1/(1 + 1e-4)
 
 
+def test_grpo_scale_batch_and_none_hand_values():
+    # groups (1, 3) and (0, 0): centred (−1, 1) and (0, 0)
+    r = torch.tensor([1.0, 3.0, 0.0, 0.0])
+    # none (Dr. GRPO): the centred scores as they are; the flat group stays 0
+    assert torch.equal(L.group_normalized_advantages(r, 2, scale="none"), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+    # batch: one std over all four, mean 1, squared deviations 0 + 4 + 1 + 1 = 6, unbiased 6/3 → √2 = 1.414214
+    want = [-1 / (math.sqrt(2) + 1e-4), 1 / (math.sqrt(2) + 1e-4), 0.0, 0.0]
+    assert close(L.group_normalized_advantages(r, 2, scale="batch"), want, tol=1e-6)
+    # group, for contrast: (1, 3) has its own std √2 and (0, 0) none, so the same values here — but not when the
+    # groups' spreads differ: (0, 4) next to (1, 3) is ∓0.707 by its group's std (2√2), ∓1.095 by the batch's: mean 2,
+    # squared deviations 1 + 1 + 4 + 4 = 10, unbiased std √(10/3) = 1.825742
+    r = torch.tensor([1.0, 3.0, 0.0, 4.0])
+    assert close(L.group_normalized_advantages(r, 2)[2:], [-0.707107, 0.707107], tol=1e-4)
+    assert close(L.group_normalized_advantages(r, 2, scale="batch")[2:], [-1.095445, 1.095445], tol=1e-4)
+    # batch = every rank's rewards: this rank's (1, 3) divided by the std of all four (1, 3, 0, 0)
+    assert close(L.group_normalized_advantages(torch.tensor([1.0, 3.0]), 2, scale="batch",
+                                               batch=torch.tensor([1.0, 3.0, 0.0, 0.0])), want[:2], tol=1e-6)
+    with pytest.raises(ValueError, match="scale must be one of group, batch, none"):
+        L.group_normalized_advantages(r, 2, scale="std")
+
+
 def test_group_advantages_refuse_k1_and_ragged_batches():
     for fn in (L.rloo_advantages, L.group_normalized_advantages):
         with pytest.raises(ValueError, match="≥ 2"):
@@ -596,6 +617,12 @@ def test_config_accepts_exactly_the_missing_eos_modes_losses_implements():
     from rlhfkit.config import MISSING_EOS_MODES
 
     assert MISSING_EOS_MODES == L.MISSING_EOS_MODES
+
+
+def test_config_accepts_exactly_the_grpo_scales_losses_implements():
+    from rlhfkit.config import GRPO_SCALES
+
+    assert GRPO_SCALES == L.GRPO_SCALES
 
 
 def test_missing_eos_scores_by_hand():

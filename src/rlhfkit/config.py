@@ -421,6 +421,9 @@ MISSING_EOS_MODES = ("replace", "subtract")
 """ppo's missing_eos_mode values: losses.MISSING_EOS_MODES (config stays torch-free, so it cannot import it;
 tests/test_losses.py holds the two equal)."""
 
+GRPO_SCALES = ("group", "batch", "none")
+"""grpo's scale_rewards values: losses.GRPO_SCALES (held equal the same way)."""
+
 
 @dataclass
 class PPOConfig:
@@ -431,6 +434,9 @@ class PPOConfig:
                                 "prompt, KL in the reward); grpo (group-normalised advantages, KL in the loss).")
     group_size: int = opt(4, "rloo and grpo: completions sampled per prompt (K ≥ 2; batch_size must be a multiple); "
                              "ppo ignores it.")
+    scale_rewards: str = opt("group", "grpo: what a completion's centred score is divided by: group (its group's std, "
+                                      "GRPO), batch (the std over the iteration's whole batch) or none (Dr. GRPO: no "
+                                      "division, so prompts the policy already answers evenly are not up-weighted).")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
     prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
@@ -485,6 +491,8 @@ class PPOConfig:
                                                        "compares it with the other samples of its prompt")
             _check(self.batch_size % self.group_size == 0, "batch_size",
                    f"must be a multiple of group_size ({self.group_size}) for {self.algorithm}")
+        _check(self.scale_rewards in GRPO_SCALES, "scale_rewards",
+               f"must be one of {', '.join(GRPO_SCALES)}, got {self.scale_rewards!r}")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
         _check(self.ppo_epochs >= 1, "ppo_epochs", "must be ≥ 1")
         self.sampling.require_full_distribution("ppo")

@@ -11,6 +11,7 @@ Where the KL to the reference enters:
         ([RLOO] Ahmadian et al. 2024 §3; TRL's RLOOTrainer does the same). The adaptive β works as in PPO.
   grpo  the LOSS: A_i = (score_i − mean) / std over the group, and β·k3 per token is added to the loss
         ([GRPO] Shao et al. 2024 eq. 3–4, TRL's GRPOTrainer), so the advantage is the reward signal alone.
+        ``scale_rewards`` batch divides by the whole batch's std instead, none by nothing (Dr. GRPO), as TRL's.
 With no value head to compute, the rollout's π_old is the sampler's own log-probs on float32 weights (the
 behaviour policy's probabilities of the tokens it drew; ``ppo.experience``), so no forward pass over the
 rollouts runs for the policy — only the reference's. Every token of completion i gets A_i (outcome
@@ -41,16 +42,18 @@ def repeat_prompts(prompts: list[str], group_size: int) -> list[str]:
 
 @torch.no_grad()
 def group_advantages(algorithm: str, scores: Tensor, kl: Tensor, response_mask: Tensor, beta: float,
-                     group_size: int) -> Tensor:
+                     group_size: int, scale: str = "group") -> Tensor:
     """Per-token advantages (B, A): each completion's critic-free advantage on its generated tokens, 0 on padding.
 
     scores: (B,) normalised scores (or the missing-EOS penalty); kl: (B, A) per-token k1, 0 on padding.
+    scale: grpo's divisor (``losses.group_normalized_advantages``); "batch" takes the std over every rank's scores.
     """
     if algorithm == "rloo":
         sequence_reward = scores - beta * kl.sum(dim=1)  # (B,) KL in the reward
         adv = L.rloo_advantages(sequence_reward, group_size)
     elif algorithm == "grpo":
-        adv = L.group_normalized_advantages(scores, group_size)  # KL goes into the loss instead
+        batch = dist.all_gather_rows(scores) if scale == "batch" else None  # the iteration's batch, every rank's
+        adv = L.group_normalized_advantages(scores, group_size, scale=scale, batch=batch)  # KL goes into the loss instead
     else:
         raise ValueError(f"no critic-free advantage for algorithm {algorithm!r}")
     return adv[:, None] * response_mask.to(adv.dtype)  # (B, 1) * (B, A) → (B, A)
@@ -78,7 +81,7 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
                          missing_eos_penalty=hp.missing_eos_penalty if hp.penalize_missing_eos else None,
                          missing_eos_mode=hp.missing_eos_mode, iteration=iteration, norm=norm, critic=False)
     # 4. critic-free advantages replace GAE's; no returns: the value head is not trained
-    advantages = group_advantages(algorithm, ro.scores, ro.kl, ro.response_mask, beta, K)
+    advantages = group_advantages(algorithm, ro.scores, ro.kl, ro.response_mask, beta, K, hp.scale_rewards)
     check_finite(iteration, advantages=advantages)
     ro = dataclasses.replace(ro, advantages=advantages, returns=torch.zeros_like(ro.returns))
     t1 = time.perf_counter()

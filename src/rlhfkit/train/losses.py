@@ -477,17 +477,31 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return (g - baseline).reshape(-1)
 
 
-@torch.no_grad()
-def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
-    """GRPO: (R_i − mean of its group) / (std of its group + eps). rewards (B,) → (B,), no gradient.
+GRPO_SCALES = ("group", "batch", "none")
+"""What GRPO divides a centred reward by (``group_normalized_advantages``): its group's std, the batch's, or nothing."""
 
-    The std is the unbiased one (K−1 denominator), as TRL's GRPOTrainer; a group whose rewards are all
-    equal has std 0 and gets advantage 0 (0 / eps), never NaN: it carries no signal.
+
+@torch.no_grad()
+def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4, scale: str = "group",
+                                batch: Tensor | None = None) -> Tensor:
+    """GRPO: (R_i − mean of its group) / (std + eps). rewards (B,) → (B,), no gradient.
+
+    scale: whose std — "group" (its group's: GRPO, TRL's default), "batch" (the std of ``batch``: every reward of the
+    iteration, every rank's; None = ``rewards``) or "none" (no division: Dr. GRPO, Liu et al. 2025, whose §3 shows
+    the group std weights prompts by how (un)evenly the policy already does on them). The std is the unbiased one
+    (K−1 denominator), as TRL's GRPOTrainer; a group whose rewards are all equal gets advantage 0 in every mode
+    (0 / (std + eps)), never NaN: it carries no signal.
     """
     # [GRPO] §4.1.2 outcome supervision: Â_i = (r_i − mean(r)) / std(r) for every token of completion i.
+    if scale not in GRPO_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(GRPO_SCALES)}, got {scale!r}")
     g = _groups(rewards, group_size)  # (G, K)
     centred = g - g.mean(dim=1, keepdim=True)
-    return (centred / (g.std(dim=1, keepdim=True) + eps)).reshape(-1)
+    if scale == "group":
+        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / ((rewards if batch is None else batch).std() + eps)
+    return centred.reshape(-1)
 
 
 def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
