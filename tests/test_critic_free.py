@@ -6,6 +6,7 @@ term is exactly 0 and only the KL term can move the policy); the base model on d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -81,6 +82,51 @@ def test_grpo_step_reads_scale_rewards(tiny_llama):
     centred = (ro.scores.view(2, 3) - ro.scores.view(2, 3).mean(1, keepdim=True)).reshape(-1)  # (6,)
     assert centred.abs().max() > 0.1  # the groups' scores differ, so the scale would show (std ≠ 1)
     torch.testing.assert_close(ro.advantages, centred[:, None] * ro.response_mask)
+
+
+def test_update_clips_the_ratio_at_clip_eps_high(tiny_llama):
+    """A real rollout with every π_old lowered by 0.5 nats (ρ = e^0.5 ≈ 1.65 on every token) and every advantage +1:
+    the symmetric clip (1.2) cuts every token off, an upper clip of 1 + 1.0 none (one minibatch: clipfrac is read
+    before the optimizer step; with every token clipped the gradient is 0 and Adam leaves the weights as they were)."""
+    from rlhfkit.train.ppo import collect_rollout, ppo_update
+
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    hp = _hp("grpo")
+    torch.manual_seed(0)
+    ro = collect_rollout(model, tok, repeat_prompts(PROMPTS, 3), GoldScorer().score, sampling=hp.sampling, beta=0.0,
+                         gamma=1.0, lam=1.0, missing_eos_penalty=None, iteration=0, critic=False)
+    mask = ro.response_mask
+    ro = dataclasses.replace(ro, logprobs=ro.logprobs - 0.5 * mask, advantages=mask.float())
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    clipfrac = [ppo_update(model, opt, ro, epochs=1, minibatch_size=6, clip_eps=0.2, vf_clip=0.2, vf_coef=0.0,
+                           ent_coef=0.0, temperature=1.0, max_grad_norm=1.0, generator=torch.Generator().manual_seed(0),
+                           iteration=0, critic=False, clip_eps_high=high)["policy/clipfrac"] for high in (None, 1.0)]
+    assert clipfrac == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_steps_pass_clip_eps_high_to_the_update(tiny_llama, monkeypatch, algorithm):
+    """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip)."""
+    import rlhfkit.train.critic_free as critic_free
+    import rlhfkit.train.ppo as ppo
+
+    passed, real = [], ppo.ppo_update
+
+    def spy(*args, **kwargs):  # records the setting, then runs the real update
+        passed.append(kwargs["clip_eps_high"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "ppo_update", spy)
+    monkeypatch.setattr(critic_free, "ppo_update", spy)
+    step = ppo.ppo_step if algorithm == "ppo" else critic_free_step
+    prompts = PROMPTS * 3 if algorithm == "ppo" else PROMPTS
+    for high in (0.28, 0.0):
+        model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
+        step(model, tok, opt, FixedKLController(0.1), prompts, GoldScorer().score, None, iteration=0, seed=0, hp=hp,
+             norm=None)
+    assert passed == [0.28, None]
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])

@@ -249,6 +249,25 @@ def test_clipped_policy_loss_hand_cases():
     assert close(logp.grad, [[0.0, 0.0, 0.5, 0.0]])
 
 
+def test_clipped_policy_loss_clip_higher_hand_case():
+    # DAPO's clip-higher, ε = 0.2 below and ε_high = 0.6 above, on test_clipped_policy_loss_hand_cases' tokens:
+    # token 0: ρ = 1.5 < 1.6, Â = +1 → min(1.5, 1.5) = 1.5, now unclipped: it gets the gradient −Â·ρ/3 = −0.5
+    # token 1: ρ = 0.5, Â = −1 → the lower clip is unchanged: min(−0.5, −0.8) = −0.8 (clipped)
+    # token 2: ρ = 1.5, Â = −1 → min(−1.5, −1.5) = −1.5, gradient +0.5 as before
+    # loss = −mean(1.5, −0.8, −1.5) = 0.8 / 3 = 0.266667; clipfrac 1/3 (the clipped term strictly larger: token 1)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.5]])).requires_grad_(True)
+    loss, stats = L.clipped_policy_loss(logp, torch.zeros(1, 3), torch.tensor([[1.0, -1.0, -1.0]]), torch.ones(1, 3),
+                                        clip_eps=0.2, clip_eps_high=0.6)
+    assert close(loss, 0.266667) and close(stats["clipfrac"], 1 / 3)
+    loss.backward()
+    assert close(logp.grad, [[-0.5, 0.0, 0.5]])
+    # ε_high = ε is the symmetric clip, bit for bit
+    a = L.clipped_policy_loss(logp, torch.zeros(1, 3), torch.tensor([[1.0, -1.0, -1.0]]), torch.ones(1, 3), 0.2)[0]
+    b = L.clipped_policy_loss(logp, torch.zeros(1, 3), torch.tensor([[1.0, -1.0, -1.0]]), torch.ones(1, 3), 0.2,
+                              clip_eps_high=0.2)[0]
+    assert torch.equal(a, b) and close(a, -(1.2 - 0.8 - 1.5) / 3)
+
+
 def test_clipped_policy_loss_at_old_policy():
     logp = torch.log(torch.tensor([[0.2, 0.7, 0.4]]))
     advantages = torch.tensor([[1.0, -2.0, 4.0]])

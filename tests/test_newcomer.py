@@ -186,6 +186,7 @@ def test_a_hub_id_while_offline_says_how_to_go_online(monkeypatch):
 @pytest.mark.parametrize("alias, value, message", [
     ("--learning-rate", 0, "config field 'lr' must be > 0"),
     ("--cliprange", 0, "config field 'clip_eps' must be > 0"),
+    ("--epsilon-high", -1, "config field 'clip_eps_high' must be ≥ 0"),
     ("--response-length", 0, "config field 'max_new_tokens' must be ≥ 1"),
 ])
 def test_trl_option_names_are_aliases(tmp_path, alias, value, message):

@@ -85,7 +85,8 @@ def run_stage(fn: Callable, *args, **kwargs):
 
 
 TRL_NAMES = {"lr": ("--learning-rate",), "epochs": ("--num-train-epochs",), "run_dir": ("--output-dir",),
-             "max_new_tokens": ("--response-length",), "clip_eps": ("--cliprange",)}
+             "max_new_tokens": ("--response-length",), "clip_eps": ("--cliprange",),
+             "clip_eps_high": ("--epsilon-high",)}
 """TRL's names for our options, accepted as aliases (a TRL user's muscle memory works; --help lists both)."""
 
 

@@ -458,6 +458,8 @@ class PPOConfig:
     gamma: float = opt(1.0, "Discount over response tokens.")
     lam: float = opt(0.95, "GAE λ.")
     clip_eps: float = opt(0.2, "Trust region: the probability ratio is clipped to 1 ± clip_eps.")
+    clip_eps_high: float = opt(0.0, "The ratio's upper clip, 1 + clip_eps_high, when > 0 (DAPO's clip-higher, Yu et "
+                                    "al. 2025: e.g. 0.28 beside clip_eps 0.2); 0 = clip_eps, PPO's symmetric clip.")
     vf_clip: float = opt(0.2, "Value predictions are clipped to old value ± vf_clip.")
     vf_coef: float = opt(0.1, "c1: weight of the value loss.")
     ent_coef: float = opt(0.0, "c2: weight of the entropy bonus (encourages exploration).")
@@ -504,6 +506,7 @@ class PPOConfig:
         _check(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
         _check(self.clip_eps > 0, "clip_eps", "must be > 0")
+        _check(self.clip_eps_high >= 0, "clip_eps_high", "must be ≥ 0 (0 = clip_eps)")
         _check(self.vf_clip > 0, "vf_clip", "must be > 0")
         _check(self.vf_coef >= 0, "vf_coef", "must be ≥ 0")
         _check(self.ent_coef >= 0, "ent_coef", "must be ≥ 0")

@@ -91,7 +91,7 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
                        clip_eps=hp.clip_eps, vf_clip=hp.vf_clip, vf_coef=0.0, ent_coef=hp.ent_coef,
                        temperature=hp.sampling.temperature, max_grad_norm=hp.max_grad_norm, generator=generator,
                        iteration=iteration, critic=False, kl_loss_coef=beta if algorithm == "grpo" else None,
-                       wrapped=wrapped, group_size=K)
+                       wrapped=wrapped, group_size=K, clip_eps_high=hp.clip_eps_high or None)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}

@@ -319,12 +319,15 @@ def clipped_policy_loss(
     mask: Tensor,
     clip_eps: float,
     normalizer: Tensor | float | None = None,
+    clip_eps_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate, as a loss to minimise: −mean_t min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t).
+    """PPO clipped surrogate, as a loss to minimise: −mean_t min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε_high) Â_t).
 
     logp: (B, A) log-probs under the current policy (with gradient).
     old_logp: (B, A) log-probs recorded at rollout time; advantages: (B, A), whitened.
     mask: (B, A). normalizer: see module docstring (exact gradient accumulation).
+    clip_eps_high: ε_high, the upper clip (DAPO's clip-higher: a wider upper bound lets unlikely tokens with a
+    positive advantage rise further in one update); None: ε (PPO's symmetric clip).
     Returns (loss 0-d, stats) with detached 0-d stats:
       clipfrac   fraction of valid tokens where the clipped term is the active one,
       approx_kl  k3 estimate of KL(π_old ‖ π) = mean((ρ − 1) − log ρ) ≥ 0 (tokens come from π_old;
@@ -338,7 +341,8 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)
     # [PPO] eq. 7, written as in [lmhp]: losses are negated objectives, so max of losses = min of objectives.
     pg_losses = -advantages * ratio
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
     loss = _reduce(torch.maximum(pg_losses, pg_losses_clipped), valid, normalizer)
     with torch.no_grad():
         stats = {

@@ -184,9 +184,10 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
                vf_clip: float, vf_coef: float, ent_coef: float, temperature: float, max_grad_norm: float,
                generator: torch.Generator, iteration: int, critic: bool = True,
                kl_loss_coef: float | None = None, wrapped: torch.nn.Module | None = None,
-               group_size: int = 1) -> dict[str, float]:
+               group_size: int = 1, clip_eps_high: float | None = None) -> dict[str, float]:
     """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches.
 
+    clip_eps_high: the ratio's upper clip 1 + clip_eps_high (None: 1 + clip_eps).
     critic False: no value loss (RLOO, GRPO). kl_loss_coef: β of a KL-to-reference term in the loss (GRPO), None: none.
     wrapped: the DDP / FSDP module to run the training forward through (train/dist.py); None: ``model``.
     group_size: K > 1 when rows g·K … g·K + K − 1 are one prompt's samples (RLOO, GRPO): the shuffle then moves
@@ -214,7 +215,8 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
             # whole minibatch (losses.py: exact gradient accumulation). One process: the plain masked mean.
             norm = dist.global_count(mask.sum())
-            pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps, norm)
+            pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps, norm,
+                                                clip_eps_high=clip_eps_high)
             vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip, norm)
                                     if critic else (None, None))
             kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask, norm)
@@ -314,7 +316,7 @@ def ppo_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, prompts: list
     train = ppo_update(model, optimizer, ro, epochs=hp.ppo_epochs, minibatch_size=hp.minibatch_size // dist.world_size(),
                        clip_eps=hp.clip_eps, vf_clip=hp.vf_clip, vf_coef=hp.vf_coef, ent_coef=hp.ent_coef,
                        temperature=hp.sampling.temperature, max_grad_norm=hp.max_grad_norm, generator=generator,
-                       iteration=iteration, wrapped=wrapped)
+                       iteration=iteration, wrapped=wrapped, clip_eps_high=hp.clip_eps_high or None)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target (Ziegler et al. 2019)
     stats = {"iteration": iteration, **rollout_stats(ro, kl_ctl.value), **train}
