@@ -104,6 +104,57 @@ def test_update_clips_the_ratio_at_clip_eps_high(tiny_llama):
     assert clipfrac == [1.0, 0.0]
 
 
+def test_update_averages_tokens_by_loss_type(tiny_llama):
+    """On a real rollout at the old policy (ρ = 1 within float32 rounding, so a token's loss is −Â), completions cut
+    to 6, 3, 6, 1, 6, 2 tokens with advantages −2.5 … +2.5: the policy loss is −Σ_i n_i·A_i / Σ n_i (dapo),
+    −mean_i A_i (grpo) or −Σ_i n_i·A_i / (6 · max_new_tokens 6) (dr_grpo); the KL term is averaged the same way."""
+    from rlhfkit.train.ppo import collect_rollout, ppo_update
+
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    hp = _hp("grpo")
+    torch.manual_seed(0)
+    ro = collect_rollout(model, tok, repeat_prompts(PROMPTS, 3), GoldScorer().score, sampling=hp.sampling, beta=0.0,
+                         gamma=1.0, lam=1.0, missing_eos_penalty=None, iteration=0, critic=False)
+    assert ro.response_mask.shape == (6, 6) and ro.response_mask.all()  # every completion ran to the limit
+    n = torch.tensor([6, 3, 6, 1, 6, 2])
+    a = torch.arange(6) - 2.5
+    mask = (torch.arange(6)[None] < n[:, None]).long()
+    # the KL term likewise: the reference d_i nats below the policy on every token of completion i: k3 = e^−d + d − 1
+    d = torch.linspace(0.1, 0.6, 6)
+    k3 = torch.exp(-d) + d - 1
+    ro = dataclasses.replace(ro, response_mask=mask, advantages=a[:, None] * mask,
+                             ref_logprobs=ro.logprobs - d[:, None] * mask)
+    want = {"dapo": (-(n * a).sum() / n.sum(), (n * k3).sum() / n.sum()), "grpo": (-a.mean(), k3.mean()),
+            "dr_grpo": (-(n * a).sum() / 36, (n * k3).sum() / 36)}
+    for loss_type, (pg, kl) in want.items():
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)  # weights stay put
+        stats = ppo_update(model, opt, ro, epochs=1, minibatch_size=6, clip_eps=0.2, vf_clip=0.2, vf_coef=0.0,
+                           ent_coef=0.0, temperature=1.0, max_grad_norm=1.0, generator=torch.Generator().manual_seed(0),
+                           iteration=0, critic=False, kl_loss_coef=0.05, loss_type=loss_type, max_tokens=6)
+        assert abs(stats["policy/loss"] - float(pg)) < 1e-4, (loss_type, stats["policy/loss"], float(pg))
+        assert abs(stats["policy/kl_loss"] - float(kl)) < 1e-4, (loss_type, stats["policy/kl_loss"], float(kl))
+    assert len({round(float(pg), 3) for pg, _ in want.values()}) == 3  # the three differ here
+    assert len({round(float(kl), 3) for _, kl in want.values()}) == 3
+
+
+def test_critic_free_step_passes_loss_type_and_the_token_limit(tiny_llama, monkeypatch):
+    import rlhfkit.train.critic_free as critic_free
+
+    passed, real = [], critic_free.ppo_update
+
+    def spy(*args, **kwargs):  # records the settings, then runs the real update
+        passed.append((kwargs["loss_type"], kwargs["max_tokens"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(critic_free, "ppo_update", spy)
+    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
+    hp = _hp("grpo", loss_type="dr_grpo", ppo_epochs=1)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
+    critic_free_step(model, tok, opt, FixedKLController(0.1), PROMPTS, GoldScorer().score, None, iteration=0, seed=0,
+                     hp=hp, norm=None)
+    assert passed == [("dr_grpo", 6)]
+
+
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_steps_pass_clip_eps_high_to_the_update(tiny_llama, monkeypatch, algorithm):
     """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip)."""
@@ -237,6 +288,8 @@ def test_config_refuses_k1_ragged_batches_and_unknown_algorithms():
         _hp("dpo")
     with pytest.raises(RlhfkitError, match="'scale_rewards' must be one of group, batch, none, got 'std'"):
         _hp("grpo", scale_rewards="std")
+    with pytest.raises(RlhfkitError, match="'loss_type' must be one of dapo, grpo, dr_grpo, got 'bnpo'"):
+        _hp("rloo", loss_type="bnpo")
     assert _hp("ppo", group_size=1).prompts_per_iteration == 6  # ppo ignores group_size
     assert _hp("rloo").prompts_per_iteration == 2
 

@@ -610,6 +610,28 @@ def test_grpo_scale_batch_and_none_hand_values():
         L.group_normalized_advantages(r, 2, scale="std")
 
 
+def test_sequence_weights_hand_values_and_the_losses_they_give():
+    # two completions: 1 real token with advantage +2, 3 real tokens with advantage −1 (A = 3 columns)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    adv = torch.tensor([[2.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])
+    logp = torch.zeros(2, 3)  # ρ = 1: each token's loss is −Â
+    assert L.sequence_weights("dapo", mask, 5)[0] is None and L.sequence_weights("dapo", mask, 5)[1] == 4
+    w, n = L.sequence_weights("grpo", mask, 5)
+    assert close(w, [[1.0], [1 / 3]]) and n == 2
+    assert L.sequence_weights("dr_grpo", mask, 5)[0] is None and L.sequence_weights("dr_grpo", mask, 5)[1] == 10
+    # dapo: −(2 − 3) / 4 tokens = 0.25; grpo: −(2/1 − 3/3) / 2 completions = −0.5; dr_grpo: −(2 − 3) / (2·5) = 0.1
+    for loss_type, want in (("dapo", 0.25), ("grpo", -0.5), ("dr_grpo", 0.1)):
+        w, n = L.sequence_weights(loss_type, mask, 5)
+        assert close(L.clipped_policy_loss(logp, logp, adv, mask, 0.2, n, weight=w)[0], want), loss_type
+    # the KL term the same way: k3 = e^−1 = 0.367879 on the first completion's token, 0 on the others (ref = logp)
+    ref = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    for loss_type, want in (("dapo", 0.367879 / 4), ("grpo", 0.367879 / 2), ("dr_grpo", 0.367879 / 10)):
+        w, n = L.sequence_weights(loss_type, mask, 5)
+        assert close(L.kl_loss(logp, ref, mask, n, w), want), loss_type
+    with pytest.raises(ValueError, match="loss_type must be one of dapo, grpo, dr_grpo"):
+        L.sequence_weights("bnpo", mask, 5)
+
+
 def test_group_advantages_refuse_k1_and_ragged_batches():
     for fn in (L.rloo_advantages, L.group_normalized_advantages):
         with pytest.raises(ValueError, match="≥ 2"):
@@ -642,6 +664,12 @@ def test_config_accepts_exactly_the_grpo_scales_losses_implements():
     from rlhfkit.config import GRPO_SCALES
 
     assert GRPO_SCALES == L.GRPO_SCALES
+
+
+def test_config_accepts_exactly_the_loss_types_losses_implements():
+    from rlhfkit.config import LOSS_TYPES
+
+    assert LOSS_TYPES == L.LOSS_TYPES
 
 
 def test_missing_eos_scores_by_hand():

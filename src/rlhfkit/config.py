@@ -424,6 +424,9 @@ tests/test_losses.py holds the two equal)."""
 GRPO_SCALES = ("group", "batch", "none")
 """grpo's scale_rewards values: losses.GRPO_SCALES (held equal the same way)."""
 
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+"""rloo's and grpo's loss_type values: losses.LOSS_TYPES (held equal the same way)."""
+
 
 @dataclass
 class PPOConfig:
@@ -437,6 +440,10 @@ class PPOConfig:
     scale_rewards: str = opt("group", "grpo: what a completion's centred score is divided by: group (its group's std, "
                                       "GRPO), batch (the std over the iteration's whole batch) or none (Dr. GRPO: no "
                                       "division, so prompts the policy already answers evenly are not up-weighted).")
+    loss_type: str = opt("dapo", "rloo and grpo: how the update averages its tokens' losses: dapo (every token the "
+                                 "same: DAPO, TRL's default), grpo (each completion's mean, then their mean: the GRPO "
+                                 "paper, a short completion's tokens weigh more) or dr_grpo (the sum over completions × "
+                                 "max_new_tokens: Dr. GRPO). ppo ignores it.")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
     prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
@@ -495,6 +502,7 @@ class PPOConfig:
                    f"must be a multiple of group_size ({self.group_size}) for {self.algorithm}")
         _check(self.scale_rewards in GRPO_SCALES, "scale_rewards",
                f"must be one of {', '.join(GRPO_SCALES)}, got {self.scale_rewards!r}")
+        _check(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
         _check(self.ppo_epochs >= 1, "ppo_epochs", "must be ≥ 1")
         self.sampling.require_full_distribution("ppo")

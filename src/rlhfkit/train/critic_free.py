@@ -15,8 +15,9 @@ Where the KL to the reference enters:
 With no value head to compute, the rollout's π_old is the sampler's own log-probs on float32 weights (the
 behaviour policy's probabilities of the tokens it drew; ``ppo.experience``), so no forward pass over the
 rollouts runs for the policy — only the reference's. Every token of completion i gets A_i (outcome
-supervision). The policy loss is PPO's token-level masked mean over the minibatch (as DAPO and TRL's
-default), not GRPO's per-sequence mean, which weights short completions' tokens more.
+supervision). The policy loss (and grpo's KL term) is by default PPO's token-level masked mean over the minibatch
+(``loss_type`` dapo, as DAPO and TRL's default); grpo takes the GRPO paper's per-completion mean, which weights short
+completions' tokens more, and dr_grpo divides the token sum by a constant (``losses.sequence_weights``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
                        clip_eps=hp.clip_eps, vf_clip=hp.vf_clip, vf_coef=0.0, ent_coef=hp.ent_coef,
                        temperature=hp.sampling.temperature, max_grad_norm=hp.max_grad_norm, generator=generator,
                        iteration=iteration, critic=False, kl_loss_coef=beta if algorithm == "grpo" else None,
-                       wrapped=wrapped, group_size=K, clip_eps_high=hp.clip_eps_high or None)
+                       wrapped=wrapped, group_size=K, clip_eps_high=hp.clip_eps_high or None,
+                       loss_type=hp.loss_type, max_tokens=hp.sampling.max_new_tokens)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}

@@ -306,7 +306,9 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
 # ---------------------------------------------------------------------------------------------
 
 
-def _reduce(per_token: Tensor, mask: Tensor, normalizer: Tensor | float | None) -> Tensor:
+def _reduce(per_token: Tensor, mask: Tensor, normalizer: Tensor | float | None, weight: Tensor | None = None) -> Tensor:
+    if weight is not None:  # (B, 1) or (B, A): each token's share (``sequence_weights``)
+        per_token = per_token * weight
     if normalizer is None:
         return masked_mean(per_token, mask)
     return masked_sum(per_token, mask) / normalizer
@@ -320,6 +322,7 @@ def clipped_policy_loss(
     clip_eps: float,
     normalizer: Tensor | float | None = None,
     clip_eps_high: float | None = None,
+    weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, as a loss to minimise: −mean_t min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε_high) Â_t).
 
@@ -328,6 +331,7 @@ def clipped_policy_loss(
     mask: (B, A). normalizer: see module docstring (exact gradient accumulation).
     clip_eps_high: ε_high, the upper clip (DAPO's clip-higher: a wider upper bound lets unlikely tokens with a
     positive advantage rise further in one update); None: ε (PPO's symmetric clip).
+    weight: (B, 1) or (B, A) factors on the tokens' losses before the sum (``sequence_weights``); None: 1.
     Returns (loss 0-d, stats) with detached 0-d stats:
       clipfrac   fraction of valid tokens where the clipped term is the active one,
       approx_kl  k3 estimate of KL(π_old ‖ π) = mean((ρ − 1) − log ρ) ≥ 0 (tokens come from π_old;
@@ -343,7 +347,7 @@ def clipped_policy_loss(
     pg_losses = -advantages * ratio
     high = clip_eps if clip_eps_high is None else clip_eps_high
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
-    loss = _reduce(torch.maximum(pg_losses, pg_losses_clipped), valid, normalizer)
+    loss = _reduce(torch.maximum(pg_losses, pg_losses_clipped), valid, normalizer, weight)
     with torch.no_grad():
         stats = {
             # [lmhp]: clipfrac counts tokens where the clipped loss is strictly larger (gradient cut off).
@@ -508,16 +512,42 @@ def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1
     return centred.reshape(-1)
 
 
-def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
+def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | float | None = None,
+            weight: Tensor | None = None) -> Tensor:
     """KL(π ‖ π_ref) as a loss term: masked mean of k3 over response tokens, with gradient through ``logp``.
 
     logp: (B, A) current policy (with gradient); ref_logp: (B, A) reference; mask: (B, A). 0-d.
+    normalizer, weight: as in ``clipped_policy_loss``.
     k3's gradient in logp is 1 − π_ref/π: 0 where the policy equals the reference, pulling it back elsewhere.
     """
     # [GRPO] eq. 4: the KL enters the loss (not the reward) with the unbiased, non-negative k3 ([KLblog]).
     valid = mask.bool()
     per_token = torch.where(valid, kl_k3(logp, torch.where(valid, ref_logp, logp)), torch.zeros_like(logp))
-    return _reduce(per_token, valid, normalizer)
+    return _reduce(per_token, valid, normalizer, weight)
+
+
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+"""How a critic-free update averages its tokens' losses (``sequence_weights``), under TRL's names."""
+
+
+def sequence_weights(loss_type: str, mask: Tensor, max_tokens: int) -> tuple[Tensor | None, Tensor]:
+    """(weight, count) for a minibatch's token losses: the loss is Σ weight·l over its tokens / the global ``count``.
+
+    mask: (B, A) the real response tokens. ``count`` is this share's own (a 0-d float tensor), to be summed over
+    ranks (``dist.global_count``) like the token count of exact accumulation (module docstring).
+      dapo     every token the same: Σ l / tokens (DAPO, Yu et al. 2025; TRL's default) — weight None
+      grpo     each completion's mean, then the mean over completions: Σ_i (Σ_t l_it / n_i) / B ([GRPO] eq. 3),
+               which gives a short completion's tokens more weight — weight (B, 1) = 1 / n_i
+      dr_grpo  Σ l / (B · max_tokens), a constant (Dr. GRPO, Liu et al. 2025 §3.1): no length bias either way
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
+    rows = torch.tensor(float(mask.shape[0]))
+    if loss_type == "dapo":
+        return None, mask.sum().float()
+    if loss_type == "grpo":
+        return 1.0 / mask.sum(dim=1, keepdim=True).clamp(min=1).float(), rows  # an empty row adds 0 either way
+    return None, rows * max_tokens
 
 
 # ---------------------------------------------------------------------------------------------

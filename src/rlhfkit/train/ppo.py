@@ -184,10 +184,13 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
                vf_clip: float, vf_coef: float, ent_coef: float, temperature: float, max_grad_norm: float,
                generator: torch.Generator, iteration: int, critic: bool = True,
                kl_loss_coef: float | None = None, wrapped: torch.nn.Module | None = None,
-               group_size: int = 1, clip_eps_high: float | None = None) -> dict[str, float]:
+               group_size: int = 1, clip_eps_high: float | None = None, loss_type: str = "dapo",
+               max_tokens: int = 0) -> dict[str, float]:
     """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches.
 
     clip_eps_high: the ratio's upper clip 1 + clip_eps_high (None: 1 + clip_eps).
+    loss_type: how the policy and KL losses average a minibatch's tokens (``losses.sequence_weights``; dr_grpo
+    divides by ``max_tokens`` per completion); the value loss and the entropy stay token means.
     critic False: no value loss (RLOO, GRPO). kl_loss_coef: β of a KL-to-reference term in the loss (GRPO), None: none.
     wrapped: the DDP / FSDP module to run the training forward through (train/dist.py); None: ``model``.
     group_size: K > 1 when rows g·K … g·K + K − 1 are one prompt's samples (RLOO, GRPO): the shuffle then moves
@@ -214,15 +217,17 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             # Token means over the GLOBAL minibatch: each rank divides its token sum by (all ranks' tokens / N),
             # and DDP / FSDP average the gradients over the N ranks, so the gradient is one process's on the
             # whole minibatch (losses.py: exact gradient accumulation). One process: the plain masked mean.
-            norm = dist.global_count(mask.sum())
+            tokens = dist.global_count(mask.sum())
+            weight, count = L.sequence_weights(loss_type, mask, max_tokens)
+            norm = tokens if loss_type == "dapo" else dist.global_count(count)
             pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps, norm,
-                                                clip_eps_high=clip_eps_high)
-            vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip, norm)
+                                                clip_eps_high=clip_eps_high, weight=weight)
+            vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip, tokens)
                                     if critic else (None, None))
-            kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask, norm)
+            kl_term = None if kl_loss_coef is None else L.kl_loss(logp, ro.ref_logprobs[idx], mask, norm, weight)
             # Without an entropy bonus the entropy is only logged: no graph through (b, A, V) tensors.
             with torch.set_grad_enabled(ent_coef != 0):
-                entropy = L.entropy_from_logits(logits).sum() / norm  # (N,): the real tokens
+                entropy = L.entropy_from_logits(logits).sum() / tokens  # (N,): the real tokens
             # L_PPO = L_POLICY + c1·L_VF + c2·L_ENT, signed to minimise: maximise the clipped objective,
             # minimise the value error, encourage entropy (see losses.ppo_total_loss); GRPO adds β·KL.
             loss = L.ppo_total_loss(pg_loss, vf_loss, entropy, vf_coef, ent_coef, kl_term, kl_loss_coef or 0.0)
