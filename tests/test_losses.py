@@ -630,6 +630,8 @@ def test_sequence_weights_hand_values_and_the_losses_they_give():
         assert close(L.kl_loss(logp, ref, mask, n, w), want), loss_type
     with pytest.raises(ValueError, match="loss_type must be one of dapo, grpo, dr_grpo"):
         L.sequence_weights("bnpo", mask, 5)
+    with pytest.raises(ValueError, match="max_tokens must be ≥ 1, got 0"):
+        L.sequence_weights("dr_grpo", mask, 0)
 
 
 def test_group_advantages_refuse_k1_and_ragged_batches():

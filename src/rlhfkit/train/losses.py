@@ -547,6 +547,8 @@ def sequence_weights(loss_type: str, mask: Tensor, max_tokens: int) -> tuple[Ten
         return None, mask.sum().float()
     if loss_type == "grpo":
         return 1.0 / mask.sum(dim=1, keepdim=True).clamp(min=1).float(), rows  # an empty row adds 0 either way
+    if max_tokens < 1:
+        raise ValueError(f"dr_grpo divides by the token limit: max_tokens must be ≥ 1, got {max_tokens}")
     return None, rows * max_tokens
 
 
