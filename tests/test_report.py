@@ -384,6 +384,20 @@ def test_summary_warns_when_the_kl_penalty_is_off():
     assert steps["Generate"] == steps["Label"] == steps["Evaluate"] == "not run"
 
 
+def test_summary_says_how_grpo_scaled_and_averaged():
+    def grpo(**settings):
+        steps = dict(what_was_done({"ppo": {"iterations": 5, "algorithm": "grpo", "group_size": 4, **settings}},
+                                   n_completions=None, n_prompts=None, n_pairs=None, feedback=None, rm_eval=None,
+                                   ppo_iterations=None, ev=None, algorithm="grpo"))
+        return steps["GRPO"]
+
+    assert "(4 per prompt, no critic: group-normalised advantages, KL in the loss)" in grpo()
+    assert "advantages centred per group, not divided by a std (Dr. GRPO), KL in the loss" in grpo(scale_rewards="none")
+    assert "divided by the batch's std" in grpo(scale_rewards="batch")
+    assert "averaged before the completions" in grpo(loss_type="grpo") and "averaged" not in grpo(loss_type="dapo")
+    assert "summed over completions × the token limit" in grpo(loss_type="dr_grpo")
+
+
 def test_the_terminal_table_says_where_the_gold_win_comes_from(capsys, monkeypatch):
     from rlhfkit.eval.table import print_eval_table
 

@@ -124,6 +124,16 @@ def _name(x: Any) -> str:
     return ALIASES.get(str(x), str(x))
 
 
+GRPO_ADVANTAGES = {"group": "group-normalised advantages",
+                   "batch": "advantages centred per group and divided by the batch's std",
+                   "none": "advantages centred per group, not divided by a std (Dr. GRPO)"}
+"""What the report says of GRPO's advantages, by ``scale_rewards``."""
+
+LOSS_AVERAGES = {"dapo": "", "grpo": ", each completion's tokens averaged before the completions (as the GRPO paper)",
+                 "dr_grpo": ", token losses summed over completions × the token limit (Dr. GRPO)"}
+"""What the report adds for a critic-free run's ``loss_type`` (nothing for the default)."""
+
+
 def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | None, n_pairs: int | None,
                   feedback: dict | None, rm_eval: dict | None, ppo_iterations: int | None,
                   ev: dict | None, algorithm: str = "ppo") -> list[tuple[str, str]]:
@@ -212,9 +222,10 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
         if ppo.get("batch_size"):
             text += f" of {ppo['batch_size']} rollouts"
         if name != "PPO":
-            text += (f" ({ppo.get('group_size')} per prompt, no critic: "
-                     + ("leave-one-out baseline, KL in the reward)" if name == "RLOO" else
-                        "group-normalised advantages, KL in the loss)"))
+            how = ("leave-one-out baseline, KL in the reward" if name == "RLOO" else
+                   GRPO_ADVANTAGES.get(ppo.get("scale_rewards", "group"), GRPO_ADVANTAGES["group"]) + ", KL in the loss")
+            how += LOSS_AVERAGES.get(ppo.get("loss_type", "dapo"), "")
+            text += f" ({ppo.get('group_size')} per prompt, no critic: {how})"
         if ppo.get("lora_r"):
             text += f" (LoRA adapters of rank {ppo['lora_r']})"
         text += ", maximising the reward-model score minus β × KL to the frozen reference"
