@@ -137,34 +137,17 @@ def test_update_averages_tokens_by_loss_type(tiny_llama):
     assert len({round(float(kl), 3) for _, kl in want.values()}) == 3
 
 
-def test_critic_free_step_passes_loss_type_and_the_token_limit(tiny_llama, monkeypatch):
-    import rlhfkit.train.critic_free as critic_free
-
-    passed, real = [], critic_free.ppo_update
-
-    def spy(*args, **kwargs):  # records the settings, then runs the real update
-        passed.append((kwargs["loss_type"], kwargs["max_tokens"]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(critic_free, "ppo_update", spy)
-    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
-    hp = _hp("grpo", loss_type="dr_grpo", ppo_epochs=1)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
-    critic_free_step(model, tok, opt, FixedKLController(0.1), PROMPTS, GoldScorer().score, None, iteration=0, seed=0,
-                     hp=hp, norm=None)
-    assert passed == [("dr_grpo", 6)]
-
-
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_steps_pass_clip_eps_high_to_the_update(tiny_llama, monkeypatch, algorithm):
-    """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip)."""
+def test_steps_pass_the_clip_and_loss_settings_to_the_update(tiny_llama, monkeypatch, algorithm):
+    """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip); loss_type and
+    the token limit from the critic-free step (ppo ignores loss_type)."""
     import rlhfkit.train.critic_free as critic_free
     import rlhfkit.train.ppo as ppo
 
     passed, real = [], ppo.ppo_update
 
-    def spy(*args, **kwargs):  # records the setting, then runs the real update
-        passed.append(kwargs["clip_eps_high"])
+    def spy(*args, **kwargs):  # records the settings, then runs the real update
+        passed.append((kwargs["clip_eps_high"], kwargs.get("loss_type"), kwargs.get("max_tokens")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ppo, "ppo_update", spy)
@@ -173,11 +156,12 @@ def test_steps_pass_clip_eps_high_to_the_update(tiny_llama, monkeypatch, algorit
     prompts = PROMPTS * 3 if algorithm == "ppo" else PROMPTS
     for high in (0.28, 0.0):
         model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
-        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1)
+        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1, loss_type="dr_grpo")
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
         step(model, tok, opt, FixedKLController(0.1), prompts, GoldScorer().score, None, iteration=0, seed=0, hp=hp,
              norm=None)
-    assert passed == [0.28, None]
+    rest = (None, None) if algorithm == "ppo" else ("dr_grpo", 6)
+    assert passed == [(0.28, *rest), (None, *rest)]
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
