@@ -84,23 +84,35 @@ def test_grpo_step_reads_scale_rewards(tiny_llama):
     torch.testing.assert_close(ro.advantages, centred[:, None] * ro.response_mask)
 
 
+def _grpo_rollout(model_dir):
+    """(policy, one real GRPO rollout of PROMPTS × K = 3 at the old policy, no KL in the reward, no value head)."""
+    from rlhfkit.train.ppo import collect_rollout
+
+    model, tok = build_policy(str(model_dir), lora_r=4, lora_alpha=8, device="cpu")
+    torch.manual_seed(0)
+    ro = collect_rollout(model, tok, repeat_prompts(PROMPTS, 3), GoldScorer().score, sampling=_hp("grpo").sampling,
+                         beta=0.0, gamma=1.0, lam=1.0, missing_eos_penalty=None, iteration=0, critic=False)
+    return model, ro
+
+
+def _one_update(model, ro, lr: float, **settings) -> dict:
+    """ppo_update's statistics for one epoch of one minibatch (all 6 rows) of ``ro``, critic-free."""
+    from rlhfkit.train.ppo import ppo_update
+
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    return ppo_update(model, opt, ro, epochs=1, minibatch_size=6, clip_eps=0.2, vf_clip=0.2, vf_coef=0.0, ent_coef=0.0,
+                      temperature=1.0, max_grad_norm=1.0, generator=torch.Generator().manual_seed(0), iteration=0,
+                      critic=False, **settings)
+
+
 def test_update_clips_the_ratio_at_clip_eps_high(tiny_llama):
     """A real rollout with every π_old lowered by 0.5 nats (ρ = e^0.5 ≈ 1.65 on every token) and every advantage +1:
     the symmetric clip (1.2) cuts every token off, an upper clip of 1 + 1.0 none (one minibatch: clipfrac is read
     before the optimizer step; with every token clipped the gradient is 0 and Adam leaves the weights as they were)."""
-    from rlhfkit.train.ppo import collect_rollout, ppo_update
-
-    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
-    hp = _hp("grpo")
-    torch.manual_seed(0)
-    ro = collect_rollout(model, tok, repeat_prompts(PROMPTS, 3), GoldScorer().score, sampling=hp.sampling, beta=0.0,
-                         gamma=1.0, lam=1.0, missing_eos_penalty=None, iteration=0, critic=False)
+    model, ro = _grpo_rollout(tiny_llama)
     mask = ro.response_mask
     ro = dataclasses.replace(ro, logprobs=ro.logprobs - 0.5 * mask, advantages=mask.float())
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    clipfrac = [ppo_update(model, opt, ro, epochs=1, minibatch_size=6, clip_eps=0.2, vf_clip=0.2, vf_coef=0.0,
-                           ent_coef=0.0, temperature=1.0, max_grad_norm=1.0, generator=torch.Generator().manual_seed(0),
-                           iteration=0, critic=False, clip_eps_high=high)["policy/clipfrac"] for high in (None, 1.0)]
+    clipfrac = [_one_update(model, ro, 1e-3, clip_eps_high=high)["policy/clipfrac"] for high in (None, 1.0)]
     assert clipfrac == [1.0, 0.0]
 
 
@@ -108,13 +120,7 @@ def test_update_averages_tokens_by_loss_type(tiny_llama):
     """On a real rollout at the old policy (ρ = 1 within float32 rounding, so a token's loss is −Â), completions cut
     to 6, 3, 6, 1, 6, 2 tokens with advantages −2.5 … +2.5: the policy loss is −Σ_i n_i·A_i / Σ n_i (dapo),
     −mean_i A_i (grpo) or −Σ_i n_i·A_i / (6 · max_new_tokens 6) (dr_grpo); the KL term is averaged the same way."""
-    from rlhfkit.train.ppo import collect_rollout, ppo_update
-
-    model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
-    hp = _hp("grpo")
-    torch.manual_seed(0)
-    ro = collect_rollout(model, tok, repeat_prompts(PROMPTS, 3), GoldScorer().score, sampling=hp.sampling, beta=0.0,
-                         gamma=1.0, lam=1.0, missing_eos_penalty=None, iteration=0, critic=False)
+    model, ro = _grpo_rollout(tiny_llama)
     assert ro.response_mask.shape == (6, 6) and ro.response_mask.all()  # every completion ran to the limit
     n = torch.tensor([6, 3, 6, 1, 6, 2])
     a = torch.arange(6) - 2.5
@@ -126,11 +132,8 @@ def test_update_averages_tokens_by_loss_type(tiny_llama):
                              ref_logprobs=ro.logprobs - d[:, None] * mask)
     want = {"dapo": (-(n * a).sum() / n.sum(), (n * k3).sum() / n.sum()), "grpo": (-a.mean(), k3.mean()),
             "dr_grpo": (-(n * a).sum() / 36, (n * k3).sum() / 36)}
-    for loss_type, (pg, kl) in want.items():
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)  # weights stay put
-        stats = ppo_update(model, opt, ro, epochs=1, minibatch_size=6, clip_eps=0.2, vf_clip=0.2, vf_coef=0.0,
-                           ent_coef=0.0, temperature=1.0, max_grad_norm=1.0, generator=torch.Generator().manual_seed(0),
-                           iteration=0, critic=False, kl_loss_coef=0.05, loss_type=loss_type, max_tokens=6)
+    for loss_type, (pg, kl) in want.items():  # lr 0: the weights stay put between the three
+        stats = _one_update(model, ro, 0.0, kl_loss_coef=0.05, loss_type=loss_type, max_tokens=6)
         assert abs(stats["policy/loss"] - float(pg)) < 1e-4, (loss_type, stats["policy/loss"], float(pg))
         assert abs(stats["policy/kl_loss"] - float(kl)) < 1e-4, (loss_type, stats["policy/kl_loss"], float(kl))
     assert len({round(float(pg), 3) for pg, _ in want.values()}) == 3  # the three differ here
