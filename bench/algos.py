@@ -3,6 +3,7 @@
     python bench/algos.py --clock cpu --threads 1      # CPU seconds of each side's process: holds on a busy machine
     python bench/algos.py --quiet-wait 300             # wall clock, each side waiting (≤ 300 s) for quiet
     python bench/algos.py --only grpo --repeats 2      # one algorithm; each side keeps its faster round
+    python bench/algos.py --only rloo,grpo --interleave --clock cpu --threads 1   # the two sides taking turns
 
 One table: each side's samples/s (pairs/s for DPO), peak RSS (getrusage ru_maxrss of its own subprocess: the
 whole process, Python and torch runtime included) and the ratios rlhfkit / TRL (target ≥ 1.5× the throughput
@@ -25,13 +26,17 @@ TRL's gradient checkpointing off (``--no-grad-ckpt``; rlhfkit does not checkpoin
   before it runs (their constructors and every option it passes are the same), so both TRL trainers see
   exactly the same settings. samples/s = batch / median seconds per update after ``--warmup`` updates.
 
-Timing clocks and load handling as bench/ppo.py (``--clock``, ``--quiet-wait``, ``--repeats``); this file is
-also the worker of the rlhfkit DPO side (``--ours-worker JOB``). TRL's venv: ../shared/peers/trl/README.md.
+Timing clocks and load handling as bench/ppo.py (``--clock``, ``--quiet-wait``, ``--repeats``); the table gives
+each side's fastest round and, for RLOO/GRPO, each round's ratio. ``--interleave`` runs an algorithm's two sides
+at once, taking turns one update each (bench/turns.py): a drift in the machine's speed then reaches both sides
+alike, at the price of each update starting with the other process's data in the caches. This file is also the
+worker of the rlhfkit DPO side (``--ours-worker JOB``). TRL's venv: ../shared/peers/trl/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import json
 import os
@@ -42,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ppo as bench_ppo  # noqa: E402  (bench/ppo.py: subprocess workers, the TRL launcher, options)
+import turns  # noqa: E402  (bench/turns.py: the two sides taking turns)
 
 # TRL's GRPO through bench_ppo.py's RLOO path: GRPOTrainer/GRPOConfig take the same arguments
 _GRPO_FOR_RLOO = "import trl; trl.RLOOTrainer, trl.RLOOConfig = trl.GRPOTrainer, trl.GRPOConfig; "
@@ -86,8 +92,37 @@ def dpo_data(tiny: Path, n: int) -> Path:
     return folder
 
 
+def in_turns(ours, trl) -> tuple[dict | None, dict | None]:
+    """rlhfkit's side and TRL's (each a function of extra environment variables) run at once, taking turns one
+    update each (bench/turns.py), rlhfkit's first: their results, None for a side that failed (it is printed, and
+    releases the other side at once); RuntimeError if both failed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fifo = {side: os.path.join(tmp, side) for side in ("rlhfkit", "TRL")}  # the FIFO each side reads its turn from
+        for path in fifo.values():
+            os.mkfifo(path)
+        hold = {side: os.open(path, os.O_RDWR) for side, path in fifo.items()}  # open until both sides are done
+        try:
+            os.write(hold["rlhfkit"], b"T")
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                jobs = {pool.submit(run, {"RLHFKIT_TURNS": f"{fifo[side]}:{fifo[other]}"}): (side, other)
+                        for run, side, other in ((ours, "rlhfkit", "TRL"), (trl, "TRL", "rlhfkit"))}
+                for done in concurrent.futures.as_completed(jobs):
+                    side, other = jobs[done]
+                    if done.exception() is not None:
+                        os.write(hold[other], b"E")  # the other side goes on alone
+                        print(f"{side} side failed: {done.exception()}", flush=True)
+                results = tuple(None if job.exception() else job.result() for job in jobs)
+        finally:
+            for fd in hold.values():
+                os.close(fd)
+    if results == (None, None):
+        raise RuntimeError("both sides failed")
+    return results
+
+
 def sides(a, tiny: Path, prompts: list[str], algorithm: str, timeout: float) -> list:
-    """[(label, fn)] of one algorithm: rlhfkit's side, then TRL's."""
+    """[(label, fn)] of one algorithm: rlhfkit's side, then TRL's; or, taking turns (``--interleave``), one entry
+    ((rlhfkit's label, TRL's), fn) that runs both at once."""
     python = Path(a.trl_python)
     trl_common = ["--model", str(tiny / "small"), "--batch", str(a.batch), "--lora-r",
                   str(a.lora_r), "--seed", str(a.seed), "--no-grad-ckpt"]
@@ -105,8 +140,14 @@ def sides(a, tiny: Path, prompts: list[str], algorithm: str, timeout: float) -> 
         trl_args = [*trl_common, "--data", str(tiny), "--algo", "rloo", "--k", str(a.k), "--kl", str(a.kl), "--updates",
                     str(a.warmup + a.updates), "--warmup", str(a.warmup), "--response-length", str(a.response_length)]
         prelude = _GRPO_FOR_RLOO if algorithm == "grpo" else ""
+        if a.interleave:
+            prelude += turns.TRL_PRELUDE.format(bench=str(Path(__file__).resolve().parent))
         trl = functools.partial(bench_ppo.run_trl, python, trl_args, a.threads, timeout, a.clock, prelude=prelude)
-    out = [(f"rlhfkit {algorithm}", functools.partial(bench_ppo.run_ours, ours, a.threads, timeout, __file__))]
+    ours = functools.partial(bench_ppo.run_ours, ours, a.threads, timeout, __file__)
+    if a.interleave and algorithm != "dpo" and python.exists():
+        return [((f"rlhfkit {algorithm}", f"TRL {algorithm}"),
+                 lambda: in_turns(lambda env: ours(env=env), lambda env: trl(env=env)))]
+    out = [(f"rlhfkit {algorithm}", ours)]
     if python.exists():
         out.append((f"TRL {algorithm}", trl))
     else:
@@ -123,6 +164,13 @@ def rate(r: dict) -> float:
     return r["pairs_per_s"] if "pairs_per_s" in r else r["samples_per_s"]
 
 
+def round_ratios(ours: dict, trl: dict) -> list:
+    """Samples/s ratio rlhfkit / TRL of each round (its median seconds per update, TRL's over rlhfkit's; None where
+    a side failed): with ``--interleave`` each round's two sides took turns on the same machine."""
+    pairs = zip(ours.get("round_medians_s", [ours["median_s"]]), trl.get("round_medians_s", [trl["median_s"]]))
+    return [None if o is None or t is None else t / o for o, t in pairs]
+
+
 def print_table(a, best: dict, trl_version: str) -> dict:
     from rlhfkit.machine import cpu_line
 
@@ -131,9 +179,9 @@ def print_table(a, best: dict, trl_version: str) -> dict:
     print(f"CPU: {cpu_line()}; {a.threads} thread(s), fp32, clock: {unit}; tiny GPT-2 small (3.7M), LoRA r={a.lora_r} "
           f"α={2 * a.lora_r}, batch {a.batch}, β {a.kl}; RLOO/GRPO k={a.k}, ≤{a.response_length} tokens, "
           f"{a.warmup} warm-up + {a.updates} timed updates; DPO {a.dpo_pairs or 2000:,} pairs, max_length {a.max_length}\n")
-    print("| algorithm | rlhfkit rate | TRL rate | rate ratio (≥ 1.5) | rlhfkit peak RSS MiB | TRL peak RSS MiB | "
-          "RSS ratio (≤ 1) | mean tokens rlhfkit / TRL | load 1 min after (rlhfkit / TRL) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| algorithm | rlhfkit rate | TRL rate | rate ratio (≥ 1.5) | each round's ratio | rlhfkit peak RSS MiB | "
+          "TRL peak RSS MiB | RSS ratio (≤ 1) | mean tokens rlhfkit / TRL | load 1 min after (rlhfkit / TRL) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     ratios = {}
     for algorithm in a.only:
         name, trainer, per = NAMES[algorithm]
@@ -142,8 +190,11 @@ def print_table(a, best: dict, trl_version: str) -> dict:
         if ours and trl:
             ratios[algorithm] = {"rate": rate(ours) / rate(trl), "peak_rss": ours["peak_rss_mib"] / trl["peak_rss_mib"]}
             cells.append(f"**{ratios[algorithm]['rate']:.2f}×**")
+            rounds = round_ratios(ours, trl) if algorithm != "dpo" else []
+            ratios[algorithm]["rounds"] = rounds
+            cells.append(", ".join("–" if x is None else f"{x:.2f}×" for x in rounds) or "–")
         else:
-            cells.append("– (a side failed)")
+            cells += ["– (a side failed)", "–"]
         cells += [f"{r['peak_rss_mib']:.0f}" if r else "–" for r in (ours, trl)]
         cells.append(f"{ratios[algorithm]['peak_rss']:.2f}×" if algorithm in ratios else "–")
         cells.append(" / ".join(f"{r['mean_completion_len']:.1f}" if r and "mean_completion_len" in r else "–"
@@ -160,6 +211,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2, help="RLOO/GRPO completions per prompt (both sides)")
     ap.add_argument("--max-length", type=int, default=128, help="DPO: most tokens per prompt + reply")
     ap.add_argument("--dpo-pairs", type=int, default=0, help="DPO: the first N pairs only (0 = all 2,000, an epoch)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="RLOO/GRPO: run both sides at once, taking turns one update each (bench/turns.py), so both "
+                         "see the same machine (each then starts an update with the other's data in the caches); "
+                         "default: one after the other")
     bench_ppo.add_common_args(ap)
     a = ap.parse_args()
     if a.ours_worker:

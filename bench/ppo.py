@@ -62,6 +62,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from turns import from_env
+
 ROOT = Path(__file__).resolve().parents[1]
 # the peers' scripts: ../shared/peers/trl beside the checkout (a git worktree elsewhere: set RLHFKIT_TRL_PEERS)
 PEERS = Path(os.environ.get("RLHFKIT_TRL_PEERS", ROOT.parent / "shared" / "peers" / "trl"))
@@ -178,13 +180,17 @@ def ours_worker(job_path: str) -> None:
     norm = None  # fitted on the first iteration's rollouts, as in `rlhfkit ppo`
     prompts = job["prompts"]
     times, lengths, rollout_s, update_s = [], [], [], []
-    for it in range(job["warmup"] + job["updates"]):
+    n = job["warmup"] + job["updates"]
+    turns = from_env()  # bench/algos.py --interleave: one update each with TRL's side, in turn
+    for it in range(n):
         batch = prompt_batch(prompts, it, hp.prompts_per_iteration, hp.seed)
+        turns and turns.wait()
         t0 = time.perf_counter()
         step = step_fn(model, tokenizer, optimizer, kl_ctl, batch, score_fn, None, iteration=it, seed=hp.seed, hp=hp,
                         norm=norm)
         norm, stats = step.rollout.norm, step.stats
         times.append(time.perf_counter() - t0)
+        turns and turns.give(last=it == n - 1)
         lengths.append(stats["rollout/length"])
         rollout_s.append(stats["time/rollout_s"])
         update_s.append(stats["time/update_s"])
@@ -220,14 +226,15 @@ def _result(proc: subprocess.CompletedProcess) -> dict:
     raise RuntimeError(f"exit {proc.returncode}:\n{(proc.stderr or proc.stdout)[-3000:]}")
 
 
-def run_ours(job: dict, threads: int, timeout: float, script: str | Path = __file__) -> dict:
-    """``job`` run by ``script --ours-worker JOB`` in a fresh process (its own peak RSS); its RESULT line."""
+def run_ours(job: dict, threads: int, timeout: float, script: str | Path = __file__, env: dict | None = None) -> dict:
+    """``job`` run by ``script --ours-worker JOB`` in a fresh process (its own peak RSS); its RESULT line.
+    ``env``: more environment variables (``RLHFKIT_TURNS``: bench/turns.py)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
         path = f.name
     try:
         proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--ours-worker", path], capture_output=True,
-                              text=True, env=_offline_env(threads), timeout=timeout)
+                              text=True, env={**_offline_env(threads), **(env or {})}, timeout=timeout)
     finally:
         os.unlink(path)
     return _result(proc)
@@ -245,8 +252,9 @@ _ALL_LINEAR = ("import peft; _LC = peft.LoraConfig; "
 
 
 def run_trl(python: Path, args: list[str], threads: int, timeout: float, clock: str, all_linear: bool = False,
-            script: str = "bench_ppo.py", prelude: str = "") -> dict:
-    """One of the peers' scripts, unchanged, in its TRL venv; ``prelude`` is Python run before it (a patch)."""
+            script: str = "bench_ppo.py", prelude: str = "", env: dict | None = None) -> dict:
+    """One of the peers' scripts, unchanged, in its TRL venv; ``prelude`` is Python run before it (a patch),
+    ``env`` more environment variables."""
     prelude += _ALL_LINEAR if all_linear else ""
     launch = [str(python), script]
     if clock == "cpu" or prelude:
@@ -255,7 +263,7 @@ def run_trl(python: Path, args: list[str], threads: int, timeout: float, clock: 
         launch = [str(python), "-c", snippet, script]
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.run([*launch, *args, "--out", out], capture_output=True, text=True, cwd=PEERS,
-                              env=_offline_env(threads), timeout=timeout)
+                              env={**_offline_env(threads), **(env or {})}, timeout=timeout)
     return _result(proc)
 
 
@@ -272,7 +280,7 @@ def _fmt_row(name: str, r: dict | None, note: str = "") -> str:
     if r is None:
         return f"| {name} | – | – | – | – | – | {note} |"
     if len(r.get("round_medians_s", [])) > 1:
-        note = "rounds " + ", ".join(f"{m:.2f}" for m in r["round_medians_s"]) + " " + note
+        note = "rounds " + ", ".join("–" if m is None else f"{m:.2f}" for m in r["round_medians_s"]) + " " + note
     times = r["step_times_s"][r["warmup_steps"] :]
     return (f"| {name} | {r['median_s']:.3f} ({min(times):.3f}–{max(times):.3f}) | {r['samples_per_s']:.1f} | "
             f"{r['gen_tokens_per_s']:.0f} | {r['mean_completion_len']:.1f} | {r['peak_rss_mib']:.0f} | "
@@ -295,7 +303,7 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: time updates in process CPU seconds (with --threads 1, barely moved by other load)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="rounds of the tiny-model sides, interleaved; each side keeps its fastest round")
+                    help="rounds of the tiny-model sides, one side after the other; each side keeps its fastest round")
     ap.add_argument("--quiet-wait", type=float, default=0,
                     help="before each side wait up to this many seconds for other processes to go quiet (0 = no wait)")
     ap.add_argument("--quiet-max", type=float, default=0.3, help="'quiet' = other processes use fewer CPUs than this")
@@ -374,38 +382,54 @@ def main() -> None:
             f.write(json.dumps(results) + "\n")
 
 
-def attempt_side(a, results: dict, label: str, fn) -> dict | None:
-    """Run one side (``fn``), after waiting for the machine to go quiet under ``--quiet-wait``; print its figures
-    and keep its result under ``label``, with the CPUs other processes kept busy just before. None if it failed."""
+def _labels(label: str | tuple) -> list[str]:
+    """The labels of one side, or of sides run together (a tuple of labels)."""
+    return list(label) if isinstance(label, tuple) else [label]
+
+
+def _each(label: str | tuple, got) -> list[tuple[str, dict | None]]:
+    """[(label, result)] of one side, or of sides run together (``fn`` returning their results); None: failed."""
+    return list(zip(label, got)) if isinstance(label, tuple) else [(label, got)]
+
+
+def attempt_side(a, results: dict, label: str | tuple, fn):
+    """Run one side (``fn``), or sides run together (``label`` a tuple), after waiting for the machine to go quiet
+    under ``--quiet-wait``; print their figures and keep each result under its label, with the CPUs other
+    processes kept busy just before. None if it failed."""
     busy = wait_until_quiet(a.quiet_max, a.quiet_wait) if a.quiet_wait > 0 else busy_cpus()
     try:
-        r = fn()
+        got = fn()
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"{label} failed: {exc}", flush=True)
         return None
-    rate = f"{r['samples_per_s']:.1f} samples/s" if "samples_per_s" in r else f"{r['pairs_per_s']:.1f} pairs/s"
-    print(f"{label}: {r['median_s']:.3f} s/step, {rate}, {r['peak_rss_mib']:.0f} MiB peak RSS; "
-          f"load {r.get('loadavg') or r.get('loadavg_1m_5m')}", flush=True)
-    r.setdefault("loadavg", r.get("loadavg_1m_5m", []))
-    r["other_busy_cpus_before"] = round(busy, 2)
-    results[label] = r
-    return r
+    for one, r in _each(label, got):
+        if r is None:  # one of sides run together failed (reported by its runner)
+            continue
+        rate = f"{r['samples_per_s']:.1f} samples/s" if "samples_per_s" in r else f"{r['pairs_per_s']:.1f} pairs/s"
+        print(f"{one}: {r['median_s']:.3f} s/step, {rate}, {r['peak_rss_mib']:.0f} MiB peak RSS; "
+              f"load {r.get('loadavg') or r.get('loadavg_1m_5m')}", flush=True)
+        r.setdefault("loadavg", r.get("loadavg_1m_5m", []))
+        r["other_busy_cpus_before"] = round(busy, 2)
+        results[one] = r
+    return got
 
 
 def best_of_rounds(sides: list, repeats: int, attempt) -> dict[str, dict | None]:
-    """``repeats`` rounds of ``sides`` ([(label, fn)]), interleaved; each side keeps its fastest round (lowest
-    ``median_s``: a burst of other work on the machine only ever slows a round down), with every round's median."""
-    best: dict[str, dict | None] = {label: None for label, _ in sides}
+    """``repeats`` rounds of ``sides`` ([(label, fn)]; a tuple of labels: sides run together, ``fn`` returning their
+    results), one after the other in each round; each side keeps its fastest round (lowest ``median_s``: a burst of other work on the
+    machine only ever slows a round down), with every round's median (None where that round failed)."""
+    best: dict[str, dict | None] = {one: None for label, _ in sides for one in _labels(label)}
+    medians: dict[str, list] = {one: [] for one in best}
     for rnd in range(repeats):
         for label, fn in sides:
-            r = attempt(label if repeats == 1 else f"{label} (round {rnd + 1})", fn)
-            if r is None:
-                continue
-            r["round_medians_s"] = (best[label] or {}).get("round_medians_s", []) + [r["median_s"]]
-            if best[label] is None or r["median_s"] < best[label]["median_s"]:
-                best[label] = r
-            else:
-                best[label]["round_medians_s"] = r["round_medians_s"]
+            rounded = [one if repeats == 1 else f"{one} (round {rnd + 1})" for one in _labels(label)]
+            got = attempt(tuple(rounded) if isinstance(label, tuple) else rounded[0], fn)
+            for one, r in _each(label, got) if got is not None else [(one, None) for one in _labels(label)]:
+                medians[one].append(None if r is None else r["median_s"])
+                if r is not None and (best[one] is None or r["median_s"] < best[one]["median_s"]):
+                    best[one] = r
+                if best[one] is not None:
+                    best[one]["round_medians_s"] = medians[one]
     return best
 
 
