@@ -24,7 +24,9 @@ TRL's gradient checkpointing off (``--no-grad-ckpt``; rlhfkit does not checkpoin
   ``rlhfkit ppo --algorithm rloo|grpo``), through bench/ppo.py's worker. TRL: bench_ppo.py --algo rloo as is;
   for GRPO the same script with ``trl.RLOOTrainer``/``RLOOConfig`` swapped for ``GRPOTrainer``/``GRPOConfig``
   before it runs (their constructors and every option it passes are the same), so both TRL trainers see
-  exactly the same settings. samples/s = batch / median seconds per update after ``--warmup`` updates.
+  exactly the same settings; rlhfkit's GRPO weights its KL term by the ratio as TRL's does by default
+  (``kl_bias_correction``, TRL's use_bias_correction_kl). samples/s = batch / median seconds per update after
+  ``--warmup`` updates. bench/trl_parity.py checks that the two GRPO updates compute the same loss and gradients.
 
 Timing clocks and load handling as bench/ppo.py (``--clock``, ``--quiet-wait``, ``--repeats``); the table gives
 each side's fastest round and, for RLOO/GRPO, each round's ratio. ``--interleave`` runs an algorithm's two sides
@@ -136,7 +138,8 @@ def sides(a, tiny: Path, prompts: list[str], algorithm: str, timeout: float) -> 
     else:
         ours = {**job, "reward_model": str(tiny / "small-rm"), "prompts": prompts, "group_size": a.k, "epochs": 1,
                 "response_length": a.response_length, "temperature": 1.0, "lora_layers": 0, "warmup": a.warmup,
-                "updates": a.updates, "plain_prompts": True}
+                "updates": a.updates, "plain_prompts": True,
+                "kl_bias_correction": algorithm == "grpo"}  # TRL's GRPO default (use_bias_correction_kl)
         trl_args = [*trl_common, "--data", str(tiny), "--algo", "rloo", "--k", str(a.k), "--kl", str(a.kl), "--updates",
                     str(a.warmup + a.updates), "--warmup", str(a.warmup), "--response-length", str(a.response_length)]
         prelude = _GRPO_FOR_RLOO if algorithm == "grpo" else ""

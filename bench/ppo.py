@@ -154,6 +154,7 @@ def ours_setup(job: dict):
         "lora_layers": job["lora_layers"], "kl_coef": job["kl"], "lr": job["lr"], "gold": False, "device": "cpu",
         "seed": job["seed"], "temperature": job["temperature"], "algorithm": job.get("algorithm", "ppo"),
         "group_size": job.get("group_size", 2), "dtype": "float32",
+        "kl_bias_correction": job.get("kl_bias_correction", False),
     })
     seed_everything(hp.seed)
     model, tokenizer = build_policy(hp.model, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, device="cpu",

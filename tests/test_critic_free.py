@@ -142,15 +142,16 @@ def test_update_averages_tokens_by_loss_type(tiny_llama):
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_steps_pass_the_clip_and_loss_settings_to_the_update(tiny_llama, monkeypatch, algorithm):
-    """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip); loss_type and
-    the token limit from the critic-free step (ppo ignores loss_type)."""
+    """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip); loss_type, the
+    token limit and kl_bias_correction from the critic-free step (ppo ignores them)."""
     import rlhfkit.train.critic_free as critic_free
     import rlhfkit.train.ppo as ppo
 
     passed, real = [], ppo.ppo_update
 
     def spy(*args, **kwargs):  # records the settings, then runs the real update
-        passed.append((kwargs["clip_eps_high"], kwargs.get("loss_type"), kwargs.get("max_tokens")))
+        passed.append((kwargs["clip_eps_high"], kwargs.get("loss_type"), kwargs.get("max_tokens"),
+                       kwargs.get("kl_bias_correction")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ppo, "ppo_update", spy)
@@ -159,12 +160,14 @@ def test_steps_pass_the_clip_and_loss_settings_to_the_update(tiny_llama, monkeyp
     prompts = PROMPTS * 3 if algorithm == "ppo" else PROMPTS
     for high in (0.28, 0.0):
         model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
-        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1, loss_type="dr_grpo")
+        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1, loss_type="dr_grpo", kl_bias_correction=high > 0)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
         step(model, tok, opt, FixedKLController(0.1), prompts, GoldScorer().score, None, iteration=0, seed=0, hp=hp,
              norm=None)
-    rest = (None, None) if algorithm == "ppo" else ("dr_grpo", 6)
-    assert passed == [(0.28, *rest), (None, *rest)]
+    if algorithm == "ppo":
+        assert passed == [(0.28, None, None, None), (None, None, None, None)]
+    else:
+        assert passed == [(0.28, "dr_grpo", 6, True), (None, "dr_grpo", 6, False)]
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])

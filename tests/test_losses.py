@@ -656,6 +656,24 @@ def test_kl_loss_zero_at_reference_with_zero_gradient_and_hand_value():
     assert close(loss, 0.367879) and close(logp.grad, [[0.632121]])
 
 
+def test_kl_loss_weighted_by_the_ratio_has_the_reverse_kl_gradient():
+    # token 1: ratio 1 (logp = old = 0), ref −1: k3 = e^−1 = 0.367879, gradient k3 + (1 − e^−1) = 1 = logp − ref;
+    # token 2: old −0.5 so ratio e^0.5 = 1.648721: value e^−1·e^0.5 = 0.606531, gradient 1.648721·1; token 3 padding
+    logp = torch.tensor([[0.0, 0.0, 3.0]], requires_grad=True)
+    ref, old = torch.tensor([[-1.0, -1.0, float("nan")]]), torch.tensor([[0.0, -0.5, float("nan")]])
+    loss = L.kl_loss(logp, ref, torch.tensor([[1, 1, 0]]), old_logp=old)
+    loss.backward()
+    assert close(loss, (0.367879 + 0.606531) / 2) and close(logp.grad, [[0.5, 1.648721 / 2, 0.0]])
+    # on policy (ratio 1) the gradient is (log π − log π_ref) / N per token, the reverse KL's; k3's own is 1 − π_ref/π
+    g = torch.Generator().manual_seed(0)
+    logp, ref = -torch.rand(3, 5, generator=g) * 3, -torch.rand(3, 5, generator=g) * 3
+    mask = torch.ones(3, 5)
+    for old_logp, want in ((logp, logp - ref), (None, 1 - torch.exp(ref - logp))):
+        x = logp.clone().requires_grad_(True)
+        L.kl_loss(x, ref, mask, old_logp=old_logp).backward()
+        assert close(x.grad, want / 15)
+
+
 def test_config_accepts_exactly_the_missing_eos_modes_losses_implements():
     from rlhfkit.config import MISSING_EOS_MODES
 

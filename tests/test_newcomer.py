@@ -196,6 +196,12 @@ def test_trl_option_names_are_aliases(tmp_path, alias, value, message):
     assert r.exit_code == 2 and "config field 'epochs' must be ≥ 1" in r.output, r.output
 
 
+@pytest.mark.parametrize("flag", ["--use-bias-correction-kl", "--no-use-bias-correction-kl"])
+def test_trl_names_of_switches_are_aliases_too(tmp_path, flag):
+    r = invoke("ppo", "--output-dir", tmp_path / "run", flag, "--learning-rate", 0)  # parsed, then lr refused
+    assert r.exit_code == 2 and "config field 'lr' must be > 0" in r.output, r.output
+
+
 # 14 --------------------------------------------------------------------------------------------------------------
 
 def test_label_report_fits_80_columns_and_warns_on_few_rankings(capsys, monkeypatch):

@@ -396,6 +396,8 @@ def test_summary_says_how_grpo_scaled_and_averaged():
     assert "divided by the batch's std" in grpo(scale_rewards="batch")
     assert "averaged before the completions" in grpo(loss_type="grpo") and "averaged" not in grpo(loss_type="dapo")
     assert "summed over completions × the token limit" in grpo(loss_type="dr_grpo")
+    assert "KL in the loss weighted by the probability ratio" in grpo(kl_bias_correction=True)
+    assert "probability ratio" not in grpo(kl_bias_correction=False)
 
 
 def test_the_terminal_table_says_where_the_gold_win_comes_from(capsys, monkeypatch):

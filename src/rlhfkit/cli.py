@@ -86,7 +86,7 @@ def run_stage(fn: Callable, *args, **kwargs):
 
 TRL_NAMES = {"lr": ("--learning-rate",), "epochs": ("--num-train-epochs",), "run_dir": ("--output-dir",),
              "max_new_tokens": ("--response-length",), "clip_eps": ("--cliprange",),
-             "clip_eps_high": ("--epsilon-high",)}
+             "clip_eps_high": ("--epsilon-high",), "kl_bias_correction": ("--use-bias-correction-kl",)}
 """TRL's names for our options, accepted as aliases (a TRL user's muscle memory works; --help lists both)."""
 
 
@@ -110,7 +110,8 @@ def stage_command(name: str, config_cls: type, section: str | None = None, group
         ]
         for f in config_fields(config_cls):
             flag = "--" + f.name.replace("_", "-")
-            decls = [f"{flag}/--no-{flag[2:]}"] if types[f.name] is bool else [flag, *TRL_NAMES.get(f.name, ())]
+            trl = TRL_NAMES.get(f.name, ())
+            decls = ([f"{x}/--no-{x[2:]}" for x in (flag, *trl)] if types[f.name] is bool else [flag, *trl])
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types[f.name]],
                 # "\[": rich markup would swallow a bare "[default: X]" (the option's own default is None)

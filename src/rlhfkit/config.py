@@ -459,6 +459,10 @@ class PPOConfig:
     lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).")
     lora_layers: int = opt(8, "Adapt only the top N transformer blocks (0 = all): backward stops below them.")
     kl_coef: float = opt(0.05, "β: weight of the per-token KL penalty (0 = no penalty: watch reward hacking).")
+    kl_bias_correction: bool = opt(False, "grpo: weight each token's KL term by the ratio π/π_old, which makes its "
+                                          "gradient the reverse KL's (DeepSeek-V3.2; TRL's use_bias_correction_kl, "
+                                          "on by default there); off, k3's own gradient, the forward KL's (the GRPO "
+                                          "paper). ppo and rloo ignore it.")
     adaptive_kl: bool = opt(False, "Adapt β towards kl_target (Ziegler et al. 2019).")
     kl_target: float = opt(6.0, "Target KL (nats per completion) for the adaptive controller.")
     kl_horizon: float = opt(10000.0, "Horizon (in rollouts) of the adaptive KL controller.")

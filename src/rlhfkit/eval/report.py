@@ -223,7 +223,9 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
             text += f" of {ppo['batch_size']} rollouts"
         if name != "PPO":
             how = ("leave-one-out baseline, KL in the reward" if name == "RLOO" else
-                   GRPO_ADVANTAGES.get(ppo.get("scale_rewards", "group"), GRPO_ADVANTAGES["group"]) + ", KL in the loss")
+                   GRPO_ADVANTAGES.get(ppo.get("scale_rewards", "group"), GRPO_ADVANTAGES["group"]) + ", KL in the loss"
+                   + (" weighted by the probability ratio (the reverse KL's gradient)" if ppo.get("kl_bias_correction")
+                      else ""))
             how += LOSS_AVERAGES.get(ppo.get("loss_type", "dapo"), "")
             text += f" ({ppo.get('group_size')} per prompt, no critic: {how})"
         if ppo.get("lora_r"):

@@ -11,6 +11,7 @@ Where the KL to the reference enters:
         ([RLOO] Ahmadian et al. 2024 §3; TRL's RLOOTrainer does the same). The adaptive β works as in PPO.
   grpo  the LOSS: A_i = (score_i − mean) / std over the group, and β·k3 per token is added to the loss
         ([GRPO] Shao et al. 2024 eq. 3–4, TRL's GRPOTrainer), so the advantage is the reward signal alone.
+        ``kl_bias_correction`` weights that term by the ratio π/π_old (the reverse KL's gradient, TRL's default).
         ``scale_rewards`` batch divides by the whole batch's std instead, none by nothing (Dr. GRPO), as TRL's.
 With no value head to compute, the rollout's π_old is the sampler's own log-probs on float32 weights (the
 behaviour policy's probabilities of the tokens it drew; ``ppo.experience``), so no forward pass over the
@@ -93,7 +94,8 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
                        temperature=hp.sampling.temperature, max_grad_norm=hp.max_grad_norm, generator=generator,
                        iteration=iteration, critic=False, kl_loss_coef=beta if algorithm == "grpo" else None,
                        wrapped=wrapped, group_size=K, clip_eps_high=hp.clip_eps_high or None,
-                       loss_type=hp.loss_type, max_tokens=hp.sampling.max_new_tokens)
+                       loss_type=hp.loss_type, max_tokens=hp.sampling.max_new_tokens,
+                       kl_bias_correction=hp.kl_bias_correction)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}

@@ -513,16 +513,22 @@ def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1
 
 
 def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | float | None = None,
-            weight: Tensor | None = None) -> Tensor:
+            weight: Tensor | None = None, old_logp: Tensor | None = None) -> Tensor:
     """KL(π ‖ π_ref) as a loss term: masked mean of k3 over response tokens, with gradient through ``logp``.
 
     logp: (B, A) current policy (with gradient); ref_logp: (B, A) reference; mask: (B, A). 0-d.
     normalizer, weight: as in ``clipped_policy_loss``.
-    k3's gradient in logp is 1 − π_ref/π: 0 where the policy equals the reference, pulling it back elsewhere.
+    k3's gradient in logp is 1 − π_ref/π: 0 where the policy equals the reference, pulling it back elsewhere. Over
+    tokens drawn from π that is the gradient of KL(π_ref ‖ π), the forward KL ([GRPO] eq. 4 as written).
+    old_logp: (B, A) the behaviour policy's log-probs; given, each token's k3 is weighted by the ratio π/π_old (with
+    its gradient), which makes the gradient (log π − log π_ref)·∇log π at ratio 1: the reverse KL(π ‖ π_ref)'s own
+    (DeepSeek-V3.2 §2; TRL's use_bias_correction_kl, its GRPOTrainer's default).
     """
     # [GRPO] eq. 4: the KL enters the loss (not the reward) with the unbiased, non-negative k3 ([KLblog]).
     valid = mask.bool()
     per_token = torch.where(valid, kl_k3(logp, torch.where(valid, ref_logp, logp)), torch.zeros_like(logp))
+    if old_logp is not None:
+        per_token = per_token * torch.exp(torch.where(valid, logp - old_logp, torch.zeros_like(logp)))
     return _reduce(per_token, valid, normalizer, weight)
 
 
