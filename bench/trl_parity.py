@@ -1,4 +1,4 @@
-"""rlhfkit's GRPO update against TRL 1.16's GRPOTrainer on the same rollout: log-probs, loss and gradients.
+"""rlhfkit's GRPO and DPO updates against TRL 1.16's GRPOTrainer and DPOTrainer on the same data: loss, gradients.
 
     ~/scratch/trlenv/bin/python bench/trl_parity.py         # run with TRL's python (rlhfkit is read from src/)
 
@@ -18,7 +18,12 @@ zero so the policy differs from the reference) serves both sides, in float32 (TR
    rlhfkit's ``ppo_update`` (as ``rlhfkit ppo --algorithm grpo`` calls it, lr 0 so nothing moves) against TRL's
    ``_compute_loss`` + ``backward``, on the same reference log-probs.
 
-Prints the differences; exits 1 if a log-prob, loss or (relative) LoRA-gradient difference on the gated part
+3. DPO: the peers' first 8 pairs, encoded once (rlhfkit's ``encode``), through rlhfkit's ``dpo_step`` on its
+   shared-prompt batch (each prompt once, the replies behind a 4-D mask; reference log-probs cached) and TRL's
+   ``DPOTrainer._compute_loss`` on its own collator's prompt + reply rows (reference computed in the step): the
+   sigmoid loss at two β and IPO.
+
+Prints the differences; exits 1 if a log-prob, loss or (relative) LoRA-gradient difference on the gated parts
 exceeds 1e-4, so it can gate a change.
 """
 
@@ -95,14 +100,8 @@ def theirs(trainer, inputs):
     return loss.item(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", default=str(Path.home() / "scratch" / "trl-tiny"), help="folder of make_tiny.py's models")
-    ap.add_argument("--k", type=int, default=2)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    a = ap.parse_args()
-
+def grpo_parity(a) -> float:
+    """Part 1 and 2 of the module doc; the largest gated difference."""
     import dataclasses
     import json
 
@@ -209,6 +208,84 @@ def main() -> None:
         print(f"\ncontrol, TRL with the KL × ratio and rlhfkit without (on policy): max rel. Δ grad {rel:.1e} "
               f"({'shows' if rel > TOLERANCE else 'DOES NOT SHOW: the check is blind'})")
         worst = worst if rel > TOLERANCE else float("inf")
+    return worst
+
+
+def dpo_parity(a) -> float:
+    """Part 3 of the module doc; the largest difference."""
+    import json
+
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from rlhfkit.models.policy import build_policy
+    from rlhfkit.train.dpo import dpo_step, encode, pair_batch, reference_logps
+    from rlhfkit.train.ppo import seed_everything
+
+    seed_everything(0)
+    model, tokenizer = build_policy(str(Path(a.tiny) / "small"), lora_r=16, lora_alpha=32, device="cpu")
+    tokenizer.chat_template = None
+    lines = (Path(a.tiny) / "pairs.jsonl").read_text().splitlines()
+    pairs = [json.loads(line) for line in lines if line.strip()][: a.pairs]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tuple(encode(tokenizer, x["prompt"], x[key], eos_id=eos, system_prompt="", max_length=128)
+                     for key in ("chosen", "rejected")) for x in pairs]
+    worst = 0.0
+    print(f"\nDPO: {len(pairs)} of the peers' pairs, rlhfkit's shared-prompt batch (each prompt once, a 4-D mask) "
+          "against TRL's DPOTrainer (prompt + reply rows)\n")
+    print("| loss | β | loss rlhfkit | loss TRL | abs. Δ loss | max rel. Δ grad |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = DPOConfig(output_dir=out, per_device_train_batch_size=len(pairs), beta=0.1, use_cpu=True, bf16=False,
+                        report_to="none", gradient_checkpointing=False, save_strategy="no", disable_tqdm=True,
+                        max_length=None)
+        data = Dataset.from_dict({k: [x[k] for x in pairs] for k in ("prompt", "chosen", "rejected")})
+        # before the adapter moves off zero: TRL keeps a copy of the adapter it is given as its reference ("ref"),
+        # which with B = 0 is the base, rlhfkit's reference
+        trainer = DPOTrainer(model=model.lm, args=cfg, train_dataset=data, processing_class=tokenizer)
+        trainer.model.eval()
+        with torch.no_grad():
+            for name, p in model.lm.named_parameters():
+                if "lora_B" in name and ".default." in name:
+                    p.normal_(0.0, 0.02)
+        inputs = trainer.data_collator([{"prompt_ids": c[0], "chosen_ids": c[1], "rejected_ids": r[1]} for c, r in encoded])
+        idx = list(range(len(pairs)))
+        for loss_type, beta in (("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1)):
+            trainer.beta, trainer.loss_types, trainer.loss_weights = beta, [loss_type], [1.0]
+            trainer.model.zero_grad(set_to_none=True)
+            loss_t = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
+            loss_t.backward()
+            grad_t = {n: p.grad.clone() for n, p in model.lm.named_parameters() if p.grad is not None}
+            average = loss_type == "ipo"
+            ref = reference_logps(model, encoded, batch_size=len(pairs), pad_id=pad, device="cpu", average=average,
+                                  shared_dtype=torch.float32)
+            batch = pair_batch(encoded, idx, pad, "cpu", torch.float32)
+            params = [p for p in model.parameters() if p.requires_grad]
+            stats = dpo_step(model, torch.optim.SGD(params, lr=0.0), batch, ref, torch.ones(len(pairs)), beta=beta,
+                             loss_type=loss_type, label_smoothing=0.0, max_grad_norm=1e30, step=0)
+            grad_o = {n: p.grad.clone() for n, p in model.lm.named_parameters() if n in grad_t}
+            rel = max(((grad_o[n] - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item() for n in grad_t)
+            diff = abs(stats["dpo/loss"] - loss_t.item())
+            worst = max(worst, diff, rel)
+            print(f"| {loss_type} | {beta} | {stats['dpo/loss']:+.6f} | {loss_t.item():+.6f} | {diff:.1e} | {rel:.1e} |")
+    print("\n(TRL 1.16's sigmoid loss ignores label_smoothing — only its robust, aot and exo_pair losses read it — so "
+          "rlhfkit's sigmoid with label smoothing, conservative DPO, has no TRL twin to compare with.)")
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", default=str(Path.home() / "scratch" / "trl-tiny"), help="folder of make_tiny.py's models")
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--pairs", type=int, default=8, help="DPO: the peers' first N pairs")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    worst = max(grpo_parity(a), dpo_parity(a))
     print(f"\nlargest difference {worst:.1e} ({'within' if worst <= TOLERANCE else 'OVER'} {TOLERANCE:g})")
     sys.exit(0 if worst <= TOLERANCE else 1)
 
