@@ -18,6 +18,8 @@ zero so the policy differs from the reference) serves both sides, in float32 (TR
    rlhfkit's ``ppo_update`` (as ``rlhfkit ppo --algorithm grpo`` calls it, lr 0 so nothing moves) against TRL's
    ``_compute_loss`` + ``backward``, on the same reference log-probs.
 
+   Not gated, a note: TRL's RLOOTrainer on the same rollout, on policy, against rlhfkit's RLOO update (TRL clips a
+   sequence-level ratio, rlhfkit per token; on policy the gradients are proportional — see ``rloo_note``).
 3. DPO: the peers' first 8 pairs, encoded once (rlhfkit's ``encode``), through rlhfkit's ``dpo_step`` on its
    shared-prompt batch (each prompt once, the replies behind a 4-D mask; reference log-probs cached) and TRL's
    ``DPOTrainer._compute_loss`` on its own collator's prompt + reply rows (reference computed in the step): the
@@ -199,6 +201,8 @@ def grpo_parity(a) -> float:
                 print(f"| {loss_type} | {beta} | {'yes' if corrected else 'no'} | {eps_high or '= ε'} | "
                       f"{'shifted' if shifted else 'current'} | {loss_o:+.6f} | {loss_t:+.6f} | "
                       f"{abs(loss_o - loss_t):.1e} | {rel:.1e} |")
+        rloo_note(a, model, tokenizer, ro, advantages, logp, out, every)
+
         # a control: one setting different on the two sides must show, or the comparison could not fail
         trainer.beta, trainer.loss_type, trainer.epsilon_high, trainer.args.use_bias_correction_kl = 0.05, "dapo", 0.2, True
         _, grad_t = theirs(trainer, trl_inputs(ro, advantages, logp, ref))
@@ -209,6 +213,31 @@ def grpo_parity(a) -> float:
               f"({'shows' if rel > TOLERANCE else 'DOES NOT SHOW: the check is blind'})")
         worst = worst if rel > TOLERANCE else float("inf")
     return worst
+
+
+def rloo_note(a, model, tokenizer, ro, advantages, logp, out, prompts) -> None:
+    """Not gated: TRL's RLOOTrainer clips a sequence's ratio exp(Σ_t log π − Σ_t log π_old) and averages over
+    sequences; rlhfkit's RLOO clips per token, as its PPO. On policy (one epoch of one minibatch, the speed bench's
+    setting) their gradients are proportional: rlhfkit's with loss_type dr_grpo is TRL's / max_new_tokens."""
+    import torch
+    from datasets import Dataset
+    from trl import RLOOConfig, RLOOTrainer
+
+    cfg = RLOOConfig(output_dir=out, per_device_train_batch_size=len(ro.prompts), num_generations=a.k,
+                     max_completion_length=a.max_new_tokens, beta=0.0, use_cpu=True, bf16=False, report_to="none",
+                     gradient_checkpointing=False, save_strategy="no", disable_tqdm=True)
+    trainer = RLOOTrainer(model=model.lm, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=cfg,
+                          train_dataset=Dataset.from_dict({"prompt": prompts[:64]}), processing_class=tokenizer)
+    trainer.model.eval()
+    inputs = trl_inputs(ro, advantages, logp, logp)
+    inputs["old_logps"] = (logp * ro.response_mask).sum(1)
+    _, grad_t = theirs(trainer, inputs)
+    _, grad_o = ours(model, ro, advantages, logp, beta=None, loss_type="dr_grpo", clip_eps_high=None,
+                     kl_bias_correction=False, k=a.k, max_tokens=a.max_new_tokens)
+    rel = max(((grad_o[n] * a.max_new_tokens - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item()
+              for n in grad_t)
+    print(f"\nRLOO, on policy: rlhfkit's gradient (loss_type dr_grpo) × max_new_tokens against TRL's RLOOTrainer: "
+          f"max rel. Δ {rel:.1e} (TRL clips a sequence-level ratio, rlhfkit per token; off policy they part)")
 
 
 def dpo_parity(a) -> float:
