@@ -185,13 +185,15 @@ def ours_worker(job_path: str) -> None:
     turns = from_env()  # bench/algos.py --interleave: one update each with TRL's side, in turn
     for it in range(n):
         batch = prompt_batch(prompts, it, hp.prompts_per_iteration, hp.seed)
-        turns and turns.wait()
+        if turns:
+            turns.wait()
         t0 = time.perf_counter()
         step = step_fn(model, tokenizer, optimizer, kl_ctl, batch, score_fn, None, iteration=it, seed=hp.seed, hp=hp,
                         norm=norm)
         norm, stats = step.rollout.norm, step.stats
         times.append(time.perf_counter() - t0)
-        turns and turns.give(last=it == n - 1)
+        if turns:
+            turns.give(last=it == n - 1)
         lengths.append(stats["rollout/length"])
         rollout_s.append(stats["time/rollout_s"])
         update_s.append(stats["time/update_s"])
