@@ -13,8 +13,8 @@ zero so the policy differs from the reference) serves both sides, in float32 (TR
    left-padded row is scored one position off from where ``generate()`` sampled it — shown, not gated.
 2. The update: a rollout of prompts of one length (no padding), its completions cut to different lengths (as if
    they had ended), pseudo-random scores. For each loss type (dapo | grpo | dr_grpo) and setting — β·KL in the loss,
-   that KL weighted by the ratio or not (``kl_bias_correction`` / TRL's use_bias_correction_kl), the upper clip
-   ε_high, old log-probs equal to the current ones (TRL's num_iterations = 1) or shifted by noise so the clip bites —
+   that KL weighted by the ratio or not (``kl_bias_correction`` / TRL's use_bias_correction_kl), the ratio per
+   token or per completion (GSPO: ``importance_sampling_level``, TRL's name too), the upper clip ε_high, old log-probs equal to the current ones (TRL's num_iterations = 1) or shifted by noise so the clip bites —
    rlhfkit's ``ppo_update`` (as ``rlhfkit ppo --algorithm grpo`` calls it, lr 0 so nothing moves) against TRL's
    ``_compute_loss`` + ``backward``, on the same reference log-probs.
 
@@ -67,7 +67,8 @@ def rollout(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, b
     return ro, advantages
 
 
-def ours(model, ro, advantages, old, *, beta, loss_type, clip_eps_high, kl_bias_correction, k, max_tokens):
+def ours(model, ro, advantages, old, *, beta, loss_type, clip_eps_high, kl_bias_correction, k, max_tokens,
+         level="token"):
     """rlhfkit's update loss and LoRA gradients on the rollout (lr 0: the weights stay)."""
     import dataclasses
 
@@ -82,7 +83,7 @@ def ours(model, ro, advantages, old, *, beta, loss_type, clip_eps_high, kl_bias_
                        clip_eps=0.2, vf_clip=0.2, vf_coef=0.0, ent_coef=0.0, temperature=1.0, max_grad_norm=1e30,
                        generator=torch.Generator().manual_seed(0), iteration=0, critic=False, kl_loss_coef=beta,
                        group_size=k, clip_eps_high=clip_eps_high, loss_type=loss_type, max_tokens=max_tokens,
-                       kl_bias_correction=kl_bias_correction)
+                       kl_bias_correction=kl_bias_correction, ratio_level=level)
     return stats["loss/total"], {n: p.grad.clone() for n, p in model.lm.named_parameters() if p.requires_grad}
 
 
@@ -182,29 +183,32 @@ def grpo_parity(a) -> float:
         ro = dataclasses.replace(ro, ref_logprobs=ref * ro.response_mask)  # the same reference on both sides
 
         noise = torch.randn(logp.shape, generator=torch.Generator().manual_seed(2)) * 0.3
-        print("\n| loss type | β | KL × ratio | ε_high | old log-probs | loss rlhfkit | loss TRL | abs. Δ loss | "
-              "max rel. Δ grad |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        settings = ((0.05, False, None, False), (0.05, True, None, False), (0.05, False, None, True),
-                    (0.05, True, None, True), (0.0, False, 0.28, True))
+        print("\n| loss type | ratio per | β | KL × ratio | ε_high | old log-probs | loss rlhfkit | loss TRL | "
+              "abs. Δ loss | max rel. Δ grad |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        settings = (("token", 0.05, False, None, False), ("token", 0.05, True, None, False),
+                    ("token", 0.05, False, None, True), ("token", 0.05, True, None, True), ("token", 0.0, False, 0.28, True),
+                    ("sequence", 0.05, False, None, True), ("sequence", 0.05, True, None, True),
+                    ("sequence", 0.0, False, 0.28, True))
         for loss_type in ("dapo", "grpo", "dr_grpo"):
-            for beta, corrected, eps_high, shifted in settings:
+            for level, beta, corrected, eps_high, shifted in settings:
                 old = logp + noise if shifted else logp  # shifted: ratios around e^±0.3, so the clip bites
                 trainer.beta, trainer.loss_type, trainer.epsilon_high = beta, loss_type, eps_high or 0.2
-                trainer.args.use_bias_correction_kl = corrected
+                trainer.importance_sampling_level, trainer.args.use_bias_correction_kl = level, corrected
                 loss_t, grad_t = theirs(trainer, trl_inputs(ro, advantages, old, ref))
                 loss_o, grad_o = ours(model, ro, advantages, old, beta=beta, loss_type=loss_type,
                                       clip_eps_high=eps_high, kl_bias_correction=corrected, k=a.k,
-                                      max_tokens=a.max_new_tokens)
+                                      max_tokens=a.max_new_tokens, level=level)
                 rel = max(((grad_o[n] - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item() for n in grad_t)
                 worst = max(worst, abs(loss_o - loss_t), rel)
-                print(f"| {loss_type} | {beta} | {'yes' if corrected else 'no'} | {eps_high or '= ε'} | "
+                print(f"| {loss_type} | {level} | {beta} | {'yes' if corrected else 'no'} | {eps_high or '= ε'} | "
                       f"{'shifted' if shifted else 'current'} | {loss_o:+.6f} | {loss_t:+.6f} | "
                       f"{abs(loss_o - loss_t):.1e} | {rel:.1e} |")
         rloo_note(a, model, tokenizer, ro, advantages, logp, out, every)
 
         # a control: one setting different on the two sides must show, or the comparison could not fail
         trainer.beta, trainer.loss_type, trainer.epsilon_high, trainer.args.use_bias_correction_kl = 0.05, "dapo", 0.2, True
+        trainer.importance_sampling_level = "token"
         _, grad_t = theirs(trainer, trl_inputs(ro, advantages, logp, ref))
         _, grad_o = ours(model, ro, advantages, logp, beta=0.05, loss_type="dapo", clip_eps_high=None,
                          kl_bias_correction=False, k=a.k, max_tokens=a.max_new_tokens)

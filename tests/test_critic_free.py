@@ -116,6 +116,28 @@ def test_update_clips_the_ratio_at_clip_eps_high(tiny_llama):
     assert clipfrac == [1.0, 0.0]
 
 
+def test_update_takes_one_ratio_per_completion_at_sequence_level(tiny_llama):
+    """A real rollout whose π_old is moved ±0.5 nats on alternate tokens (an odd completion's last token kept), so each
+    completion's mean log-ratio is 0, and every advantage +1: per token, the tokens at ρ = e^0.5 > 1.2 are clipped;
+    per completion (GSPO) every ρ is 1 and none is (lr 0: both updates see the same weights)."""
+    model, ro = _grpo_rollout(tiny_llama)
+    mask = ro.response_mask
+    A = mask.shape[1]
+    n = mask.sum(dim=1, keepdim=True)
+    odd_last = (torch.arange(A)[None, :] == n - 1) & (n % 2 == 1)
+    shift = 0.5 * (-1.0) ** torch.arange(A)[None, :] * mask * ~odd_last  # +0.5, −0.5, … on each row
+    ro = dataclasses.replace(ro, logprobs=ro.logprobs - shift, advantages=mask.float())
+    clipfrac = {level: _one_update(model, ro, 0.0, ratio_level=level)["policy/clipfrac"] for level in ("token", "sequence")}
+    assert clipfrac["sequence"] == 0.0 and clipfrac["token"] > 0.3, clipfrac
+    # the KL term weighted by the ratio takes the same level: per completion every weight is 1 (the plain k3 mean),
+    # per token e^±0.5 (more); the reference sits 0.3 nats under the policy on every token, so k3 ≠ 0
+    ro = dataclasses.replace(ro, ref_logprobs=ro.logprobs + shift - 0.3 * mask)
+    kl = {(level, weighted): _one_update(model, ro, 0.0, ratio_level=level, kl_loss_coef=0.1,
+                                         kl_bias_correction=weighted)["policy/kl_loss"]
+          for level, weighted in (("token", False), ("token", True), ("sequence", True))}
+    assert abs(kl["sequence", True] - kl["token", False]) < 1e-6 < 1e-3 < kl["token", True] - kl["token", False], kl
+
+
 def test_update_averages_tokens_by_loss_type(tiny_llama):
     """On a real rollout at the old policy (ρ = 1 within float32 rounding, so a token's loss is −Â), completions cut
     to 6, 3, 6, 1, 6, 2 tokens with advantages −2.5 … +2.5: the policy loss is −Σ_i n_i·A_i / Σ n_i (dapo),
@@ -143,7 +165,7 @@ def test_update_averages_tokens_by_loss_type(tiny_llama):
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_steps_pass_the_clip_and_loss_settings_to_the_update(tiny_llama, monkeypatch, algorithm):
     """The config's clip_eps_high reaches ppo_update from both steps (0 → None: the symmetric clip); loss_type, the
-    token limit and kl_bias_correction from the critic-free step (ppo ignores them)."""
+    token limit, kl_bias_correction and the ratio level from the critic-free step (ppo ignores them)."""
     import rlhfkit.train.critic_free as critic_free
     import rlhfkit.train.ppo as ppo
 
@@ -151,7 +173,7 @@ def test_steps_pass_the_clip_and_loss_settings_to_the_update(tiny_llama, monkeyp
 
     def spy(*args, **kwargs):  # records the settings, then runs the real update
         passed.append((kwargs["clip_eps_high"], kwargs.get("loss_type"), kwargs.get("max_tokens"),
-                       kwargs.get("kl_bias_correction")))
+                       kwargs.get("kl_bias_correction"), kwargs.get("ratio_level")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ppo, "ppo_update", spy)
@@ -160,14 +182,15 @@ def test_steps_pass_the_clip_and_loss_settings_to_the_update(tiny_llama, monkeyp
     prompts = PROMPTS * 3 if algorithm == "ppo" else PROMPTS
     for high in (0.28, 0.0):
         model, tok = build_policy(str(tiny_llama), lora_r=4, lora_alpha=8, device="cpu")
-        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1, loss_type="dr_grpo", kl_bias_correction=high > 0)
+        hp = _hp(algorithm, clip_eps_high=high, ppo_epochs=1, loss_type="dr_grpo", kl_bias_correction=high > 0,
+                 importance_sampling_level="sequence" if high > 0 else "token")
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
         step(model, tok, opt, FixedKLController(0.1), prompts, GoldScorer().score, None, iteration=0, seed=0, hp=hp,
              norm=None)
     if algorithm == "ppo":
-        assert passed == [(0.28, None, None, None), (None, None, None, None)]
+        assert passed == [(0.28, None, None, None, None), (None, None, None, None, None)]
     else:
-        assert passed == [(0.28, "dr_grpo", 6, True), (None, "dr_grpo", 6, False)]
+        assert passed == [(0.28, "dr_grpo", 6, True, "sequence"), (None, "dr_grpo", 6, False, "token")]
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])

@@ -692,6 +692,32 @@ def test_config_accepts_exactly_the_loss_types_losses_implements():
     assert LOSS_TYPES == L.LOSS_TYPES
 
 
+def test_config_accepts_exactly_the_ratio_levels_losses_implements():
+    from rlhfkit.config import RATIO_LEVELS
+
+    assert RATIO_LEVELS == L.RATIO_LEVELS
+
+
+def test_sequence_level_ratio_clips_each_completion_once_by_hand():
+    # row 0: token log-ratios 0.2, −0.6 (mean −0.2: ratio e^−0.2 = 0.818731, inside [0.8, 1.2]); row 1: 0.3 × 3 (ratio
+    # e^0.3 = 1.349859 > 1.2 with A > 0: clipped, no gradient); padding's old log-prob is NaN and must not leak
+    logp = torch.zeros(2, 3, requires_grad=True)
+    old = torch.tensor([[-0.2, 0.6, float("nan")], [-0.3, -0.3, -0.3]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    loss, stats = L.clipped_policy_loss(logp, old, torch.ones(2, 3), mask, 0.2, level="sequence")
+    loss.backward()
+    assert close(loss, (2 * -0.818731 + 3 * -1.2) / 5) and close(stats["clipfrac"], 3 / 5)
+    # each row-0 token's loss is −e^mean, mean = (l0 + l1)/2: over the 5-token mean, d/dl_t = 2 · (−0.818731 / 2) / 5
+    assert close(logp.grad, [[-0.818731 / 5, -0.818731 / 5, 0.0], [0.0, 0.0, 0.0]])
+    assert close(L.log_ratios(logp, old, mask, "sequence"), [[-0.2, -0.2, 0.0], [0.3, 0.3, 0.3]])
+    # the KL term weighted per completion: k3 (e^−1 at log π_ref − log π = −1, else 0) × e^0.2, mean over 2 tokens
+    kl = L.kl_loss(torch.zeros(1, 2), torch.tensor([[-1.0, 0.0]]), torch.ones(1, 2),
+                   old_logp=torch.tensor([[0.2, -0.6]]), level="sequence")
+    assert close(kl, 0.367879 * 1.221403 / 2)
+    with pytest.raises(ValueError, match="level must be one of token, sequence"):
+        L.log_ratios(logp, old, mask, "sentence")
+
+
 def test_missing_eos_scores_by_hand():
     scores, ended = torch.tensor([0.5, -0.3, 1.2]), torch.tensor([True, False, False])
     # replace: the cut-off rows score the penalty, whatever the reward model said

@@ -398,6 +398,8 @@ def test_summary_says_how_grpo_scaled_and_averaged():
     assert "summed over completions × the token limit" in grpo(loss_type="dr_grpo")
     assert "KL in the loss weighted by the probability ratio" in grpo(kl_bias_correction=True)
     assert "probability ratio" not in grpo(kl_bias_correction=False)
+    assert "one probability ratio per completion (GSPO)" in grpo(importance_sampling_level="sequence")
+    assert "GSPO" not in grpo(importance_sampling_level="token")
 
 
 def test_the_terminal_table_says_where_the_gold_win_comes_from(capsys, monkeypatch):

@@ -427,6 +427,9 @@ GRPO_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 """rloo's and grpo's loss_type values: losses.LOSS_TYPES (held equal the same way)."""
 
+RATIO_LEVELS = ("token", "sequence")
+"""rloo's and grpo's importance_sampling_level values: losses.RATIO_LEVELS (held equal the same way)."""
+
 
 @dataclass
 class PPOConfig:
@@ -444,6 +447,10 @@ class PPOConfig:
                                  "same: DAPO, TRL's default), grpo (each completion's mean, then their mean: the GRPO "
                                  "paper, a short completion's tokens weigh more) or dr_grpo (the sum over completions × "
                                  "max_new_tokens: Dr. GRPO). ppo ignores it.")
+    importance_sampling_level: str = opt("token", "rloo and grpo: the probability ratio per token (PPO's) or per "
+                                                  "sequence — the mean of a completion's token log-ratios, clipped "
+                                                  "once for the whole completion (GSPO, Zheng et al. 2025; TRL's "
+                                                  "name). ppo ignores it.")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
     prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
@@ -507,6 +514,8 @@ class PPOConfig:
         _check(self.scale_rewards in GRPO_SCALES, "scale_rewards",
                f"must be one of {', '.join(GRPO_SCALES)}, got {self.scale_rewards!r}")
         _check(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        _check(self.importance_sampling_level in RATIO_LEVELS, "importance_sampling_level",
+               f"must be one of {', '.join(RATIO_LEVELS)}, got {self.importance_sampling_level!r}")
         _check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size", "must be in 1..batch_size")
         _check(self.ppo_epochs >= 1, "ppo_epochs", "must be ≥ 1")
         self.sampling.require_full_distribution("ppo")

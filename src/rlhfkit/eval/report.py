@@ -227,6 +227,8 @@ def what_was_done(config: dict, *, n_completions: int | None, n_prompts: int | N
                    + (" weighted by the probability ratio (the reverse KL's gradient)" if ppo.get("kl_bias_correction")
                       else ""))
             how += LOSS_AVERAGES.get(ppo.get("loss_type", "dapo"), "")
+            if ppo.get("importance_sampling_level") == "sequence":
+                how += ", one probability ratio per completion (GSPO)"
             text += f" ({ppo.get('group_size')} per prompt, no critic: {how})"
         if ppo.get("lora_r"):
             text += f" (LoRA adapters of rank {ppo['lora_r']})"

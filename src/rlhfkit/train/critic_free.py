@@ -19,6 +19,8 @@ rollouts runs for the policy — only the reference's. Every token of completion
 supervision). The policy loss (and grpo's KL term) is by default PPO's token-level masked mean over the minibatch
 (``loss_type`` dapo, as DAPO and TRL's default); grpo takes the GRPO paper's per-completion mean, which weights short
 completions' tokens more, and dr_grpo divides the token sum by a constant (``losses.sequence_weights``).
+The ratio π/π_old is PPO's per token by default; ``importance_sampling_level`` sequence takes one per completion, the
+mean of its token log-ratios, clipped once (GSPO; ``losses.log_ratios``).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def critic_free_step(model: PolicyWithValue, tokenizer, optimizer, kl_ctl, promp
                        iteration=iteration, critic=False, kl_loss_coef=beta if algorithm == "grpo" else None,
                        wrapped=wrapped, group_size=K, clip_eps_high=hp.clip_eps_high or None,
                        loss_type=hp.loss_type, max_tokens=hp.sampling.max_new_tokens,
-                       kl_bias_correction=hp.kl_bias_correction)
+                       kl_bias_correction=hp.kl_bias_correction, ratio_level=hp.importance_sampling_level)
     t2 = time.perf_counter()
     # 6. log, and steer β towards the KL target
     stats = {"iteration": iteration, **rollout_stats(ro, beta), **train, "rollout/flat_groups": flat_groups(ro.scores, K)}

@@ -53,6 +53,7 @@ __all__ = [
     "last_valid_index",
     "kl_penalized_rewards",
     "gae",
+    "log_ratios",
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_from_logits",
@@ -314,6 +315,29 @@ def _reduce(per_token: Tensor, mask: Tensor, normalizer: Tensor | float | None, 
     return masked_sum(per_token, mask) / normalizer
 
 
+RATIO_LEVELS = ("token", "sequence")
+"""Where a critic-free update takes its probability ratio (``log_ratios``): per token, or once per completion."""
+
+
+def log_ratios(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+    """log π/π_old on the valid tokens, 0 elsewhere. (B, A) → (B, A), with gradient through ``logp``.
+
+    level "token": each token's own (PPO). "sequence": every token of a completion gets the mean of its tokens'
+    log-ratios, so the completion is clipped as one (GSPO, Zheng et al. 2025 eq. 7: the length-normalised
+    sequence likelihood ratio; TRL's importance_sampling_level), and the gradient of that mean reaches every token.
+    """
+    if level not in RATIO_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(RATIO_LEVELS)}, got {level!r}")
+    valid = mask.bool()
+    # Mask the log-ratio before exp: garbage log-probs at padding would overflow exp to inf and turn
+    # the gradient into NaN (0·inf) even though those positions are later ignored.
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))  # (B, A)
+    if level == "sequence":
+        mean = log_ratio.sum(dim=-1, keepdim=True) / valid.sum(dim=-1, keepdim=True).clamp(min=1)  # (B, 1)
+        log_ratio = torch.where(valid, mean.expand_as(log_ratio), torch.zeros_like(log_ratio))
+    return log_ratio
+
+
 def clipped_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -323,6 +347,7 @@ def clipped_policy_loss(
     normalizer: Tensor | float | None = None,
     clip_eps_high: float | None = None,
     weight: Tensor | None = None,
+    level: str = "token",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, as a loss to minimise: −mean_t min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε_high) Â_t).
 
@@ -332,6 +357,7 @@ def clipped_policy_loss(
     clip_eps_high: ε_high, the upper clip (DAPO's clip-higher: a wider upper bound lets unlikely tokens with a
     positive advantage rise further in one update); None: ε (PPO's symmetric clip).
     weight: (B, 1) or (B, A) factors on the tokens' losses before the sum (``sequence_weights``); None: 1.
+    level: the ratio per token or per completion (``log_ratios``).
     Returns (loss 0-d, stats) with detached 0-d stats:
       clipfrac   fraction of valid tokens where the clipped term is the active one,
       approx_kl  k3 estimate of KL(π_old ‖ π) = mean((ρ − 1) − log ρ) ≥ 0 (tokens come from π_old;
@@ -339,10 +365,7 @@ def clipped_policy_loss(
       ratio_mean, ratio_max  over valid tokens (alarm material: ρ far from 1).
     """
     valid = mask.bool()
-    # Mask the log-ratio before exp: garbage log-probs at padding would overflow exp to inf and turn
-    # the gradient into NaN (0·inf) even though those positions are later ignored.
-    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))  # (B, A)
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratios(logp, old_logp, mask, level))  # (B, A)
     # [PPO] eq. 7, written as in [lmhp]: losses are negated objectives, so max of losses = min of objectives.
     pg_losses = -advantages * ratio
     high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -513,7 +536,7 @@ def group_normalized_advantages(rewards: Tensor, group_size: int, eps: float = 1
 
 
 def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | float | None = None,
-            weight: Tensor | None = None, old_logp: Tensor | None = None) -> Tensor:
+            weight: Tensor | None = None, old_logp: Tensor | None = None, level: str = "token") -> Tensor:
     """KL(π ‖ π_ref) as a loss term: masked mean of k3 over response tokens, with gradient through ``logp``.
 
     logp: (B, A) current policy (with gradient); ref_logp: (B, A) reference; mask: (B, A). 0-d.
@@ -522,13 +545,14 @@ def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, normalizer: Tensor | f
     tokens drawn from π that is the gradient of KL(π_ref ‖ π), the forward KL ([GRPO] eq. 4 as written).
     old_logp: (B, A) the behaviour policy's log-probs; given, each token's k3 is weighted by the ratio π/π_old (with
     its gradient), which makes the gradient (log π − log π_ref)·∇log π at ratio 1: the reverse KL(π ‖ π_ref)'s own
-    (DeepSeek-V3.2 §2; TRL's use_bias_correction_kl, its GRPOTrainer's default).
+    (DeepSeek-V3.2 §2; TRL's use_bias_correction_kl, its GRPOTrainer's default). level: that ratio per token or per
+    completion (``log_ratios``; per completion the reverse-KL property holds only approximately, as in TRL).
     """
     # [GRPO] eq. 4: the KL enters the loss (not the reward) with the unbiased, non-negative k3 ([KLblog]).
     valid = mask.bool()
     per_token = torch.where(valid, kl_k3(logp, torch.where(valid, ref_logp, logp)), torch.zeros_like(logp))
     if old_logp is not None:
-        per_token = per_token * torch.exp(torch.where(valid, logp - old_logp, torch.zeros_like(logp)))
+        per_token = per_token * torch.exp(log_ratios(logp, old_logp, mask, level))
     return _reduce(per_token, valid, normalizer, weight)
 
 

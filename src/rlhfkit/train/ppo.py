@@ -185,7 +185,7 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
                generator: torch.Generator, iteration: int, critic: bool = True,
                kl_loss_coef: float | None = None, wrapped: torch.nn.Module | None = None,
                group_size: int = 1, clip_eps_high: float | None = None, loss_type: str = "dapo",
-               max_tokens: int = 0, kl_bias_correction: bool = False) -> dict[str, float]:
+               max_tokens: int = 0, kl_bias_correction: bool = False, ratio_level: str = "token") -> dict[str, float]:
     """Phase 2: `epochs` passes of clipped updates over shuffled minibatches. Returns stats averaged over all minibatches.
 
     clip_eps_high: the ratio's upper clip 1 + clip_eps_high (None: 1 + clip_eps).
@@ -193,6 +193,7 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
     divides by ``max_tokens`` per completion); the value loss and the entropy stay token means.
     critic False: no value loss (RLOO, GRPO). kl_loss_coef: β of a KL-to-reference term in the loss (GRPO), None: none;
     kl_bias_correction: that term's tokens weighted by the ratio π/π_old (``losses.kl_loss``).
+    ratio_level: the ratio per token or per completion (GSPO), in the clipped loss and that weight (``losses.log_ratios``).
     wrapped: the DDP / FSDP module to run the training forward through (train/dist.py); None: ``model``.
     group_size: K > 1 when rows g·K … g·K + K − 1 are one prompt's samples (RLOO, GRPO): the shuffle then moves
     whole groups (where the minibatch holds whole groups), so each group's prompt runs once (``Sharing``).
@@ -222,11 +223,12 @@ def ppo_update(model: PolicyWithValue, optimizer, ro: Rollout, *, epochs: int, m
             weight, count = L.sequence_weights(loss_type, mask, max_tokens)
             norm = tokens if loss_type == "dapo" else dist.global_count(count)
             pg_loss, pg = L.clipped_policy_loss(logp, ro.logprobs[idx], ro.advantages[idx], mask, clip_eps, norm,
-                                                clip_eps_high=clip_eps_high, weight=weight)
+                                                clip_eps_high=clip_eps_high, weight=weight, level=ratio_level)
             vf_loss, vf_clipfrac = (L.clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, vf_clip, tokens)
                                     if critic else (None, None))
             kl_term = None if kl_loss_coef is None else L.kl_loss(
-                logp, ro.ref_logprobs[idx], mask, norm, weight, old_logp=ro.logprobs[idx] if kl_bias_correction else None)
+                logp, ro.ref_logprobs[idx], mask, norm, weight, old_logp=ro.logprobs[idx] if kl_bias_correction else None,
+                level=ratio_level)
             # Without an entropy bonus the entropy is only logged: no graph through (b, A, V) tensors.
             with torch.set_grad_enabled(ent_coef != 0):
                 entropy = L.entropy_from_logits(logits).sum() / tokens  # (N,): the real tokens
