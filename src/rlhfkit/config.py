@@ -449,8 +449,9 @@ class PPOConfig:
                                  "max_new_tokens: Dr. GRPO). ppo ignores it.")
     importance_sampling_level: str = opt("token", "rloo and grpo: the probability ratio per token (PPO's) or per "
                                                   "sequence — the mean of a completion's token log-ratios, clipped "
-                                                  "once for the whole completion (GSPO, Zheng et al. 2025; TRL's "
-                                                  "name). ppo ignores it.")
+                                                  "once for the whole completion (GSPO, Zheng et al. 2025, which "
+                                                  "clips far tighter: clip_eps 3e-4, clip_eps_high 4e-4; TRL's name). "
+                                                  "ppo ignores it.")
     model: str = opt("smollm2", "Initial policy (and reference): local folder, hub id, or 'smollm2'.")
     reward_model: str = opt("", "Reward model folder ('' = RUN_DIR/reward_model; 'gold' = the gold scorer itself).")
     prompts: str = opt("default", PROMPTS_HELP + " The train split is used for rollouts.")
