@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,14 @@ def is_initialized() -> bool:
 
 
 def close() -> None:
+    """Tear the process group down. On a normal exit every rank first meets at a barrier, which on gloo also waits
+    for the rank's earlier asynchronous work (FSDP's reduce-scatters): work still holding tensors when the interpreter
+    finalizes aborts the rank at exit ("terminate called without an active exception", seen once in CI under FSDP).
+    Not while an exception propagates (called from a ``finally``): a rank that failed alone would wait out the
+    collective timeout for peers that never come, and the barrier's error would replace the real one."""
     if tdist.is_initialized():
+        if _on() and sys.exc_info()[0] is None:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 
