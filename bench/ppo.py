@@ -391,8 +391,12 @@ def _labels(label: str | tuple) -> list[str]:
 
 
 def _each(label: str | tuple, got) -> list[tuple[str, dict | None]]:
-    """[(label, result)] of one side, or of sides run together (``fn`` returning their results); None: failed."""
-    return list(zip(label, got)) if isinstance(label, tuple) else [(label, got)]
+    """[(label, result)] of one side, or of sides run together (``fn`` returning their results); None where a side
+    failed, or every side when ``got`` is None (the attempt failed)."""
+    labels = _labels(label)
+    if got is None:
+        return [(one, None) for one in labels]
+    return list(zip(labels, got if isinstance(label, tuple) else [got]))
 
 
 def attempt_side(a, results: dict, label: str | tuple, fn):
@@ -427,7 +431,7 @@ def best_of_rounds(sides: list, repeats: int, attempt) -> dict[str, dict | None]
         for label, fn in sides:
             rounded = [one if repeats == 1 else f"{one} (round {rnd + 1})" for one in _labels(label)]
             got = attempt(tuple(rounded) if isinstance(label, tuple) else rounded[0], fn)
-            for one, r in _each(label, got) if got is not None else [(one, None) for one in _labels(label)]:
+            for one, r in _each(label, got):
                 medians[one].append(None if r is None else r["median_s"])
                 if r is not None and (best[one] is None or r["median_s"] < best[one]["median_s"]):
                     best[one] = r

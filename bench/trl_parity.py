@@ -46,7 +46,7 @@ os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZE
 TOLERANCE = 1e-4
 
 
-def rollout(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int, beta: float):
+def rollout(model, tokenizer, prompts: list[str], k: int, max_new_tokens: int):
     """One rlhfkit GRPO rollout of ``prompts`` (K each) with per-sequence advantages (B,)."""
     import torch
 
@@ -84,7 +84,7 @@ def ours(model, ro, advantages, old, *, beta, loss_type, clip_eps_high, kl_bias_
                        generator=torch.Generator().manual_seed(0), iteration=0, critic=False, kl_loss_coef=beta,
                        group_size=k, clip_eps_high=clip_eps_high, loss_type=loss_type, max_tokens=max_tokens,
                        kl_bias_correction=kl_bias_correction, ratio_level=level)
-    return stats["loss/total"], {n: p.grad.clone() for n, p in model.lm.named_parameters() if p.requires_grad}
+    return stats["loss/total"], grads(model.lm)
 
 
 def trl_inputs(ro, advantages, old, ref):
@@ -100,7 +100,17 @@ def theirs(trainer, inputs):
     trainer.model.zero_grad(set_to_none=True)
     loss = trainer._compute_loss(trainer.model, inputs)
     loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.item(), grads(trainer.model)
+
+
+def grads(module) -> dict:
+    """A copy of the gradient of every parameter of ``module`` that has one."""
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def grad_gap(ours: dict, theirs: dict, scale: float = 1.0) -> float:
+    """The largest relative difference ‖scale · g_rlhfkit − g_TRL‖ / ‖g_TRL‖ over the parameters."""
+    return max(((scale * ours[n] - theirs[n]).norm() / theirs[n].norm().clamp(min=1e-12)).item() for n in theirs)
 
 
 def grpo_parity(a) -> float:
@@ -115,7 +125,6 @@ def grpo_parity(a) -> float:
     from rlhfkit.models.policy import build_policy
     from rlhfkit.train.ppo import seed_everything
 
-    torch.set_num_threads(1)
     seed_everything(0)
     model, tokenizer = build_policy(str(Path(a.tiny) / "small"), lora_r=16, lora_alpha=32, device="cpu")
     tokenizer.chat_template = None  # raw prompts, as TRL's side of the speed bench reads them
@@ -154,7 +163,7 @@ def grpo_parity(a) -> float:
         def gap(x, y, rows):
             return ((x - y).abs() * ro.response_mask)[rows].max().item() if rows.any() else float("nan")
 
-        ro, _ = rollout(model, tokenizer, mixed, a.k, a.max_new_tokens, 0.05)
+        ro, _ = rollout(model, tokenizer, mixed, a.k, a.max_new_tokens)
         logp, ref = trl_logprobs(ro)
         padded = (ro.attention_mask[:, : -ro.n_response] == 0).any(dim=1)
         print(f"log-prob gap rlhfkit − TRL (GRPOTrainer's forward), {int(padded.sum())} of {len(padded)} rows "
@@ -166,7 +175,7 @@ def grpo_parity(a) -> float:
         print("  (TRL's training forward passes no position ids: on GPT-2 a left-padded row's tokens sit one position "
               "further than in generate(), which counts positions from the attention mask, as rlhfkit's passes do)")
 
-        ro, advantages = rollout(model, tokenizer, equal, a.k, a.max_new_tokens, 0.05)
+        ro, advantages = rollout(model, tokenizer, equal, a.k, a.max_new_tokens)
         # completions cut to different lengths (as if they had ended), so the loss types average differently
         A = ro.n_response
         keep = torch.arange(A)[None, :] < torch.tensor([A, 5, 17, A, 1, 9, 26, 3] * 4)[: len(ro.prompts), None]
@@ -199,7 +208,7 @@ def grpo_parity(a) -> float:
                 loss_o, grad_o = ours(model, ro, advantages, old, beta=beta, loss_type=loss_type,
                                       clip_eps_high=eps_high, kl_bias_correction=corrected, k=a.k,
                                       max_tokens=a.max_new_tokens, level=level)
-                rel = max(((grad_o[n] - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item() for n in grad_t)
+                rel = grad_gap(grad_o, grad_t)
                 worst = max(worst, abs(loss_o - loss_t), rel)
                 print(f"| {loss_type} | {level} | {beta} | {'yes' if corrected else 'no'} | {eps_high or '= ε'} | "
                       f"{'shifted' if shifted else 'current'} | {loss_o:+.6f} | {loss_t:+.6f} | "
@@ -212,7 +221,7 @@ def grpo_parity(a) -> float:
         _, grad_t = theirs(trainer, trl_inputs(ro, advantages, logp, ref))
         _, grad_o = ours(model, ro, advantages, logp, beta=0.05, loss_type="dapo", clip_eps_high=None,
                          kl_bias_correction=False, k=a.k, max_tokens=a.max_new_tokens)
-        rel = max(((grad_o[n] - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item() for n in grad_t)
+        rel = grad_gap(grad_o, grad_t)
         print(f"\ncontrol, TRL with the KL × ratio and rlhfkit without (on policy): max rel. Δ grad {rel:.1e} "
               f"({'shows' if rel > TOLERANCE else 'DOES NOT SHOW: the check is blind'})")
         worst = worst if rel > TOLERANCE else float("inf")
@@ -238,8 +247,7 @@ def rloo_note(a, model, tokenizer, ro, advantages, logp, out, prompts) -> None:
     _, grad_t = theirs(trainer, inputs)
     _, grad_o = ours(model, ro, advantages, logp, beta=None, loss_type="dr_grpo", clip_eps_high=None,
                      kl_bias_correction=False, k=a.k, max_tokens=a.max_new_tokens)
-    rel = max(((grad_o[n] * a.max_new_tokens - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item()
-              for n in grad_t)
+    rel = grad_gap(grad_o, grad_t, scale=a.max_new_tokens)
     print(f"\nRLOO, on policy: rlhfkit's gradient (loss_type dr_grpo) × max_new_tokens against TRL's RLOOTrainer: "
           f"max rel. Δ {rel:.1e} (TRL clips a sequence-level ratio, rlhfkit per token; off policy they part)")
 
@@ -289,7 +297,7 @@ def dpo_parity(a) -> float:
             trainer.model.zero_grad(set_to_none=True)
             loss_t = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
             loss_t.backward()
-            grad_t = {n: p.grad.clone() for n, p in model.lm.named_parameters() if p.grad is not None}
+            grad_t = grads(model.lm)
             average = loss_type == "ipo"
             ref = reference_logps(model, encoded, batch_size=len(pairs), pad_id=pad, device="cpu", average=average,
                                   shared_dtype=torch.float32)
@@ -297,8 +305,7 @@ def dpo_parity(a) -> float:
             params = [p for p in model.parameters() if p.requires_grad]
             stats = dpo_step(model, torch.optim.SGD(params, lr=0.0), batch, ref, torch.ones(len(pairs)), beta=beta,
                              loss_type=loss_type, label_smoothing=0.0, max_grad_norm=1e30, step=0)
-            grad_o = {n: p.grad.clone() for n, p in model.lm.named_parameters() if n in grad_t}
-            rel = max(((grad_o[n] - grad_t[n]).norm() / grad_t[n].norm().clamp(min=1e-12)).item() for n in grad_t)
+            rel = grad_gap(grads(model.lm), grad_t)
             diff = abs(stats["dpo/loss"] - loss_t.item())
             worst = max(worst, diff, rel)
             print(f"| {loss_type} | {beta} | {stats['dpo/loss']:+.6f} | {loss_t.item():+.6f} | {diff:.1e} | {rel:.1e} |")
