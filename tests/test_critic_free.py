@@ -303,6 +303,8 @@ def test_config_refuses_k1_ragged_batches_and_unknown_algorithms():
         _hp("grpo", scale_rewards="std")
     with pytest.raises(RlhfkitError, match="'loss_type' must be one of dapo, grpo, dr_grpo, got 'bnpo'"):
         _hp("rloo", loss_type="bnpo")
+    with pytest.raises(RlhfkitError, match="'importance_sampling_level' must be one of token, sequence, got 'seq'"):
+        _hp("grpo", importance_sampling_level="seq")
     assert _hp("ppo", group_size=1).prompts_per_iteration == 6  # ppo ignores group_size
     assert _hp("rloo").prompts_per_iteration == 2
 
