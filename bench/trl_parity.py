@@ -113,6 +113,17 @@ def grad_gap(ours: dict, theirs: dict, scale: float = 1.0) -> float:
     return max(((scale * ours[n] - theirs[n]).norm() / theirs[n].norm().clamp(min=1e-12)).item() for n in theirs)
 
 
+def move_off_zero(lm) -> None:
+    """The LoRA adapter's B matrices drawn from N(0, 0.02²): B = 0 (its init) would make the policy the reference
+    (KL 0, its gradient 0). Only the adapter being trained ("default"), not a reference copy TRL may have added."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name and ".default." in name:
+                p.normal_(0.0, 0.02)
+
+
 def grpo_parity(a) -> float:
     """Part 1 and 2 of the module doc; the largest gated difference."""
     import dataclasses
@@ -128,10 +139,7 @@ def grpo_parity(a) -> float:
     seed_everything(0)
     model, tokenizer = build_policy(str(Path(a.tiny) / "small"), lora_r=16, lora_alpha=32, device="cpu")
     tokenizer.chat_template = None  # raw prompts, as TRL's side of the speed bench reads them
-    with torch.no_grad():  # B = 0 at init would make the policy the reference: KL 0, its gradient 0
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.02)
+    move_off_zero(model.lm)
     lines = (Path(a.tiny) / "prompts.jsonl").read_text().splitlines()
     every = [json.loads(line)["prompt"] for line in lines if line.strip()]
     length = lambda p: len(tokenizer(p)["input_ids"])  # noqa: E731
@@ -286,10 +294,7 @@ def dpo_parity(a) -> float:
         # which with B = 0 is the base, rlhfkit's reference
         trainer = DPOTrainer(model=model.lm, args=cfg, train_dataset=data, processing_class=tokenizer)
         trainer.model.eval()
-        with torch.no_grad():
-            for name, p in model.lm.named_parameters():
-                if "lora_B" in name and ".default." in name:
-                    p.normal_(0.0, 0.02)
+        move_off_zero(model.lm)
         inputs = trainer.data_collator([{"prompt_ids": c[0], "chosen_ids": c[1], "rejected_ids": r[1]} for c, r in encoded])
         idx = list(range(len(pairs)))
         for loss_type, beta in (("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1)):
